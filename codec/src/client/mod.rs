@@ -1,0 +1,1 @@
+//! The client-side protocol state machine (in progress).
