@@ -1,1 +1,215 @@
-fn main() {}
+//! The `imgate` command: serve, or mint a login token.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+
+use clap::{Args, Parser, Subcommand};
+use imgate::{
+    config::{Config, DEV_SECRET, DriverKind, Durability, LogFormat},
+    relay::Relay,
+    server,
+    token::HmacVerifier,
+};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// imgate: a high-performance IM connection gateway.
+///
+/// With no arguments it serves on 127.0.0.1:7000. Settings come from, in
+/// increasing priority: built-in defaults, the --config TOML file, IMGATE_*
+/// environment variables, and command-line flags.
+#[derive(Parser, Debug)]
+#[command(name = "imgate", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Mint a login token with the configured secret and print it.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// User id.
+    #[arg(long)]
+    user: u64,
+    /// Device id.
+    #[arg(long)]
+    device: u32,
+    /// Seconds the token stays valid.
+    #[arg(long, default_value_t = 86_400)]
+    ttl: u64,
+}
+
+macro_rules! serve_args {
+    ($($(#[doc = $doc:literal])* $field:ident : $ty:ty, $env:literal;)*) => {
+        #[derive(Args, Debug, Default)]
+        struct ServeArgs {
+            /// TOML configuration file (keys as in docs/operations.md).
+            #[arg(long, short, env = "IMGATE_CONFIG", global = true)]
+            config: Option<PathBuf>,
+            $(
+                $(#[doc = $doc])*
+                #[arg(long, env = $env, global = true)]
+                $field: Option<$ty>,
+            )*
+            /// Disable the metrics endpoint.
+            #[arg(long, env = "IMGATE_NO_METRICS", global = true)]
+            no_metrics: bool,
+        }
+
+        impl ServeArgs {
+            fn apply(&self, cfg: &mut Config) {
+                $(if let Some(v) = &self.$field {
+                    serve_args!(@set cfg.$field, v, $ty);
+                })*
+                if self.no_metrics {
+                    cfg.metrics_listen = None;
+                }
+            }
+        }
+    };
+    (@set $dst:expr, $v:ident, SocketAddr) => { serve_args!(@opt $dst, $v) };
+    (@set $dst:expr, $v:ident, $ty:ty) => { $dst = $v.clone().into() };
+    (@opt $dst:expr, $v:ident) => { $dst = (*$v).into() };
+}
+
+serve_args! {
+    /// Address to listen on [default: 127.0.0.1:7000].
+    listen: SocketAddr, "IMGATE_LISTEN";
+    /// Worker threads, one per core; 0 = one per CPU [default: 0].
+    workers: usize, "IMGATE_WORKERS";
+    /// Pin each worker to a CPU.
+    pin_cores: bool, "IMGATE_PIN_CORES";
+    /// io driver: auto (io_uring, else epoll), uring, epoll [default: auto].
+    driver: DriverKind, "IMGATE_DRIVER";
+    /// Listen backlog per core [default: 4096].
+    backlog: u32, "IMGATE_BACKLOG";
+    /// Maximum connections over all cores [default: 1000000].
+    max_connections: usize, "IMGATE_MAX_CONNECTIONS";
+    /// Largest frame accepted, header included, bytes [default: 65536].
+    max_frame: usize, "IMGATE_MAX_FRAME";
+    /// Time to log in after connecting, ms [default: 10000].
+    login_timeout_ms: u64, "IMGATE_LOGIN_TIMEOUT_MS";
+    /// Heartbeat interval advertised to clients, ms [default: 30000].
+    heartbeat_ms: u64, "IMGATE_HEARTBEAT_MS";
+    /// Silent heartbeat intervals before a kick [default: 3].
+    heartbeat_timeout_factor: u32, "IMGATE_HEARTBEAT_TIMEOUT_FACTOR";
+    /// Timer wheel tick, ms [default: 1000].
+    tick_ms: u64, "IMGATE_TICK_MS";
+    /// Outbound bytes queued per connection before a slow-consumer kick [default: 1048576].
+    max_outbound_bytes: usize, "IMGATE_MAX_OUTBOUND_BYTES";
+    /// Sustained frames per second per connection [default: 1000].
+    max_frames_per_sec: u32, "IMGATE_MAX_FRAMES_PER_SEC";
+    /// Burst of frames above the sustained rate [default: 2000].
+    frame_burst: u32, "IMGATE_FRAME_BURST";
+    /// Unacknowledged push re-send timeout, ms [default: 5000].
+    push_timeout_ms: u64, "IMGATE_PUSH_TIMEOUT_MS";
+    /// Push re-sends before a push_unacked kick [default: 3].
+    push_retries: u32, "IMGATE_PUSH_RETRIES";
+    /// Events per batch to the backend [default: 512].
+    backend_batch: usize, "IMGATE_BACKEND_BATCH";
+    /// Batches queued to the backend before requests are refused [default: 4096].
+    backend_queue: usize, "IMGATE_BACKEND_QUEUE";
+    /// Graceful shutdown deadline, ms [default: 10000].
+    shutdown_timeout_ms: u64, "IMGATE_SHUTDOWN_TIMEOUT_MS";
+    /// Secret for HMAC-SHA256 login tokens.
+    secret: String, "IMGATE_SECRET";
+    /// Data directory of the default backend [default: ./imgate-data].
+    data_dir: PathBuf, "IMGATE_DATA_DIR";
+    /// Durability: fsync, os, memory [default: fsync].
+    durability: Durability, "IMGATE_DURABILITY";
+    /// Metrics and health endpoint address [default: 127.0.0.1:9100].
+    metrics_listen: SocketAddr, "IMGATE_METRICS_LISTEN";
+    /// Log format: human or json [default: human].
+    log_format: LogFormat, "IMGATE_LOG_FORMAT";
+    /// Log filter, e.g. info or imgate=debug [default: info].
+    log_level: String, "IMGATE_LOG_LEVEL";
+}
+
+fn load(args: &ServeArgs) -> Result<Config, String> {
+    let mut cfg = match &args.config {
+        Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    args.apply(&mut cfg);
+    cfg.validate().map_err(|e| e.to_string())?;
+    Ok(cfg)
+}
+
+fn init_logs(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    match cfg.log_format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Human => b.init(),
+    }
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("imgate: error: {msg}");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match load(&cli.serve) {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e),
+    };
+    match cli.command {
+        Some(Command::Token(t)) => {
+            let expiry = imgate::unix_time().as_secs() + t.ttl;
+            println!(
+                "{}",
+                HmacVerifier::new(cfg.secret.as_bytes()).mint(t.user, t.device, expiry)
+            );
+            ExitCode::SUCCESS
+        }
+        Some(Command::Serve) | None => serve(cfg),
+    }
+}
+
+fn serve(cfg: Config) -> ExitCode {
+    init_logs(&cfg);
+    // Block the shutdown signals before any thread starts, so every thread
+    // inherits the mask and only the waiting thread below receives them.
+    let signals = match imgate::signals::block() {
+        Ok(s) => s,
+        Err(e) => return usage_error(&format!("cannot set up signals: {e}")),
+    };
+    match imgate::raise_fd_limit() {
+        Ok(limit) if (limit as usize) < cfg.max_connections => tracing::warn!(
+            open_files = limit,
+            max_connections = cfg.max_connections,
+            "max_connections exceeds the open-files limit; connections past it will fail"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
+    if cfg.secret == DEV_SECRET {
+        tracing::warn!("using the built-in development token secret; set `secret` for production");
+    }
+    let verifier = Arc::new(HmacVerifier::new(cfg.secret.as_bytes()));
+    let running = match server::start(cfg, Box::new(Relay::default()), verifier) {
+        Ok(r) => r,
+        Err(e) => return usage_error(&e.to_string()),
+    };
+    let sig = imgate::signals::wait(&signals);
+    tracing::info!(signal = sig, "shutting down");
+    if running.shutdown() {
+        tracing::info!("shutdown complete");
+        ExitCode::SUCCESS
+    } else {
+        tracing::warn!("shutdown deadline passed");
+        ExitCode::from(1)
+    }
+}

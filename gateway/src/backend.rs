@@ -1,0 +1,225 @@
+//! The bridge between the cores and a routing backend.
+//!
+//! ```text
+//!  core 0 ──Vec<Inbound>──┐                          ┌──Vec<Outbound>──► core 0 (mailbox, wakes it)
+//!  core 1 ──Vec<Inbound>──┼─► bounded channel ─► backend thread ─► Router ─┼──Vec<Outbound>──► core 1
+//!  core N ──Vec<Inbound>──┘     (try_send: a core never blocks)          └── ...
+//! ```
+//!
+//! Cores decode frames and send what the backend must see in batches over a
+//! bounded `crossbeam-channel`; when it is full the core answers requests
+//! with `overloaded` instead of waiting. The backend runs on its own thread,
+//! answers through a [`Router`], which groups deliveries per core and sends
+//! each core one batch per flush, waking it through its mailbox. Deliveries
+//! can name a connection or a user; the router resolves users through the
+//! shared [`Registry`](crate::registry::Registry).
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use imgate_codec::{Frame, KickReason};
+
+use crate::{conn_id::ConnId, mailbox::MailboxTx, registry::Registry};
+
+/// What a core tells the backend.
+#[derive(Debug, Clone)]
+pub enum Inbound {
+    /// A connection logged in.
+    Login {
+        /// The connection.
+        conn: ConnId,
+        /// Its user.
+        user: u64,
+        /// Its device.
+        device: u32,
+        /// The inbox sequence id the device says it holds.
+        resume: u64,
+    },
+    /// A request from a logged-in connection (msg:R, ack:R, read:R, sync:R,
+    /// unread:R, group:R, receipts:R). Pings and logouts stay in the core.
+    Frame {
+        /// The connection.
+        conn: ConnId,
+        /// Its user: the sender of everything it sends.
+        user: u64,
+        /// Its device.
+        device: u32,
+        /// The frame; payloads are slices of the read buffer.
+        frame: Frame,
+    },
+    /// A logged-in connection closed (for any reason).
+    Closed {
+        /// The connection.
+        conn: ConnId,
+        /// Its user.
+        user: u64,
+        /// Its device.
+        device: u32,
+    },
+}
+
+/// A pushed frame the core should re-send until the connection acks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Track {
+    /// The stream (0 = inbox).
+    pub group: u64,
+    /// The sequence id an ack:R must reach.
+    pub seq: u64,
+}
+
+/// What the backend tells a core.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// Queue encoded frame bytes on a connection.
+    Send {
+        /// The connection; ignored if it closed.
+        conn: ConnId,
+        /// One or more encoded frames.
+        bytes: Bytes,
+        /// Re-send until acked, if set.
+        track: Option<Track>,
+    },
+    /// Kick a connection.
+    Kick {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: KickReason,
+    },
+}
+
+/// A message to a core's mailbox.
+#[derive(Debug)]
+pub enum CoreMsg {
+    /// Deliveries and kicks.
+    Out(Vec<Outbound>),
+    /// Start the graceful shutdown.
+    Shutdown,
+}
+
+/// A routing backend: gets every login, request and close, answers through
+/// the router. Runs on its own thread; it may block on its own I/O (a disk
+/// write), never on a core.
+pub trait Backend: Send + 'static {
+    /// Handles a batch of events (in arrival order per connection). The
+    /// batch may be drained; what is left is dropped.
+    fn handle(&mut self, batch: &mut Vec<Inbound>, out: &mut Router);
+
+    /// Called about every `tick` whether or not events arrive.
+    fn tick(&mut self, _now: Instant, _out: &mut Router) {}
+
+    /// Called once after every core has stopped: finish durable writes.
+    fn shutdown(&mut self, _out: &mut Router) {}
+}
+
+/// Routes the backend's answers to the owning cores, in batches.
+#[derive(Debug)]
+pub struct Router {
+    cores: Vec<MailboxTx<CoreMsg>>,
+    registry: Arc<Registry>,
+    pending: Vec<Vec<Outbound>>,
+    scratch: Vec<ConnId>,
+}
+
+impl Router {
+    /// A router over the cores' mailboxes.
+    pub fn new(cores: Vec<MailboxTx<CoreMsg>>, registry: Arc<Registry>) -> Router {
+        let pending = cores.iter().map(|_| Vec::new()).collect();
+        Router {
+            cores,
+            registry,
+            pending,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, core: u16, o: Outbound) {
+        if let Some(p) = self.pending.get_mut(usize::from(core)) {
+            p.push(o);
+        }
+    }
+
+    /// Queues encoded frames for one connection.
+    pub fn to_conn(&mut self, conn: ConnId, bytes: Bytes, track: Option<Track>) {
+        self.push(conn.core, Outbound::Send { conn, bytes, track });
+    }
+
+    /// Queues encoded frames for every online connection of `user` except
+    /// `except`; returns how many connections that was.
+    pub fn to_user(
+        &mut self,
+        user: u64,
+        except: Option<ConnId>,
+        bytes: &Bytes,
+        track: Option<Track>,
+    ) -> usize {
+        let mut conns = std::mem::take(&mut self.scratch);
+        conns.clear();
+        self.registry.conns_of(user, &mut conns);
+        let mut n = 0;
+        for &c in conns.iter().filter(|&&c| Some(c) != except) {
+            self.to_conn(c, bytes.clone(), track);
+            n += 1;
+        }
+        self.scratch = conns;
+        n
+    }
+
+    /// Kicks a connection.
+    pub fn kick(&mut self, conn: ConnId, reason: KickReason) {
+        self.push(conn.core, Outbound::Kick { conn, reason });
+    }
+
+    /// The session registry (who is online where).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Sends every core its batch and wakes it.
+    pub fn flush(&mut self) {
+        for (core, p) in self.cores.iter().zip(self.pending.iter_mut()) {
+            if !p.is_empty() {
+                core.send(CoreMsg::Out(std::mem::take(p)));
+            }
+        }
+    }
+}
+
+/// The backend thread's loop: until every core has dropped its sender.
+pub(crate) fn run(
+    mut backend: Box<dyn Backend>,
+    rx: Receiver<Vec<Inbound>>,
+    mut router: Router,
+    tick: Duration,
+) {
+    let mut last_tick = Instant::now();
+    loop {
+        match rx.recv_timeout(tick) {
+            Ok(mut batch) => {
+                backend.handle(&mut batch, &mut router);
+                // Take whatever else is already queued before flushing, so a
+                // busy backend answers in large batches.
+                for _ in 0..64 {
+                    match rx.try_recv() {
+                        Ok(mut more) => backend.handle(&mut more, &mut router),
+                        Err(_) => break,
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        let now = Instant::now();
+        if now.duration_since(last_tick) >= tick {
+            last_tick = now;
+            backend.tick(now, &mut router);
+        }
+        router.flush();
+    }
+    backend.shutdown(&mut router);
+    router.flush();
+}

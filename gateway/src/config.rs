@@ -1,0 +1,305 @@
+//! Configuration: defaults, a TOML file, environment variables and flags,
+//! each overriding the one before, then one `validate` step.
+//!
+//! Every limit the gateway enforces is a key here, so that an operator can
+//! change it and a test can shrink it (a 50 ms heartbeat instead of 30 s).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+/// Which io driver the cores run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    /// io_uring where the kernel allows it, else epoll (with a log line).
+    Auto,
+    /// io_uring only; start fails without it.
+    Uring,
+    /// epoll only.
+    Epoll,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Durability of the default backend's store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// msg:A after fsync: acknowledged means on disk.
+    Fsync,
+    /// msg:A after the write reaches the page cache.
+    Os,
+    /// Nothing on disk; for experiments only.
+    Memory,
+}
+
+/// The whole configuration. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the gateway listens on.
+    pub listen: SocketAddr,
+    /// Worker threads (cores); 0 means one per CPU.
+    pub workers: usize,
+    /// Pin worker `i` to CPU `i`.
+    pub pin_cores: bool,
+    /// io driver.
+    pub driver: DriverKind,
+    /// Listen backlog per core.
+    pub backlog: u32,
+    /// Connections accepted at once, over all cores; more are refused.
+    pub max_connections: usize,
+    /// Largest frame accepted, header included, bytes.
+    pub max_frame: usize,
+    /// Time a new connection has to log in, ms.
+    pub login_timeout_ms: u64,
+    /// Heartbeat interval advertised to clients, ms.
+    pub heartbeat_ms: u64,
+    /// Silence after which a connection is kicked, in heartbeat intervals.
+    pub heartbeat_timeout_factor: u32,
+    /// Timer wheel tick, ms.
+    pub tick_ms: u64,
+    /// Bytes queued for one connection before it is kicked as a slow consumer.
+    pub max_outbound_bytes: usize,
+    /// Frames per second one connection may send (sustained).
+    pub max_frames_per_sec: u32,
+    /// Frames one connection may send in a burst above the sustained rate.
+    pub frame_burst: u32,
+    /// Time a pushed msg:N may stay unacknowledged before it is re-sent, ms.
+    pub push_timeout_ms: u64,
+    /// Re-sends of unacknowledged pushes before the connection is kicked.
+    pub push_retries: u32,
+    /// Inbound events per batch to the backend.
+    pub backend_batch: usize,
+    /// Batches queued towards the backend before cores shed load.
+    pub backend_queue: usize,
+    /// Grace period for a graceful shutdown, ms.
+    pub shutdown_timeout_ms: u64,
+    /// Secret for HMAC login tokens.
+    pub secret: String,
+    /// Directory of the default backend's store.
+    pub data_dir: PathBuf,
+    /// Durability of the default backend.
+    pub durability: Durability,
+    /// Metrics and health endpoint; empty to disable.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter, as `RUST_LOG` (e.g. `info`, `imgate=debug`).
+    pub log_level: String,
+}
+
+/// The secret used when none is configured: fine for trying imgate on a
+/// laptop, never for production (the gateway warns at start).
+pub const DEV_SECRET: &str = "imgate-development-secret";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
+            workers: 0,
+            pin_cores: false,
+            driver: DriverKind::Auto,
+            backlog: 4096,
+            max_connections: 1_000_000,
+            max_frame: imgate_codec::DEFAULT_MAX_FRAME,
+            login_timeout_ms: 10_000,
+            heartbeat_ms: 30_000,
+            heartbeat_timeout_factor: 3,
+            tick_ms: 1000,
+            max_outbound_bytes: 1 << 20,
+            max_frames_per_sec: 1000,
+            frame_burst: 2000,
+            push_timeout_ms: 5000,
+            push_retries: 3,
+            backend_batch: 512,
+            backend_queue: 4096,
+            shutdown_timeout_ms: 10_000,
+            secret: DEV_SECRET.to_string(),
+            data_dir: PathBuf::from("./imgate-data"),
+            durability: Durability::Fsync,
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9100))),
+            log_format: LogFormat::Human,
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, one line.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid setting {key}: {why}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl Config {
+    /// Parses a TOML document (unknown keys are errors).
+    pub fn from_toml(text: &str, path: &std::path::Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.message().replace('\n', " "),
+        })
+    }
+
+    /// Reads a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Checks every value; the gateway refuses to start on an error.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, why: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid {
+                key,
+                why: why.into(),
+            })
+        }
+        // A login with a token, and a useful message, must fit.
+        let min_frame = 1024;
+        if self.max_frame < min_frame || self.max_frame > 16 << 20 {
+            return invalid("max_frame", format!("must be {min_frame}..=16777216"));
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections", "must be at least 1");
+        }
+        if self.tick_ms == 0 {
+            return invalid("tick_ms", "must be at least 1");
+        }
+        if self.heartbeat_ms < self.tick_ms {
+            return invalid("heartbeat_ms", "must be at least tick_ms");
+        }
+        if self.heartbeat_ms > u64::from(u32::MAX) {
+            return invalid("heartbeat_ms", "must fit in 32 bits");
+        }
+        if self.heartbeat_timeout_factor == 0 {
+            return invalid("heartbeat_timeout_factor", "must be at least 1");
+        }
+        if self.login_timeout_ms == 0 {
+            return invalid("login_timeout_ms", "must be at least 1");
+        }
+        if self.max_outbound_bytes < self.max_frame {
+            return invalid("max_outbound_bytes", "must be at least max_frame");
+        }
+        if self.push_timeout_ms == 0 {
+            return invalid("push_timeout_ms", "must be at least 1");
+        }
+        if self.max_frames_per_sec == 0 {
+            return invalid("max_frames_per_sec", "must be at least 1");
+        }
+        if self.backend_batch == 0 || self.backend_queue == 0 {
+            return invalid("backend_batch", "backend_batch and backend_queue must be at least 1");
+        }
+        if self.secret.is_empty() {
+            return invalid("secret", "must not be empty");
+        }
+        if self.workers > 1024 {
+            return invalid("workers", "must be at most 1024");
+        }
+        Ok(())
+    }
+
+    /// Worker count, with 0 resolved to the number of CPUs.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// The timer tick.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+
+    /// Ticks (rounded up) in `ms` milliseconds.
+    pub fn ticks(&self, ms: u64) -> u64 {
+        ms.div_ceil(self.tick_ms).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let c = Config::from_toml(
+            "listen = \"0.0.0.0:7100\"\nheartbeat_ms = 5000\n",
+            std::path::Path::new("t.toml"),
+        )
+        .expect("parses");
+        assert_eq!(c.listen.port(), 7100);
+        assert_eq!(c.heartbeat_ms, 5000);
+        assert_eq!(c.login_timeout_ms, 10_000);
+        let e = Config::from_toml("heartbeat = 1", std::path::Path::new("t.toml"))
+            .expect_err("unknown key");
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn every_limit_is_checked() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
+            ("max_frame", Box::new(|c| c.max_frame = 100)),
+            ("push_timeout_ms", Box::new(|c| c.push_timeout_ms = 0)),
+            ("max_connections", Box::new(|c| c.max_connections = 0)),
+            ("tick_ms", Box::new(|c| c.tick_ms = 0)),
+            ("heartbeat_ms", Box::new(|c| c.heartbeat_ms = 1)),
+            ("heartbeat_timeout_factor", Box::new(|c| c.heartbeat_timeout_factor = 0)),
+            ("login_timeout_ms", Box::new(|c| c.login_timeout_ms = 0)),
+            ("max_outbound_bytes", Box::new(|c| c.max_outbound_bytes = 100)),
+            ("max_frames_per_sec", Box::new(|c| c.max_frames_per_sec = 0)),
+            ("backend_batch", Box::new(|c| c.backend_queue = 0)),
+            ("secret", Box::new(|c| c.secret.clear())),
+            ("workers", Box::new(|c| c.workers = 5000)),
+        ];
+        for (key, f) in cases {
+            let mut c = Config::default();
+            f(&mut c);
+            match c.validate() {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("{key}: expected invalid, got {other:?}"),
+            }
+        }
+    }
+}

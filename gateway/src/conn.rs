@@ -1,0 +1,606 @@
+//! One connection: its state on the core and the task that pumps it.
+//!
+//! The task sleeps on two things at once: the socket becoming readable and
+//! the connection's [`Signal`] (outbound frames queued, or a close asked
+//! for). It owns no read buffer while idle: when the socket is readable it
+//! borrows a block from the core's read pool, reads, splits complete frames
+//! off as `Bytes` (zero copy), and keeps only an unfinished frame's bytes.
+//!
+//! ```text
+//!   wait(readable | signal) ─► read into a pool block ─► decode frames ─► handle each
+//!          ▲                                                                │
+//!          └──────────── flush the outbound queue (one write per wake) ◄────┘
+//! ```
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::VecDeque,
+    rc::Rc,
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use imgate_codec::{
+    Body, Decoder, ErrorCode, Frame, Kind, KickReason,
+    frame::{ErrorFrame, Kick, LoginOk, Pong},
+    header::FLAG_RETRY,
+};
+use monoio::{
+    buf::IoBufMut,
+    io::{AsyncReadRent, AsyncWriteRentExt},
+    net::TcpStream,
+};
+
+use crate::{
+    backend::{Inbound, Track},
+    conn_id::ConnId,
+    signal::Signal,
+    token::TokenError,
+    wheel::TimerKey,
+    worker::Core,
+};
+
+/// Outbound frames are queued.
+pub(crate) const SIG_FLUSH: u8 = 1;
+/// The connection must close.
+pub(crate) const SIG_CLOSE: u8 = 2;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Waiting for the login frame.
+    Login,
+    /// Logged in.
+    Active,
+}
+
+/// How a connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closing {
+    /// Send a kick frame with this reason, then close.
+    Kick(KickReason),
+    /// Flush what is queued (an error frame, say), then close.
+    Flush,
+    /// Close at once (peer went away, logout).
+    Now,
+}
+
+/// Pushed frames not yet acknowledged, kept only while there are some.
+#[derive(Debug, Default)]
+pub(crate) struct Pushes {
+    frames: VecDeque<(Track, Bytes)>,
+    sent_tick: u64,
+    retries: u32,
+    timer: Option<TimerKey>,
+}
+
+/// A connection's state, shared between its task and the core.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) id: ConnId,
+    phase: Cell<Phase>,
+    user: Cell<u64>,
+    device: Cell<u32>,
+    last_seen: Cell<u64>,
+    pub(crate) timer: Cell<Option<TimerKey>>,
+    out: RefCell<VecDeque<Bytes>>,
+    out_bytes: Cell<usize>,
+    pub(crate) signal: Signal,
+    closing: Cell<Option<Closing>>,
+    tokens: Cell<f32>,
+    refill_ms: Cell<u64>,
+    pushes: RefCell<Option<Box<Pushes>>>,
+}
+
+impl Conn {
+    pub(crate) fn new(id: ConnId, now_tick: u64, burst: u32, now_ms: u64) -> Conn {
+        Conn {
+            id,
+            phase: Cell::new(Phase::Login),
+            user: Cell::new(0),
+            device: Cell::new(0),
+            last_seen: Cell::new(now_tick),
+            timer: Cell::new(None),
+            out: RefCell::new(VecDeque::new()),
+            out_bytes: Cell::new(0),
+            signal: Signal::default(),
+            closing: Cell::new(None),
+            tokens: Cell::new(burst as f32),
+            refill_ms: Cell::new(now_ms),
+            pushes: RefCell::new(None),
+        }
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        self.phase.get()
+    }
+
+    pub(crate) fn user(&self) -> (u64, u32) {
+        (self.user.get(), self.device.get())
+    }
+
+    pub(crate) fn last_seen(&self) -> u64 {
+        self.last_seen.get()
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.get().is_some()
+    }
+
+    /// Asks the task to close. The first reason wins.
+    pub(crate) fn close(&self, how: Closing) {
+        if self.closing.get().is_none() {
+            self.closing.set(Some(how));
+        }
+        self.signal.raise(SIG_CLOSE);
+    }
+
+    /// Queues encoded frames. Returns the queued byte count after.
+    pub(crate) fn queue(&self, bytes: Bytes) -> usize {
+        let n = self.out_bytes.get() + bytes.len();
+        self.out_bytes.set(n);
+        self.out.borrow_mut().push_back(bytes);
+        self.signal.raise(SIG_FLUSH);
+        n
+    }
+
+    fn drop_queue(&self) {
+        self.out.borrow_mut().clear();
+        self.out_bytes.set(0);
+    }
+
+    /// Token bucket: takes one frame's token, refilling by elapsed time.
+    fn take_token(&self, now_ms: u64, per_sec: u32, burst: u32) -> bool {
+        let elapsed = now_ms.saturating_sub(self.refill_ms.get());
+        let mut t = self.tokens.get();
+        if elapsed > 0 {
+            t = (t + elapsed as f32 * per_sec as f32 / 1000.0).min(burst as f32);
+            self.refill_ms.set(now_ms);
+        }
+        if t >= 1.0 {
+            self.tokens.set(t - 1.0);
+            true
+        } else {
+            self.tokens.set(t);
+            false
+        }
+    }
+
+    /// Records a tracked push. Returns true when the push timer must be
+    /// armed (nothing was pending before).
+    pub(crate) fn track_push(&self, track: Track, bytes: Bytes, now_tick: u64) -> bool {
+        let mut p = self.pushes.borrow_mut();
+        let p = p.get_or_insert_with(Box::default);
+        let first = p.frames.is_empty();
+        if first {
+            p.sent_tick = now_tick;
+            p.retries = 0;
+        }
+        p.frames.push_back((track, bytes));
+        first && p.timer.is_none()
+    }
+
+    pub(crate) fn set_push_timer(&self, key: Option<TimerKey>) {
+        if let Some(p) = self.pushes.borrow_mut().as_mut() {
+            p.timer = key;
+        }
+    }
+
+    /// An ack:R for `group` up to `seq` settles tracked pushes. Returns the
+    /// push timer to cancel when nothing is left.
+    fn settle_pushes(&self, group: u64, seq: u64) -> Option<TimerKey> {
+        let mut slot = self.pushes.borrow_mut();
+        let p = slot.as_mut()?;
+        p.frames
+            .retain(|(t, _)| !(t.group == group && t.seq <= seq));
+        if p.frames.is_empty() {
+            let key = p.timer.take();
+            *slot = None;
+            return key;
+        }
+        p.retries = 0;
+        None
+    }
+
+    /// The push timer fired: the frames to send again (flag RETRY set), or
+    /// None when the retry limit is spent (the caller kicks).
+    pub(crate) fn repush(&self, now_tick: u64, limit: u32) -> Option<Vec<Bytes>> {
+        let mut slot = self.pushes.borrow_mut();
+        let p = slot.as_mut()?;
+        p.timer = None;
+        if p.frames.is_empty() {
+            return Some(Vec::new());
+        }
+        if p.retries >= limit {
+            return None;
+        }
+        p.retries += 1;
+        p.sent_tick = now_tick;
+        Some(p.frames.iter().map(|(_, b)| with_retry_flag(b)).collect())
+    }
+
+    pub(crate) fn take_push_timer(&self) -> Option<TimerKey> {
+        self.pushes.borrow_mut().as_mut().and_then(|p| p.timer.take())
+    }
+}
+
+/// A copy of one encoded frame with the RETRY flag set.
+fn with_retry_flag(b: &Bytes) -> Bytes {
+    if b.len() < imgate_codec::HEADER_LEN {
+        return b.clone();
+    }
+    let mut m = BytesMut::from(&b[..]);
+    let flags = u16::from_be_bytes([m[6], m[7]]) | FLAG_RETRY;
+    m[6..8].copy_from_slice(&flags.to_be_bytes());
+    m.freeze()
+}
+
+/// Why the read side stopped.
+enum ReadEnd {
+    /// Keep going.
+    More,
+    /// The peer closed or the socket failed.
+    Gone,
+}
+
+/// Runs a connection until it closes, then unregisters it.
+pub(crate) async fn serve(core: Rc<Core>, conn: Rc<Conn>, mut stream: TcpStream) {
+    let decoder = Decoder::new(core.shared.cfg.max_frame);
+    let mut partial = BytesMut::new();
+    loop {
+        if conn.signal.is_set(SIG_CLOSE) {
+            break;
+        }
+        if conn.out_bytes.get() > 0 && !flush(&core, &conn, &mut stream).await {
+            conn.close(Closing::Now);
+            break;
+        }
+        conn.signal.clear(SIG_FLUSH);
+        let readable = monoio::select! {
+            r = stream.readable(false) => Some(r.is_ok()),
+            _ = conn.signal.wait(SIG_FLUSH | SIG_CLOSE) => None,
+        };
+        match readable {
+            None => continue,
+            Some(false) => {
+                conn.close(Closing::Now);
+                break;
+            }
+            Some(true) => {
+                if let ReadEnd::Gone =
+                    read_once(&core, &conn, &mut stream, &decoder, &mut partial).await
+                {
+                    conn.close(Closing::Now);
+                    break;
+                }
+            }
+        }
+    }
+    finish(&core, &conn, &mut stream).await;
+    core.remove(&conn);
+}
+
+/// Sends what a closing connection still owes (a kick, an error), briefly.
+async fn finish(core: &Rc<Core>, conn: &Rc<Conn>, stream: &mut TcpStream) {
+    let how = conn.closing.get().unwrap_or(Closing::Now);
+    match how {
+        Closing::Now => return,
+        Closing::Flush => {}
+        Closing::Kick(reason) => {
+            // A slow consumer's backlog is dropped (it stays in the store
+            // for sync); anything else queued (an error frame, the last
+            // deliveries) still goes out before the kick.
+            if reason == KickReason::SlowConsumer {
+                conn.drop_queue();
+            }
+            core.metrics().kick(reason);
+            conn.queue(Kick::new(reason, reason.as_str()).into_bytes());
+        }
+    }
+    let grace = Duration::from_millis(core.shared.cfg.shutdown_timeout_ms.clamp(10, 2000));
+    let _ = monoio::time::timeout(grace, flush(core, conn, stream)).await;
+}
+
+/// Writes the outbound queue: small frames are copied into one buffer and
+/// written with one call; a large frame is written as it is.
+async fn flush(core: &Rc<Core>, conn: &Rc<Conn>, stream: &mut TcpStream) -> bool {
+    const COALESCE: usize = 16 * 1024;
+    const MAX_WRITE: usize = 256 * 1024;
+    while conn.out_bytes.get() > 0 {
+        let mut buf = core.take_write_buf();
+        let mut big = None;
+        {
+            let mut q = conn.out.borrow_mut();
+            while let Some(front) = q.front() {
+                if front.len() >= COALESCE {
+                    if buf.is_empty() {
+                        big = q.pop_front();
+                    }
+                    break;
+                }
+                if buf.len() + front.len() > MAX_WRITE {
+                    break;
+                }
+                if let Some(b) = q.pop_front() {
+                    buf.extend_from_slice(&b);
+                }
+            }
+        }
+        let (n, ok) = if let Some(b) = big {
+            let n = b.len();
+            let (res, _) = stream.write_all(b).await;
+            (n, res.is_ok())
+        } else {
+            let n = buf.len();
+            let (res, mut buf) = stream.write_all(buf).await;
+            buf.clear();
+            core.give_write_buf(buf);
+            (n, res.is_ok())
+        };
+        conn.out_bytes.set(conn.out_bytes.get().saturating_sub(n));
+        core.metrics()
+            .bytes_out
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        if !ok {
+            return false;
+        }
+        if conn.signal.is_set(SIG_CLOSE) && conn.closing.get() != Some(Closing::Flush) {
+            // Closing: finish() decides what still goes out.
+            return true;
+        }
+    }
+    true
+}
+
+/// One read: into the connection's unfinished frame if it has one, else
+/// into a block of the core's pool; then decode and handle every frame.
+async fn read_once(
+    core: &Rc<Core>,
+    conn: &Rc<Conn>,
+    stream: &mut TcpStream,
+    decoder: &Decoder,
+    partial: &mut BytesMut,
+) -> ReadEnd {
+    let own = !partial.is_empty();
+    let buf = if own {
+        let want = decoder.needed(partial).max(4096);
+        partial.reserve(want);
+        std::mem::take(partial)
+    } else {
+        core.take_read_block()
+    };
+    let start = buf.len();
+    let cap = buf.capacity();
+    let (res, slice) = stream.read(buf.slice_mut(start..cap)).await;
+    let mut buf = slice.into_inner();
+    let n = match res {
+        Ok(0) | Err(_) => {
+            if !own {
+                core.give_read_block(buf);
+            }
+            return ReadEnd::Gone;
+        }
+        Ok(n) => n,
+    };
+    core.metrics()
+        .bytes_in
+        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    let mut data = if own {
+        buf
+    } else {
+        // Split the bytes read off the block; the rest of the block goes
+        // back to the pool for the next read on this core.
+        let data = buf.split_to(start + n);
+        core.give_read_block(buf);
+        data
+    };
+    let now_ms = core.now_ms();
+    loop {
+        if conn.is_closing() {
+            break;
+        }
+        match decoder.decode(&mut data) {
+            Ok(Some(frame)) => handle(core, conn, frame, now_ms),
+            Ok(None) => break,
+            Err(e) => {
+                core.metrics()
+                    .protocol_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                conn.queue(ErrorFrame::new(e.code(), None, 0, &e.to_string()).into_bytes());
+                conn.close(Closing::Kick(KickReason::ProtocolError));
+                data.clear();
+                break;
+            }
+        }
+    }
+    core.flush_backend_soon();
+    if !data.is_empty() {
+        // An unfinished frame: keep its bytes (copied out of a pool block,
+        // so the block is not pinned by one slow connection).
+        *partial = if own {
+            data
+        } else {
+            let mut p = BytesMut::with_capacity(decoder.needed(&data) + data.len());
+            p.extend_from_slice(&data);
+            p
+        };
+    }
+    ReadEnd::More
+}
+
+/// Handles one decoded frame.
+fn handle(core: &Rc<Core>, conn: &Rc<Conn>, frame: Frame, now_ms: u64) {
+    let cfg = &core.shared.cfg;
+    let m = core.metrics();
+    m.frames_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    conn.last_seen.set(core.now_tick());
+    if !conn.take_token(now_ms, cfg.max_frames_per_sec, cfg.frame_burst) {
+        conn.queue(
+            ErrorFrame::new(ErrorCode::RateLimited, Some(frame.kind()), 0, "frame rate limit")
+                .into_bytes(),
+        );
+        conn.close(Closing::Kick(KickReason::RateLimited));
+        return;
+    }
+    match conn.phase() {
+        Phase::Login => login(core, conn, frame),
+        Phase::Active => active(core, conn, frame),
+    }
+}
+
+fn refuse(conn: &Conn, code: ErrorCode, kind: Option<Kind>, id: u64, text: &str) {
+    conn.queue(ErrorFrame::new(code, kind, id, text).into_bytes());
+}
+
+fn login(core: &Rc<Core>, conn: &Rc<Conn>, frame: Frame) {
+    let cfg = &core.shared.cfg;
+    let m = core.metrics();
+    let Frame::Login(login) = frame else {
+        m.login_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        refuse(conn, ErrorCode::NotLoggedIn, Some(frame.kind()), 0, "log in first");
+        conn.close(Closing::Flush);
+        return;
+    };
+    let now = crate::unix_time().as_secs();
+    if let Err(e) = core
+        .shared
+        .verifier
+        .verify(login.user, login.device, &login.token, now)
+    {
+        m.login_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let code = match e {
+            TokenError::Expired => ErrorCode::TokenExpired,
+            _ => ErrorCode::BadToken,
+        };
+        refuse(conn, code, Some(Kind::Login), login.user, &e.to_string());
+        conn.close(Closing::Flush);
+        return;
+    }
+    conn.user.set(login.user);
+    conn.device.set(login.device);
+    conn.phase.set(Phase::Active);
+    m.logins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Some(old) = core
+        .shared
+        .registry
+        .login(login.user, login.device, conn.id)
+    {
+        core.kick_anywhere(old, KickReason::Replaced);
+    }
+    core.arm_liveness(conn, core.now_tick() + core.heartbeat_ticks);
+    let ok = LoginOk {
+        user: login.user,
+        device: login.device,
+        heartbeat_ms: u32::try_from(cfg.heartbeat_ms).unwrap_or(u32::MAX),
+        server_time: crate::unix_time().as_millis() as u64,
+        inbox_head: 0,
+        max_frame: u32::try_from(cfg.max_frame).unwrap_or(u32::MAX),
+        session: conn.id.to_u64(),
+    };
+    conn.queue(ok.into_bytes());
+    core.to_backend(Inbound::Login {
+        conn: conn.id,
+        user: login.user,
+        device: login.device,
+        resume: login.resume,
+    });
+}
+
+fn active(core: &Rc<Core>, conn: &Rc<Conn>, frame: Frame) {
+    let (user, device) = conn.user();
+    let (kind, id) = (frame.kind(), request_id(&frame));
+    match frame {
+        Frame::Ping(p) => {
+            conn.queue(Pong { nonce: p.nonce }.into_bytes());
+        }
+        Frame::Pong(_) => {}
+        Frame::Logout(_) => conn.close(Closing::Now),
+        Frame::Login(_) => refuse(
+            conn,
+            ErrorCode::AlreadyLoggedIn,
+            Some(kind),
+            id,
+            "already logged in",
+        ),
+        Frame::MsgR(_)
+        | Frame::AckR(_)
+        | Frame::ReadR(_)
+        | Frame::SyncR(_)
+        | Frame::UnreadR(_)
+        | Frame::GroupR(_)
+        | Frame::ReceiptsR(_) => {
+            if let Frame::AckR(a) = &frame
+                && let Some(key) = conn.settle_pushes(a.group, a.seq)
+            {
+                core.wheel.borrow_mut().cancel(key);
+            }
+            if core.backlogged() {
+                core.metrics()
+                    .overloaded
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                refuse(conn, ErrorCode::Overloaded, Some(kind), id, "try again");
+                return;
+            }
+            core.to_backend(Inbound::Frame {
+                conn: conn.id,
+                user,
+                device,
+                frame,
+            });
+        }
+        // Frames only a server sends.
+        Frame::LoginOk(_)
+        | Frame::Kick(_)
+        | Frame::Error(_)
+        | Frame::MsgA(_)
+        | Frame::MsgN(_)
+        | Frame::AckA(_)
+        | Frame::AckN(_)
+        | Frame::ReadA(_)
+        | Frame::ReadN(_)
+        | Frame::SyncPage(_)
+        | Frame::UnreadA(_)
+        | Frame::GroupA(_)
+        | Frame::ReceiptsA(_) => {
+            core.metrics()
+                .protocol_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            refuse(
+                conn,
+                ErrorCode::InvalidRequest,
+                Some(kind),
+                0,
+                "a server-to-client frame",
+            );
+        }
+    }
+}
+
+/// The id an error frame refers to for a request.
+pub(crate) fn request_id(frame: &Frame) -> u64 {
+    match frame {
+        Frame::MsgR(m) => m.msg_id,
+        Frame::AckR(a) => a.group,
+        Frame::ReadR(r) => r.group,
+        Frame::SyncR(s) => s.group,
+        Frame::GroupR(g) => g.req,
+        Frame::ReceiptsR(r) => r.req,
+        Frame::Ping(p) => p.nonce,
+        _ => 0,
+    }
+}
+
+/// Encoding a frame on its own, for queueing.
+pub(crate) trait IntoBytes {
+    fn into_bytes(self) -> Bytes;
+}
+
+impl<T: Body> IntoBytes for T {
+    fn into_bytes(self) -> Bytes {
+        let mut b = BytesMut::with_capacity(imgate_codec::HEADER_LEN + self.body_len());
+        self.encode(&mut b);
+        b.freeze()
+    }
+}

@@ -1,0 +1,231 @@
+//! Counters and the `/metrics` + `/healthz` endpoint.
+//!
+//! Each core owns one [`CoreMetrics`] and is its only writer (relaxed
+//! atomics on a cache line of their own: no contention, no locks); the HTTP
+//! thread reads them all when scraped. The endpoint is a tiny blocking
+//! HTTP/1.0 responder on its own thread: it serves a scrape every few seconds
+//! and must never run on a core.
+
+use std::{
+    fmt::Write as _,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener},
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use imgate_codec::KickReason;
+
+/// Kick reasons with a counter, in label order.
+pub const KICK_REASONS: &[KickReason] = KickReason::ALL;
+
+/// One core's counters.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct CoreMetrics {
+    /// Open connections.
+    pub connections: AtomicI64,
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Connections refused at the connection limit.
+    pub refused: AtomicU64,
+    /// Successful logins.
+    pub logins: AtomicU64,
+    /// Failed logins (bad or expired token, no login).
+    pub login_failures: AtomicU64,
+    /// Frames received.
+    pub frames_in: AtomicU64,
+    /// Bytes received.
+    pub bytes_in: AtomicU64,
+    /// Frames queued to clients.
+    pub frames_out: AtomicU64,
+    /// Bytes written to clients.
+    pub bytes_out: AtomicU64,
+    /// Protocol errors (error frames sent for bad input).
+    pub protocol_errors: AtomicU64,
+    /// Requests refused because the backend queue was full.
+    pub overloaded: AtomicU64,
+    /// Pushes re-sent because no ack came.
+    pub push_retransmits: AtomicU64,
+    /// Kicks, indexed by `KickReason` wire value - 1.
+    pub kicks: [AtomicU64; 16],
+}
+
+impl CoreMetrics {
+    /// Counts a kick.
+    pub fn kick(&self, reason: KickReason) {
+        let i = usize::from(reason.to_wire()).saturating_sub(1);
+        if let Some(k) = self.kicks.get(i) {
+            k.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Every core's counters plus gateway-wide gauges.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Per core.
+    pub cores: Vec<CoreMetrics>,
+    /// Batches waiting for the backend.
+    pub backend_queue: AtomicI64,
+}
+
+impl Metrics {
+    /// Counters for `cores` cores.
+    pub fn new(cores: usize) -> Metrics {
+        Metrics {
+            cores: (0..cores).map(|_| CoreMetrics::default()).collect(),
+            backend_queue: AtomicI64::new(0),
+        }
+    }
+
+    /// Total open connections.
+    pub fn connections(&self) -> i64 {
+        self.cores.iter().map(|c| c.connections.load(Relaxed)).sum()
+    }
+
+    /// Total kicks for `reason`.
+    pub fn kicks(&self, reason: KickReason) -> u64 {
+        let i = usize::from(reason.to_wire()).saturating_sub(1);
+        self.cores
+            .iter()
+            .filter_map(|c| c.kicks.get(i))
+            .map(|k| k.load(Relaxed))
+            .sum()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut s = String::with_capacity(4096);
+        let per_core: &[(&str, &str, fn(&CoreMetrics) -> u64)] = &[
+            ("imgate_connections", "Open connections.", |c| {
+                c.connections.load(Relaxed).max(0) as u64
+            }),
+            ("imgate_accepted_total", "Connections accepted.", |c| {
+                c.accepted.load(Relaxed)
+            }),
+            ("imgate_refused_total", "Connections refused at the limit.", |c| {
+                c.refused.load(Relaxed)
+            }),
+            ("imgate_logins_total", "Successful logins.", |c| {
+                c.logins.load(Relaxed)
+            }),
+            ("imgate_login_failures_total", "Failed logins.", |c| {
+                c.login_failures.load(Relaxed)
+            }),
+            ("imgate_frames_in_total", "Frames received.", |c| {
+                c.frames_in.load(Relaxed)
+            }),
+            ("imgate_bytes_in_total", "Bytes received.", |c| {
+                c.bytes_in.load(Relaxed)
+            }),
+            ("imgate_frames_out_total", "Frames queued to clients.", |c| {
+                c.frames_out.load(Relaxed)
+            }),
+            ("imgate_bytes_out_total", "Bytes written to clients.", |c| {
+                c.bytes_out.load(Relaxed)
+            }),
+            ("imgate_protocol_errors_total", "Protocol errors.", |c| {
+                c.protocol_errors.load(Relaxed)
+            }),
+            ("imgate_overloaded_total", "Requests refused: backend queue full.", |c| {
+                c.overloaded.load(Relaxed)
+            }),
+            ("imgate_push_retransmits_total", "Pushes re-sent.", |c| {
+                c.push_retransmits.load(Relaxed)
+            }),
+        ];
+        for (name, help, get) in per_core {
+            let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (i, c) in self.cores.iter().enumerate() {
+                let _ = writeln!(s, "{name}{{core=\"{i}\"}} {}", get(c));
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP imgate_kicks_total Connections kicked, by reason.\n# TYPE imgate_kicks_total counter"
+        );
+        for &r in KICK_REASONS {
+            let _ = writeln!(s, "imgate_kicks_total{{reason=\"{r}\"}} {}", self.kicks(r));
+        }
+        let _ = writeln!(
+            s,
+            "# HELP imgate_backend_queue_batches Batches waiting for the backend.\n# TYPE imgate_backend_queue_batches gauge\nimgate_backend_queue_batches {}",
+            self.backend_queue.load(Relaxed).max(0)
+        );
+        let (rss, fds) = process_stats();
+        let _ = writeln!(
+            s,
+            "# HELP process_resident_memory_bytes Resident memory.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}"
+        );
+        let _ = writeln!(
+            s,
+            "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {fds}"
+        );
+        let _ = writeln!(
+            s,
+            "# HELP process_cpu_seconds_total CPU time used.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {:.3}",
+            cpu_seconds()
+        );
+        s
+    }
+}
+
+/// Resident set size in bytes and open fds of this process (0 if unknown).
+pub fn process_stats() -> (u64, u64) {
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024);
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    (rss, fds)
+}
+
+/// User + system CPU seconds of this process.
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage struct.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` from a thread of its own.
+pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("imgate-metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut req = [0u8; 1024];
+                let n = stream.read(&mut req).unwrap_or(0);
+                let line = std::str::from_utf8(&req[..n]).unwrap_or("");
+                let path = line.split_whitespace().nth(1).unwrap_or("");
+                let (status, ctype, body) = match path {
+                    "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
+                    "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                    _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        })?;
+    Ok(local)
+}

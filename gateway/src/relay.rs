@@ -1,0 +1,109 @@
+//! A relay backend that keeps nothing on disk: one-to-one messages get the
+//! next sequence id of the receiver's inbox in memory and are pushed to the
+//! receiver's online devices; nothing is stored for offline users.
+//!
+//! It exists to exercise the gateway core (framing, login, routing, push
+//! retransmit, kicks) without a store, in tests and benchmarks of the core
+//! alone. It is not a delivery guarantee: the default backend is.
+
+use ahash::AHashMap;
+use bytes::Bytes;
+use imgate_codec::{
+    Body, ErrorCode, Frame,
+    frame::{AckA, ErrorFrame, MsgA, MsgN, SyncPage},
+};
+
+use crate::{
+    backend::{Backend, Inbound, Router, Track},
+    conn::request_id,
+};
+
+/// The in-memory relay.
+#[derive(Debug, Default)]
+pub struct Relay {
+    inbox_head: AHashMap<u64, u64>,
+    /// Track pushes so the core re-sends unacknowledged ones.
+    pub track_pushes: bool,
+}
+
+fn encode<T: Body>(f: T) -> Bytes {
+    let mut b = bytes::BytesMut::with_capacity(imgate_codec::HEADER_LEN + f.body_len());
+    f.encode(&mut b);
+    b.freeze()
+}
+
+impl Relay {
+    /// A relay; with `track_pushes` the core re-sends unacknowledged pushes.
+    pub fn new(track_pushes: bool) -> Relay {
+        Relay {
+            track_pushes,
+            ..Relay::default()
+        }
+    }
+}
+
+impl Backend for Relay {
+    fn handle(&mut self, batch: &mut Vec<Inbound>, out: &mut Router) {
+        for ev in batch.drain(..) {
+            let Inbound::Frame {
+                conn, user, frame, ..
+            } = ev
+            else {
+                continue;
+            };
+            let now = crate::unix_time().as_millis() as u64;
+            match frame {
+                Frame::MsgR(m) if m.group == 0 => {
+                    let head = self.inbox_head.entry(m.to).or_insert(0);
+                    *head += 1;
+                    let seq = *head;
+                    out.to_conn(
+                        conn,
+                        encode(MsgA {
+                            msg_id: m.msg_id,
+                            group: 0,
+                            seq,
+                            own_seq: 0,
+                            server_time: now,
+                        }),
+                        None,
+                    );
+                    let n = encode(MsgN {
+                        group: 0,
+                        seq,
+                        from: user,
+                        to: m.to,
+                        msg_id: m.msg_id,
+                        server_time: now,
+                        retry: false,
+                        body: m.body,
+                    });
+                    let track = self.track_pushes.then_some(Track { group: 0, seq });
+                    out.to_user(m.to, None, &n, track);
+                }
+                Frame::AckR(a) => out.to_conn(
+                    conn,
+                    encode(AckA {
+                        group: a.group,
+                        seq: a.seq,
+                    }),
+                    None,
+                ),
+                Frame::SyncR(s) => {
+                    let head = self.inbox_head.get(&user).copied().unwrap_or(0);
+                    out.to_conn(conn, encode(SyncPage::new(s.group, s.after, head)), None);
+                }
+                other => out.to_conn(
+                    conn,
+                    encode(ErrorFrame::new(
+                        ErrorCode::InvalidRequest,
+                        Some(other.kind()),
+                        request_id(&other),
+                        "not supported by the relay backend",
+                    )),
+                    None,
+                ),
+            }
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Starting and stopping the whole gateway: cores, backend thread, metrics.
+//!
+//! ```text
+//!   main ── start() ──► N core threads (monoio runtime each, SO_REUSEPORT listener each)
+//!                  └──► backend thread (Backend::handle in batches)
+//!                  └──► metrics thread (HTTP /metrics, /healthz)
+//!   shutdown(): cores stop accepting, kick everyone (server_shutdown), flush,
+//!               exit; then the backend sees its channel close, finishes its
+//!               durable writes, exits. All within the shutdown deadline.
+//! ```
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicUsize},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::Receiver;
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+
+use crate::{
+    backend::{self, Backend, CoreMsg, Router},
+    config::{Config, DriverKind},
+    mailbox::{MailboxRx, mailbox},
+    metrics::{self, Metrics},
+    registry::Registry,
+    token::Verifier,
+    worker::{self, Core, Shared},
+};
+
+/// A running gateway.
+pub struct Running {
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    shared: Option<Arc<Shared>>,
+    metrics: Arc<Metrics>,
+    cores_done: Receiver<u16>,
+    cores: Vec<JoinHandle<()>>,
+    backend: Option<JoinHandle<()>>,
+    backend_done: Receiver<()>,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The metrics address could not be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// io_uring was required but is not available.
+    #[error("io_uring is not available on this kernel (use --driver epoll or auto)")]
+    NoUring,
+    /// A thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(s.into())
+}
+
+/// Whether the cores will run io_uring under this setting.
+pub fn uses_uring(driver: DriverKind) -> bool {
+    match driver {
+        DriverKind::Uring => true,
+        DriverKind::Epoll => false,
+        DriverKind::Auto => monoio::utils::detect_uring(),
+    }
+}
+
+/// Starts the gateway with `backend` and `verifier`.
+pub fn start(
+    cfg: Config,
+    backend: Box<dyn Backend>,
+    verifier: Arc<dyn Verifier>,
+) -> Result<Running, StartError> {
+    let n = cfg.worker_count();
+    let uring = uses_uring(cfg.driver);
+    if cfg.driver == DriverKind::Uring && !monoio::utils::detect_uring() {
+        return Err(StartError::NoUring);
+    }
+    if cfg.driver == DriverKind::Auto && !uring {
+        tracing::info!("io_uring unavailable, cores use epoll");
+    }
+    // The first listener resolves port 0; the others share its port.
+    let first = bind(cfg.listen, cfg.backlog).map_err(|source| StartError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
+    let addr = first.local_addr().map_err(|source| StartError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
+    let mut listeners = vec![first];
+    for _ in 1..n {
+        listeners.push(
+            bind(addr, cfg.backlog).map_err(|source| StartError::Listen { addr, source })?,
+        );
+    }
+    let metrics = Arc::new(Metrics::new(n));
+    let metrics_addr = match cfg.metrics_listen {
+        Some(a) => Some(
+            metrics::serve(a, metrics.clone())
+                .map_err(|source| StartError::Metrics { addr: a, source })?,
+        ),
+        None => None,
+    };
+    let registry = Arc::new(Registry::default());
+    let (backend_tx, backend_rx) = crossbeam_channel::bounded(cfg.backend_queue);
+    let mut txs = Vec::with_capacity(n);
+    let mut rxs: Vec<MailboxRx<CoreMsg>> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (tx, rx) = mailbox();
+        txs.push(tx);
+        rxs.push(rx);
+    }
+    let router = Router::new(txs.clone(), registry.clone());
+    let tick = cfg.tick().min(Duration::from_millis(100));
+    let (backend_done_tx, backend_done) = crossbeam_channel::bounded(1);
+    let backend = std::thread::Builder::new()
+        .name("imgate-backend".into())
+        .spawn(move || {
+            backend::run(backend, backend_rx, router, tick);
+            let _ = backend_done_tx.send(());
+        })
+        .map_err(StartError::Thread)?;
+    let shared = Arc::new(Shared {
+        cfg,
+        registry,
+        cores: txs,
+        backend: backend_tx,
+        metrics: metrics.clone(),
+        verifier,
+        connections: AtomicUsize::new(0),
+        shutting_down: Default::default(),
+    });
+    let (done_tx, cores_done) = crossbeam_channel::unbounded();
+    let mut cores = Vec::with_capacity(n);
+    for (i, (listener, rx)) in listeners.into_iter().zip(rxs).enumerate() {
+        let shared = shared.clone();
+        let done = done_tx.clone();
+        let pin = shared.cfg.pin_cores;
+        let h = std::thread::Builder::new()
+            .name(format!("imgate-core-{i}"))
+            .spawn(move || {
+                if pin {
+                    let _ = monoio::utils::bind_to_cpu_set([i]);
+                }
+                let id = u16::try_from(i).unwrap_or(u16::MAX);
+                let fut = async move {
+                    match monoio::net::TcpListener::from_std(listener) {
+                        Ok(l) => worker::run(Rc::new(Core::new(id, shared)), l, rx).await,
+                        Err(e) => tracing::error!(core = id, error = %e, "listener failed"),
+                    }
+                };
+                let built = if uring {
+                    RuntimeBuilder::<IoUringDriver>::new()
+                        .with_entries(16384)
+                        .enable_timer()
+                        .build()
+                        .map(|mut rt| rt.block_on(fut))
+                } else {
+                    RuntimeBuilder::<LegacyDriver>::new()
+                        .enable_timer()
+                        .build()
+                        .map(|mut rt| rt.block_on(fut))
+                };
+                if let Err(e) = built {
+                    tracing::error!(core = id, error = %e, "cannot start the runtime");
+                }
+                let _ = done.send(id);
+            })
+            .map_err(StartError::Thread)?;
+        cores.push(h);
+    }
+    tracing::info!(%addr, cores = n, driver = if uring { "io_uring" } else { "epoll" }, "imgate listening");
+    Ok(Running {
+        addr,
+        metrics_addr,
+        shared: Some(shared),
+        metrics,
+        cores_done,
+        cores,
+        backend: Some(backend),
+        backend_done,
+    })
+}
+
+use std::rc::Rc;
+
+impl Running {
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The metrics endpoint, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Graceful shutdown: stop accepting, kick everyone with
+    /// `server_shutdown`, flush, let the backend finish. Returns false if
+    /// the deadline passed first.
+    pub fn shutdown(mut self) -> bool {
+        let Some(shared) = self.shared.take() else {
+            return true;
+        };
+        let deadline = Instant::now() + Duration::from_millis(shared.cfg.shutdown_timeout_ms);
+        shared
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for tx in &shared.cores {
+            tx.send(CoreMsg::Shutdown);
+        }
+        drop(shared);
+        let mut left = self.cores.len();
+        while left > 0 {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match self.cores_done.recv_timeout(wait) {
+                Ok(_) => left -= 1,
+                Err(_) => return false,
+            }
+        }
+        for h in self.cores.drain(..) {
+            let _ = h.join();
+        }
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if self.backend_done.recv_timeout(wait).is_err() {
+            return false;
+        }
+        if let Some(h) = self.backend.take() {
+            let _ = h.join();
+        }
+        true
+    }
+}

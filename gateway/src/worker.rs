@@ -1,0 +1,494 @@
+//! A core: one thread, one monoio runtime, one listener, one slab of
+//! connections, one timer wheel.
+//!
+//! Nothing on a core is shared with another core except through channels:
+//! the connection state lives in `Rc`/`Cell`, touched by this thread only.
+//! Four kinds of task run on it: the accept loop, one task per connection,
+//! the tick task (advances the wheel) and the mailbox task (deliveries and
+//! kicks from the backend and the other cores). A fifth, the flusher, hands
+//! the frames decoded during one round of the runtime to the backend as one
+//! batch.
+
+use std::{
+    cell::{Cell, RefCell},
+    rc::Rc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
+    },
+    time::Instant,
+};
+
+use bytes::BytesMut;
+use crossbeam_channel::{Sender, TrySendError};
+use imgate_codec::{ErrorCode, KickReason, frame::ErrorFrame};
+use monoio::net::{TcpListener, TcpStream};
+use slab::Slab;
+
+use crate::{
+    backend::{CoreMsg, Inbound, Outbound},
+    config::Config,
+    conn::{Closing, Conn, IntoBytes, Phase, serve},
+    conn_id::ConnId,
+    mailbox::{MailboxRx, MailboxTx},
+    metrics::{CoreMetrics, Metrics},
+    registry::Registry,
+    signal::Signal,
+    token::Verifier,
+    wheel::Wheel,
+};
+
+/// What every core and the backend share.
+pub(crate) struct Shared {
+    pub(crate) cfg: Config,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) cores: Vec<MailboxTx<CoreMsg>>,
+    pub(crate) backend: Sender<Vec<Inbound>>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) verifier: Arc<dyn Verifier>,
+    pub(crate) connections: AtomicUsize,
+    pub(crate) shutting_down: AtomicBool,
+}
+
+/// What a timer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimerKind {
+    /// Login deadline before login, heartbeat deadline after.
+    Liveness,
+    /// Pushed frames not acknowledged in time.
+    Push,
+}
+
+/// A timer in the core's wheel.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timer {
+    slot: u32,
+    generation: u32,
+    kind: TimerKind,
+}
+
+const BLOCK: usize = 64 * 1024;
+const MIN_READ: usize = 4 * 1024;
+
+/// One core's state.
+pub(crate) struct Core {
+    pub(crate) id: u16,
+    pub(crate) shared: Arc<Shared>,
+    conns: RefCell<Slab<Rc<Conn>>>,
+    next_generation: Cell<u32>,
+    pub(crate) wheel: RefCell<Wheel<Timer>>,
+    tick: Cell<u64>,
+    start: Instant,
+    pending: RefCell<Vec<Inbound>>,
+    flusher: Signal,
+    backlogged: Cell<bool>,
+    blocks: RefCell<Vec<BytesMut>>,
+    wbufs: RefCell<Vec<BytesMut>>,
+    stop: Signal,
+    pub(crate) heartbeat_ticks: u64,
+    login_ticks: u64,
+    push_ticks: u64,
+}
+
+impl Core {
+    pub(crate) fn new(id: u16, shared: Arc<Shared>) -> Core {
+        let cfg = &shared.cfg;
+        let heartbeat_ticks =
+            cfg.ticks(cfg.heartbeat_ms * u64::from(cfg.heartbeat_timeout_factor));
+        let login_ticks = cfg.ticks(cfg.login_timeout_ms);
+        let push_ticks = cfg.ticks(cfg.push_timeout_ms);
+        Core {
+            id,
+            conns: RefCell::new(Slab::new()),
+            next_generation: Cell::new(0),
+            wheel: RefCell::new(Wheel::new(1024)),
+            tick: Cell::new(0),
+            start: Instant::now(),
+            pending: RefCell::new(Vec::new()),
+            flusher: Signal::default(),
+            backlogged: Cell::new(false),
+            blocks: RefCell::new(Vec::new()),
+            wbufs: RefCell::new(Vec::new()),
+            stop: Signal::default(),
+            heartbeat_ticks,
+            login_ticks,
+            push_ticks,
+            shared,
+        }
+    }
+
+    pub(crate) fn metrics(&self) -> &CoreMetrics {
+        &self.shared.metrics.cores[usize::from(self.id)]
+    }
+
+    pub(crate) fn now_tick(&self) -> u64 {
+        self.tick.get()
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn backlogged(&self) -> bool {
+        self.backlogged.get()
+    }
+
+    fn conn(&self, id: ConnId) -> Option<Rc<Conn>> {
+        self.conns
+            .borrow()
+            .get(id.slot as usize)
+            .filter(|c| c.id.generation == id.generation)
+            .cloned()
+    }
+
+    /// A block of the read pool with room for at least one read.
+    pub(crate) fn take_read_block(&self) -> BytesMut {
+        self.blocks
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(BLOCK))
+    }
+
+    /// Returns what is left of a block, if it can still take a read.
+    pub(crate) fn give_read_block(&self, block: BytesMut) {
+        if block.capacity() - block.len() >= MIN_READ {
+            self.blocks.borrow_mut().push(block);
+        }
+    }
+
+    pub(crate) fn take_write_buf(&self) -> BytesMut {
+        self.wbufs
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(16 * 1024))
+    }
+
+    pub(crate) fn give_write_buf(&self, buf: BytesMut) {
+        let mut w = self.wbufs.borrow_mut();
+        if w.len() < 64 && buf.capacity() <= 512 * 1024 {
+            w.push(buf);
+        }
+    }
+
+    /// Queues an event for the backend; the flusher sends the batch.
+    pub(crate) fn to_backend(&self, ev: Inbound) {
+        let full = {
+            let mut p = self.pending.borrow_mut();
+            p.push(ev);
+            p.len() >= self.shared.cfg.backend_batch
+        };
+        if full {
+            self.flush_backend();
+        }
+    }
+
+    /// Wakes the flusher: it runs after the tasks already woken this round,
+    /// so everything they decode travels in one batch.
+    pub(crate) fn flush_backend_soon(&self) {
+        if !self.pending.borrow().is_empty() {
+            self.flusher.raise(1);
+        }
+    }
+
+    fn flush_backend(&self) {
+        let batch = std::mem::take(&mut *self.pending.borrow_mut());
+        if batch.is_empty() {
+            self.backlogged.set(false);
+            return;
+        }
+        match self.shared.backend.try_send(batch) {
+            Ok(()) => {
+                self.backlogged.set(false);
+                self.shared.metrics.backend_queue.store(
+                    self.shared.backend.len() as i64,
+                    Relaxed,
+                );
+            }
+            Err(TrySendError::Full(batch)) | Err(TrySendError::Disconnected(batch)) => {
+                // Keep it (logins and closes must arrive) and refuse new
+                // requests until the backend catches up.
+                self.backlogged.set(true);
+                let mut p = self.pending.borrow_mut();
+                let mut batch = batch;
+                batch.append(&mut p);
+                *p = batch;
+            }
+        }
+    }
+
+    /// Queues bytes on a connection, kicking it if its queue is over limit.
+    fn deliver(&self, conn: &Conn, bytes: bytes::Bytes) {
+        if conn.is_closing() {
+            return;
+        }
+        self.metrics().frames_out.fetch_add(1, Relaxed);
+        if conn.queue(bytes) > self.shared.cfg.max_outbound_bytes {
+            conn.close(Closing::Kick(KickReason::SlowConsumer));
+        }
+    }
+
+    /// Kicks a connection on whichever core owns it.
+    pub(crate) fn kick_anywhere(&self, id: ConnId, reason: KickReason) {
+        if id.core == self.id {
+            if let Some(c) = self.conn(id) {
+                c.close(Closing::Kick(reason));
+            }
+        } else if let Some(tx) = self.shared.cores.get(usize::from(id.core)) {
+            tx.send(CoreMsg::Out(vec![Outbound::Kick { conn: id, reason }]));
+        }
+    }
+
+    /// Sets the connection's liveness timer to fire at `tick`.
+    pub(crate) fn arm_liveness(&self, conn: &Conn, tick: u64) {
+        let mut w = self.wheel.borrow_mut();
+        match conn.timer.get() {
+            Some(key) if w.reschedule(key, tick) => {}
+            _ => {
+                let key = w.insert(
+                    tick,
+                    Timer {
+                        slot: conn.id.slot,
+                        generation: conn.id.generation,
+                        kind: TimerKind::Liveness,
+                    },
+                );
+                conn.timer.set(Some(key));
+            }
+        }
+    }
+
+    /// Forgets a closed connection.
+    pub(crate) fn remove(&self, conn: &Rc<Conn>) {
+        {
+            let mut w = self.wheel.borrow_mut();
+            if let Some(k) = conn.timer.take() {
+                w.cancel(k);
+            }
+            if let Some(k) = conn.take_push_timer() {
+                w.cancel(k);
+            }
+        }
+        {
+            let mut conns = self.conns.borrow_mut();
+            if conns
+                .get(conn.id.slot as usize)
+                .is_some_and(|c| Rc::ptr_eq(c, conn))
+            {
+                conns.remove(conn.id.slot as usize);
+            }
+        }
+        if conn.phase() == Phase::Active {
+            let (user, device) = conn.user();
+            self.shared.registry.logout(user, device, conn.id);
+            self.to_backend(Inbound::Closed {
+                conn: conn.id,
+                user,
+                device,
+            });
+            self.flush_backend_soon();
+        }
+        self.shared.connections.fetch_sub(1, Relaxed);
+        self.metrics().connections.fetch_sub(1, Relaxed);
+        if self.stop.is_set(1) && self.conns.borrow().is_empty() {
+            self.stop.raise(2);
+        }
+    }
+
+    /// A timer fired.
+    fn fire(&self, w: &mut Wheel<Timer>, t: Timer) {
+        let Some(conn) = self.conn(ConnId::new(self.id, t.slot, t.generation)) else {
+            return;
+        };
+        let now = w.now();
+        match t.kind {
+            TimerKind::Liveness => {
+                conn.timer.set(None);
+                match conn.phase() {
+                    Phase::Login => {
+                        self.metrics().login_failures.fetch_add(1, Relaxed);
+                        conn.close(Closing::Kick(KickReason::LoginTimeout));
+                    }
+                    Phase::Active => {
+                        let due = conn.last_seen() + self.heartbeat_ticks;
+                        if due <= now {
+                            conn.close(Closing::Kick(KickReason::HeartbeatTimeout));
+                        } else {
+                            // It spoke since: look again when it could
+                            // next be late.
+                            let key = w.insert(due, t);
+                            conn.timer.set(Some(key));
+                        }
+                    }
+                }
+            }
+            TimerKind::Push => match conn.repush(now, self.shared.cfg.push_retries) {
+                None => conn.close(Closing::Kick(KickReason::PushUnacked)),
+                Some(frames) if frames.is_empty() => {}
+                Some(frames) => {
+                    self.metrics()
+                        .push_retransmits
+                        .fetch_add(frames.len() as u64, Relaxed);
+                    for f in frames {
+                        self.deliver(&conn, f);
+                    }
+                    let key = w.insert(now + self.push_ticks, t);
+                    conn.set_push_timer(Some(key));
+                }
+            },
+        }
+    }
+
+    /// Handles a batch from the mailbox.
+    fn dispatch(&self, msgs: &mut Vec<CoreMsg>) {
+        for msg in msgs.drain(..) {
+            match msg {
+                CoreMsg::Out(outs) => {
+                    for o in outs {
+                        match o {
+                            Outbound::Send { conn, bytes, track } => {
+                                let Some(c) = self.conn(conn) else { continue };
+                                if let Some(track) = track
+                                    && c.track_push(track, bytes.clone(), self.now_tick())
+                                {
+                                    let key = self.wheel.borrow_mut().insert(
+                                        self.now_tick() + self.push_ticks,
+                                        Timer {
+                                            slot: conn.slot,
+                                            generation: conn.generation,
+                                            kind: TimerKind::Push,
+                                        },
+                                    );
+                                    c.set_push_timer(Some(key));
+                                }
+                                self.deliver(&c, bytes);
+                            }
+                            Outbound::Kick { conn, reason } => {
+                                if let Some(c) = self.conn(conn) {
+                                    c.close(Closing::Kick(reason));
+                                }
+                            }
+                        }
+                    }
+                }
+                CoreMsg::Shutdown => self.begin_shutdown(),
+            }
+        }
+    }
+
+    fn begin_shutdown(&self) {
+        self.stop.raise(1);
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
+        for c in conns {
+            c.close(Closing::Kick(KickReason::ServerShutdown));
+        }
+        if self.conns.borrow().is_empty() {
+            self.stop.raise(2);
+        }
+    }
+
+    /// Takes a new connection.
+    fn accept(self: &Rc<Self>, stream: TcpStream) {
+        let m = self.metrics();
+        m.accepted.fetch_add(1, Relaxed);
+        let _ = stream.set_nodelay(true);
+        let total = self.shared.connections.fetch_add(1, Relaxed) + 1;
+        if total > self.shared.cfg.max_connections || self.stop.is_set(1) {
+            self.shared.connections.fetch_sub(1, Relaxed);
+            m.refused.fetch_add(1, Relaxed);
+            let code = if self.stop.is_set(1) {
+                ErrorCode::ShuttingDown
+            } else {
+                ErrorCode::TooManyConnections
+            };
+            monoio::spawn(refuse(stream, code));
+            return;
+        }
+        m.connections.fetch_add(1, Relaxed);
+        let generation = self.next_generation.get().wrapping_add(1);
+        self.next_generation.set(generation);
+        let conn = {
+            let mut conns = self.conns.borrow_mut();
+            let entry = conns.vacant_entry();
+            let id = ConnId::new(self.id, entry.key() as u32, generation);
+            let conn = Rc::new(Conn::new(
+                id,
+                self.now_tick(),
+                self.shared.cfg.frame_burst,
+                self.now_ms(),
+            ));
+            entry.insert(conn.clone());
+            conn
+        };
+        self.arm_liveness(&conn, self.now_tick() + self.login_ticks);
+        monoio::spawn(serve(self.clone(), conn, stream));
+    }
+}
+
+/// Refuses a connection with an error frame.
+async fn refuse(mut stream: TcpStream, code: ErrorCode) {
+    use monoio::io::AsyncWriteRentExt;
+    let frame = ErrorFrame::new(code, None, 0, code.as_str()).into_bytes();
+    let _ = monoio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(frame)).await;
+}
+
+/// The core's main future: runs until shutdown completes.
+///
+/// The tick, mailbox and flusher loops run inside this future rather than
+/// as spawned tasks, so they end with it: a spawned loop would hold the core
+/// (and through it the backend's channel) alive forever.
+pub(crate) async fn run(core: Rc<Core>, listener: TcpListener, mailbox: MailboxRx<CoreMsg>) {
+    let ticks = async {
+        let tick = core.shared.cfg.tick();
+        loop {
+            monoio::time::sleep(tick).await;
+            let to = core.tick.get() + 1;
+            core.tick.set(to);
+            let mut w = core.wheel.borrow_mut();
+            w.advance(to, |w, t| core.fire(w, t));
+            drop(w);
+            // A backlogged batch is retried every tick too.
+            core.flush_backend();
+        }
+    };
+    let mail = async {
+        let mut msgs = Vec::new();
+        while mailbox.recv_into(&mut msgs).await {
+            core.dispatch(&mut msgs);
+        }
+        std::future::pending::<()>().await;
+    };
+    let flusher = async {
+        loop {
+            core.flusher.wait(1).await;
+            core.flusher.clear(1);
+            core.flush_backend();
+        }
+    };
+    let main = async {
+        loop {
+            let accepted = monoio::select! {
+                r = listener.accept() => Some(r),
+                _ = core.stop.wait(1) => None,
+            };
+            match accepted {
+                Some(Ok((stream, _))) => core.accept(stream),
+                Some(Err(e)) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(core = core.id, error = %e, "accept failed");
+                    monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                None => break,
+            }
+        }
+        drop(listener);
+        // Wait for every connection to say goodbye.
+        core.stop.wait(2).await;
+        core.flush_backend();
+    };
+    monoio::select! {
+        _ = ticks => {},
+        _ = mail => {},
+        _ = flusher => {},
+        _ = main => {},
+    }
+}

@@ -1,0 +1,159 @@
+//! A gateway started in-process on an ephemeral port, and a blocking test
+//! client that speaks the real protocol over a real socket.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{SocketAddr, TcpStream},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::{Bytes, BytesMut};
+use imgate::{
+    backend::Backend,
+    config::{Config, DriverKind},
+    relay::Relay,
+    server::{self, Running},
+    token::HmacVerifier,
+};
+use imgate_codec::{Decoder, Frame, frame::Login};
+
+pub const SECRET: &str = "test-secret";
+
+/// Drivers to run a test on: epoll always, io_uring where the kernel has it.
+pub fn drivers() -> Vec<DriverKind> {
+    let mut d = vec![DriverKind::Epoll];
+    if server::uses_uring(DriverKind::Auto) {
+        d.push(DriverKind::Uring);
+    }
+    d
+}
+
+pub fn config(driver: DriverKind) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        workers: 2,
+        driver,
+        metrics_listen: None,
+        secret: SECRET.into(),
+        tick_ms: 20,
+        shutdown_timeout_ms: 3000,
+        ..Config::default()
+    }
+}
+
+pub fn start(cfg: Config) -> Running {
+    start_with(cfg, Box::new(Relay::default()))
+}
+
+pub fn start_with(cfg: Config, backend: Box<dyn Backend>) -> Running {
+    let v = Arc::new(HmacVerifier::new(cfg.secret.as_bytes()));
+    server::start(cfg, backend, v).expect("gateway starts")
+}
+
+pub fn token(user: u64, device: u32) -> Bytes {
+    let exp = imgate::unix_time().as_secs() + 3600;
+    Bytes::from(HmacVerifier::new(SECRET.as_bytes()).mint(user, device, exp))
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+    buf: BytesMut,
+    dec: Decoder,
+}
+
+/// What a read returned.
+#[derive(Debug)]
+pub enum Got {
+    Frame(Frame),
+    Closed,
+    Timeout,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Client {
+            stream,
+            buf: BytesMut::new(),
+            dec: Decoder::new(1 << 20),
+        }
+    }
+
+    pub fn send(&mut self, f: impl Into<Frame>) {
+        let mut b = BytesMut::new();
+        f.into().encode(&mut b);
+        self.stream.write_all(&b).expect("write");
+    }
+
+    pub fn send_raw(&mut self, b: &[u8]) {
+        self.stream.write_all(b).expect("write");
+    }
+
+    /// The next frame, or closed, within `t`.
+    pub fn next(&mut self, t: Duration) -> Got {
+        let deadline = Instant::now() + t;
+        loop {
+            match self.dec.decode(&mut self.buf) {
+                Ok(Some(f)) => return Got::Frame(f),
+                Ok(None) => {}
+                Err(e) => panic!("server sent a bad frame: {e}"),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Got::Timeout;
+            }
+            self.stream.set_read_timeout(Some(left)).expect("timeout");
+            let mut tmp = [0u8; 65536];
+            match self.stream.read(&mut tmp) {
+                Ok(0) => return Got::Closed,
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Got::Timeout;
+                }
+                Err(_) => return Got::Closed,
+            }
+        }
+    }
+
+    /// The next frame; panics on close or timeout.
+    pub fn frame(&mut self) -> Frame {
+        match self.next(Duration::from_secs(5)) {
+            Got::Frame(f) => f,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// Asserts the server closes the connection (after any frames, which
+    /// are returned).
+    pub fn closed(&mut self) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        loop {
+            match self.next(Duration::from_secs(5)) {
+                Got::Frame(f) => frames.push(f),
+                Got::Closed => return frames,
+                Got::Timeout => panic!("connection not closed; frames so far: {frames:?}"),
+            }
+        }
+    }
+
+    pub fn login(addr: SocketAddr, user: u64, device: u32) -> Client {
+        let mut c = Client::connect(addr);
+        c.send(Login {
+            user,
+            device,
+            resume: 0,
+            token: token(user, device),
+        });
+        match c.frame() {
+            Frame::LoginOk(ok) => {
+                assert_eq!((ok.user, ok.device), (user, device));
+            }
+            other => panic!("expected login:ok, got {other:?}"),
+        }
+        c
+    }
+}

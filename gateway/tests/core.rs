@@ -1,0 +1,338 @@
+//! The gateway core over real sockets: login, heartbeats, kicks, limits,
+//! shutdown, on both io drivers.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Client, Got, config, drivers, start, start_with, token};
+use imgate::relay::Relay;
+use imgate_codec::{
+    ErrorCode, Frame, KickReason,
+    frame::{AckR, Login, MsgR, Ping},
+};
+
+fn error_code(f: &Frame) -> ErrorCode {
+    match f {
+        Frame::Error(e) => e.code(),
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+}
+
+fn kick_reason(f: &Frame) -> KickReason {
+    match f {
+        Frame::Kick(k) => k.reason(),
+        other => panic!("expected a kick, got {other:?}"),
+    }
+}
+
+#[test]
+fn login_succeeds_and_ping_gets_pong() {
+    for d in drivers() {
+        let gw = start(config(d));
+        let mut c = Client::login(gw.addr(), 7, 1);
+        c.send(Ping { nonce: 99 });
+        match c.frame() {
+            Frame::Pong(p) => assert_eq!(p.nonce, 99, "{d:?}"),
+            other => panic!("{d:?}: expected pong, got {other:?}"),
+        }
+        assert_eq!(gw.metrics().cores.iter().map(|c| c.logins.load(std::sync::atomic::Ordering::Relaxed)).sum::<u64>(), 1);
+        assert!(gw.shutdown());
+    }
+}
+
+#[test]
+fn bad_and_expired_tokens_are_refused_and_closed() {
+    for d in drivers() {
+        let gw = start(config(d));
+        let mut c = Client::connect(gw.addr());
+        c.send(Login {
+            user: 7,
+            device: 1,
+            resume: 0,
+            token: token(8, 1), // someone else's token
+        });
+        let got = c.closed();
+        assert_eq!(got.len(), 1, "{d:?}: {got:?}");
+        assert_eq!(error_code(&got[0]), ErrorCode::BadToken);
+
+        let expired = imgate::token::HmacVerifier::new(common::SECRET.as_bytes()).mint(7, 1, 1);
+        let mut c = Client::connect(gw.addr());
+        c.send(Login {
+            user: 7,
+            device: 1,
+            resume: 0,
+            token: Bytes::from(expired),
+        });
+        let got = c.closed();
+        assert_eq!(error_code(&got[0]), ErrorCode::TokenExpired, "{d:?}");
+        assert!(gw.shutdown());
+    }
+}
+
+#[test]
+fn a_first_frame_other_than_login_is_refused() {
+    for d in drivers() {
+        let gw = start(config(d));
+        let mut c = Client::connect(gw.addr());
+        c.send(Ping { nonce: 1 });
+        let got = c.closed();
+        assert_eq!(got.len(), 1, "{d:?}: {got:?}");
+        assert_eq!(error_code(&got[0]), ErrorCode::NotLoggedIn);
+        assert!(gw.shutdown());
+    }
+}
+
+#[test]
+fn garbage_gets_an_error_and_a_protocol_kick() {
+    for d in drivers() {
+        let gw = start(config(d));
+        let mut c = Client::connect(gw.addr());
+        // A plausible length, then a version this server does not speak.
+        c.send_raw(&[0, 0, 0, 8, 9, 1, 0, 0, 1, 2, 3, 4]);
+        let got = c.closed();
+        assert_eq!(got.len(), 2, "{d:?}: {got:?}");
+        assert_eq!(error_code(&got[0]), ErrorCode::UnsupportedVersion);
+        assert_eq!(kick_reason(&got[1]), KickReason::ProtocolError);
+        assert!(gw.shutdown());
+    }
+}
+
+#[test]
+fn an_oversized_frame_is_refused_before_it_arrives() {
+    for d in drivers() {
+        let mut cfg = config(d);
+        cfg.max_frame = 4096;
+        let gw = start(cfg);
+        let mut c = Client::login(gw.addr(), 1, 1);
+        // Announce 1 MiB; send only the header.
+        c.send_raw(&[0, 0x10, 0, 0, 1, 0x10, 0, 0]);
+        let got = c.closed();
+        assert_eq!(error_code(&got[0]), ErrorCode::FrameTooLarge, "{d:?}");
+        assert_eq!(kick_reason(&got[1]), KickReason::ProtocolError);
+        assert!(gw.shutdown());
+    }
+}
+
+#[test]
+fn no_login_before_the_deadline_is_kicked() {
+    for d in drivers() {
+        let mut cfg = config(d);
+        cfg.login_timeout_ms = 100;
+        let gw = start(cfg);
+        let mut c = Client::connect(gw.addr());
+        let got = c.closed();
+        assert_eq!(got.len(), 1, "{d:?}: {got:?}");
+        assert_eq!(kick_reason(&got[0]), KickReason::LoginTimeout);
+        assert!(gw.shutdown());
+    }
+}
+
+#[test]
+fn silence_past_the_heartbeat_timeout_is_kicked_and_pings_keep_alive() {
+    for d in drivers() {
+        let mut cfg = config(d);
+        cfg.heartbeat_ms = 100;
+        cfg.heartbeat_timeout_factor = 2;
+        let gw = start(cfg);
+        let mut quiet = Client::login(gw.addr(), 1, 1);
+        let mut chatty = Client::login(gw.addr(), 2, 1);
+        // The chatty one pings every 50 ms for 600 ms: three timeouts' worth.
+        for i in 0..12 {
+            chatty.send(Ping { nonce: i });
+            assert!(matches!(chatty.frame(), Frame::Pong(_)), "{d:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let got = quiet.closed();
+        assert_eq!(got.len(), 1, "{d:?}: {got:?}");
+        assert_eq!(kick_reason(&got[0]), KickReason::HeartbeatTimeout);
+        chatty.send(Ping { nonce: 100 });
+        assert!(matches!(chatty.frame(), Frame::Pong(p) if p.nonce == 100));
+        assert_eq!(gw.metrics().kicks(KickReason::HeartbeatTimeout), 1);
+        assert!(gw.shutdown());
+    }
+}
+
+#[test]
+fn a_new_login_of_the_same_device_replaces_the_old() {
+    for d in drivers() {
+        let gw = start(config(d));
+        let mut old = Client::login(gw.addr(), 5, 1);
+        let mut other_device = Client::login(gw.addr(), 5, 2);
+        let mut new = Client::login(gw.addr(), 5, 1);
+        let got = old.closed();
+        assert_eq!(kick_reason(&got[0]), KickReason::Replaced, "{d:?}");
+        for c in [&mut other_device, &mut new] {
+            c.send(Ping { nonce: 3 });
+            assert!(matches!(c.frame(), Frame::Pong(_)));
+        }
+        assert!(gw.shutdown());
+    }
+}
+
+#[test]
+fn connections_over_the_limit_are_refused() {
+    for d in drivers() {
+        let mut cfg = config(d);
+        cfg.max_connections = 2;
+        let gw = start(cfg);
+        let _a = Client::login(gw.addr(), 1, 1);
+        let _b = Client::login(gw.addr(), 2, 1);
+        let mut c = Client::connect(gw.addr());
+        let got = c.closed();
+        assert_eq!(error_code(&got[0]), ErrorCode::TooManyConnections, "{d:?}");
+        drop(_a);
+        // The slot frees once the server sees the close.
+        let mut ok = false;
+        for _ in 0..50 {
+            std::thread::sleep(Duration::from_millis(20));
+            let mut c = Client::connect(gw.addr());
+            c.send(Login {
+                user: 3,
+                device: 1,
+                resume: 0,
+                token: token(3, 1),
+            });
+            if matches!(c.next(Duration::from_secs(2)), Got::Frame(Frame::LoginOk(_))) {
+                ok = true;
+                break;
+            }
+        }
+        assert!(ok, "{d:?}: a freed slot is reusable");
+        assert!(gw.shutdown());
+    }
+}
+
+#[test]
+fn frames_over_the_rate_limit_are_kicked() {
+    for d in drivers() {
+        let mut cfg = config(d);
+        cfg.max_frames_per_sec = 10;
+        cfg.frame_burst = 20;
+        let gw = start(cfg);
+        let mut c = Client::login(gw.addr(), 1, 1);
+        // All at once, so the server reads them before it closes.
+        let mut burst = bytes::BytesMut::new();
+        for i in 0..40 {
+            Frame::from(Ping { nonce: i }).encode(&mut burst);
+        }
+        c.send_raw(&burst);
+        let got = c.closed();
+        let pongs = got.iter().filter(|f| matches!(f, Frame::Pong(_))).count();
+        // The login used one token of the burst.
+        assert_eq!(pongs, 19, "{d:?}");
+        assert_eq!(error_code(&got[pongs]), ErrorCode::RateLimited);
+        assert_eq!(kick_reason(&got[pongs + 1]), KickReason::RateLimited);
+        assert!(gw.shutdown());
+    }
+}
+
+#[test]
+fn a_slow_consumer_is_kicked_and_fast_ones_are_not() {
+    for d in drivers() {
+        let mut cfg = config(d);
+        cfg.max_frame = 4096;
+        cfg.max_outbound_bytes = 64 * 1024;
+        cfg.max_frames_per_sec = 1_000_000;
+        cfg.frame_burst = 1_000_000;
+        let gw = start(cfg);
+        let mut slow = Client::login(gw.addr(), 2, 1);
+        slow.stream
+            .set_nonblocking(false)
+            .expect("blocking");
+        let mut sender = Client::login(gw.addr(), 1, 1);
+        let body = Bytes::from(vec![7u8; 2000]);
+        // Far more than the socket buffers hold: the queue must overflow.
+        for i in 0..20_000u64 {
+            sender.send(MsgR {
+                msg_id: i + 1,
+                group: 0,
+                to: 2,
+                retry: false,
+                body: body.clone(),
+            });
+            if i % 500 == 0 {
+                // Drain the sender's msg:A so it is not the slow one.
+                while let Got::Frame(_) = sender.next(Duration::from_millis(1)) {}
+            }
+        }
+        let got = slow.closed();
+        let last = got.last().expect("frames before the close");
+        assert_eq!(kick_reason(last), KickReason::SlowConsumer, "{d:?}");
+        assert!(got.len() < 20_000, "the backlog was dropped, not delivered");
+        assert_eq!(gw.metrics().kicks(KickReason::SlowConsumer), 1);
+        assert!(gw.shutdown());
+    }
+}
+
+#[test]
+fn unacknowledged_pushes_are_resent_then_kicked() {
+    for d in drivers() {
+        let mut cfg = config(d);
+        cfg.push_timeout_ms = 60;
+        cfg.push_retries = 2;
+        let relay = Relay::new(true);
+        let gw = start_with(cfg, Box::new(relay));
+        let mut rx = Client::login(gw.addr(), 2, 1);
+        let mut acker = Client::login(gw.addr(), 3, 1);
+        let mut tx = Client::login(gw.addr(), 1, 1);
+        for to in [2, 3] {
+            tx.send(MsgR {
+                msg_id: to,
+                group: 0,
+                to,
+                retry: false,
+                body: Bytes::from_static(b"hi"),
+            });
+        }
+        // The acker acks its one message at once and is never re-pushed.
+        match acker.frame() {
+            Frame::MsgN(n) => {
+                assert!(!n.retry);
+                acker.send(AckR { group: 0, seq: n.seq });
+            }
+            other => panic!("{other:?}"),
+        }
+        // The silent receiver gets it once, then twice more with RETRY, then
+        // a kick.
+        let got = rx.closed();
+        let pushes: Vec<bool> = got
+            .iter()
+            .filter_map(|f| match f {
+                Frame::MsgN(n) => Some(n.retry),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(pushes, vec![false, true, true], "{d:?}: {got:?}");
+        assert_eq!(kick_reason(got.last().expect("kick")), KickReason::PushUnacked);
+        let mut acker_frames = Vec::new();
+        while let Got::Frame(f) = acker.next(Duration::from_millis(100)) {
+            acker_frames.push(f);
+        }
+        assert!(
+            acker_frames.iter().all(|f| !matches!(f, Frame::MsgN(_))),
+            "{acker_frames:?}"
+        );
+        assert!(gw.shutdown());
+    }
+}
+
+#[test]
+fn graceful_shutdown_kicks_everyone_with_server_shutdown() {
+    for d in drivers() {
+        let gw = start(config(d));
+        let mut a = Client::login(gw.addr(), 1, 1);
+        let mut b = Client::login(gw.addr(), 2, 1);
+        let addr = gw.addr();
+        assert!(gw.shutdown(), "{d:?}: within the deadline");
+        for c in [&mut a, &mut b] {
+            let got = c.closed();
+            assert_eq!(kick_reason(&got[0]), KickReason::ServerShutdown);
+        }
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "no longer accepting"
+        );
+    }
+}
