@@ -72,6 +72,8 @@ impl Decoder {
         match Header::peek_len(buf) {
             None => HEADER_LEN - buf.len(),
             Some(len) if check_len(len, self.max_frame).is_err() => 0,
+            // A whole header with a bad version or kind: decode fails now.
+            Some(_) if buf.len() >= HEADER_LEN && Header::parse(buf, self.max_frame).is_err() => 0,
             Some(len) => (LEN_FIELD + len as usize).saturating_sub(buf.len()),
         }
     }

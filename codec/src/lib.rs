@@ -19,6 +19,8 @@ mod codes;
 mod decoder;
 mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod header;
 mod wire;
 

@@ -36,7 +36,7 @@ impl GroupOp {
 }
 
 fn check_ids(r: &Reader<'_>, len: usize) -> Result<(), DecodeError> {
-    if len % 8 != 0 {
+    if !len.is_multiple_of(8) {
         return Err(r.invalid("member list length"));
     }
     Ok(())

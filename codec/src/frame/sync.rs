@@ -208,7 +208,7 @@ fixed_frame! {
 pub const UNREAD_ENTRY: usize = 28;
 
 fn check_unread(r: &Reader<'_>, len: usize) -> Result<(), DecodeError> {
-    if len % UNREAD_ENTRY != 0 {
+    if !len.is_multiple_of(UNREAD_ENTRY) {
         return Err(r.invalid("entries length"));
     }
     Ok(())
@@ -245,16 +245,20 @@ impl UnreadA {
             b.put_u32(e.unread);
             b.put_u64(e.last_seq);
         }
-        UnreadA { entries: b.freeze() }
+        UnreadA {
+            entries: b.freeze(),
+        }
     }
 
     /// The conversations.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = UnreadEntry> + '_ {
-        self.entries.chunks_exact(UNREAD_ENTRY).map(|mut c| UnreadEntry {
-            group: c.get_u64(),
-            peer: c.get_u64(),
-            unread: c.get_u32(),
-            last_seq: c.get_u64(),
-        })
+        self.entries
+            .chunks_exact(UNREAD_ENTRY)
+            .map(|mut c| UnreadEntry {
+                group: c.get_u64(),
+                peer: c.get_u64(),
+                unread: c.get_u32(),
+                last_seq: c.get_u64(),
+            })
     }
 }
