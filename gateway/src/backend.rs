@@ -83,6 +83,14 @@ pub enum Outbound {
         /// Re-send until acked, if set.
         track: Option<Track>,
     },
+    /// Complete a login: the core sends login:ok with its own settings
+    /// and this inbox head, and starts delivering to the connection.
+    LoginOk {
+        /// The connection.
+        conn: ConnId,
+        /// Highest sequence id in the user's inbox.
+        inbox_head: u64,
+    },
     /// Kick a connection.
     Kick {
         /// The connection.
@@ -167,6 +175,11 @@ impl Router {
         }
         self.scratch = conns;
         n
+    }
+
+    /// Completes a login (send login:ok) with the user's inbox head.
+    pub fn login_ok(&mut self, conn: ConnId, inbox_head: u64) {
+        self.push(conn.core, Outbound::LoginOk { conn, inbox_head });
     }
 
     /// Kicks a connection.

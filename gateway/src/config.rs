@@ -74,10 +74,24 @@ pub struct Config {
     pub max_frames_per_sec: u32,
     /// Frames one connection may send in a burst above the sustained rate.
     pub frame_burst: u32,
+    /// Frames over the rate limit answered with `rate_limited` (and
+    /// dropped) before the connection is kicked.
+    pub rate_limit_strikes: u32,
     /// Time a pushed msg:N may stay unacknowledged before it is re-sent, ms.
     pub push_timeout_ms: u64,
     /// Re-sends of unacknowledged pushes before the connection is kicked.
     pub push_retries: u32,
+    /// How long the server remembers (sender, msg id) to answer a
+    /// retransmitted msg:R without storing it again, ms.
+    pub dedup_window_ms: u64,
+    /// Sync page size when a client asks for 0.
+    pub sync_page_default: usize,
+    /// Largest sync page.
+    pub sync_page_max: usize,
+    /// Largest group.
+    pub max_group_size: usize,
+    /// Most inbox entries read to build one unread summary.
+    pub unread_scan_limit: usize,
     /// Inbound events per batch to the backend.
     pub backend_batch: usize,
     /// Batches queued towards the backend before cores shed load.
@@ -119,8 +133,14 @@ impl Default for Config {
             max_outbound_bytes: 1 << 20,
             max_frames_per_sec: 1000,
             frame_burst: 2000,
+            rate_limit_strikes: 10,
             push_timeout_ms: 5000,
             push_retries: 3,
+            dedup_window_ms: 600_000,
+            sync_page_default: 100,
+            sync_page_max: 1000,
+            max_group_size: 10_000,
+            unread_scan_limit: 100_000,
             backend_batch: 512,
             backend_queue: 4096,
             shutdown_timeout_ms: 10_000,
@@ -218,11 +238,32 @@ impl Config {
         if self.push_timeout_ms == 0 {
             return invalid("push_timeout_ms", "must be at least 1");
         }
+        if self.dedup_window_ms == 0 {
+            return invalid("dedup_window_ms", "must be at least 1");
+        }
+        if self.sync_page_default == 0 || self.sync_page_max < self.sync_page_default {
+            return invalid(
+                "sync_page_max",
+                "sync_page_default must be at least 1 and at most sync_page_max",
+            );
+        }
+        if self.sync_page_max > usize::from(u16::MAX) {
+            return invalid("sync_page_max", "must be at most 65535");
+        }
+        if self.max_group_size == 0 {
+            return invalid("max_group_size", "must be at least 1");
+        }
+        if self.unread_scan_limit == 0 {
+            return invalid("unread_scan_limit", "must be at least 1");
+        }
         if self.max_frames_per_sec == 0 {
             return invalid("max_frames_per_sec", "must be at least 1");
         }
         if self.backend_batch == 0 || self.backend_queue == 0 {
-            return invalid("backend_batch", "backend_batch and backend_queue must be at least 1");
+            return invalid(
+                "backend_batch",
+                "backend_batch and backend_queue must be at least 1",
+            );
         }
         if self.secret.is_empty() {
             return invalid("secret", "must not be empty");
@@ -279,15 +320,26 @@ mod tests {
 
     #[test]
     fn every_limit_is_checked() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
+        type Case = (&'static str, Box<dyn Fn(&mut Config)>);
+        let cases: Vec<Case> = vec![
             ("max_frame", Box::new(|c| c.max_frame = 100)),
             ("push_timeout_ms", Box::new(|c| c.push_timeout_ms = 0)),
+            ("dedup_window_ms", Box::new(|c| c.dedup_window_ms = 0)),
+            ("sync_page_max", Box::new(|c| c.sync_page_max = 5)),
+            ("max_group_size", Box::new(|c| c.max_group_size = 0)),
+            ("unread_scan_limit", Box::new(|c| c.unread_scan_limit = 0)),
             ("max_connections", Box::new(|c| c.max_connections = 0)),
             ("tick_ms", Box::new(|c| c.tick_ms = 0)),
             ("heartbeat_ms", Box::new(|c| c.heartbeat_ms = 1)),
-            ("heartbeat_timeout_factor", Box::new(|c| c.heartbeat_timeout_factor = 0)),
+            (
+                "heartbeat_timeout_factor",
+                Box::new(|c| c.heartbeat_timeout_factor = 0),
+            ),
             ("login_timeout_ms", Box::new(|c| c.login_timeout_ms = 0)),
-            ("max_outbound_bytes", Box::new(|c| c.max_outbound_bytes = 100)),
+            (
+                "max_outbound_bytes",
+                Box::new(|c| c.max_outbound_bytes = 100),
+            ),
             ("max_frames_per_sec", Box::new(|c| c.max_frames_per_sec = 0)),
             ("backend_batch", Box::new(|c| c.backend_queue = 0)),
             ("secret", Box::new(|c| c.secret.clear())),

@@ -21,20 +21,19 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use imgate_codec::{
-    Body, Decoder, ErrorCode, Frame, Kind, KickReason,
+    Body, Decoder, ErrorCode, Frame, KickReason, Kind,
     frame::{ErrorFrame, Kick, LoginOk, Pong},
     header::FLAG_RETRY,
 };
-use monoio::{
-    buf::IoBufMut,
-    io::{AsyncReadRent, AsyncWriteRentExt},
-    net::TcpStream,
-};
+use std::os::fd::AsRawFd;
+
+use monoio::net::TcpStream;
 
 use crate::{
     backend::{Inbound, Track},
     conn_id::ConnId,
     signal::Signal,
+    sock,
     token::TokenError,
     wheel::TimerKey,
     worker::Core,
@@ -50,6 +49,10 @@ pub(crate) const SIG_CLOSE: u8 = 2;
 pub(crate) enum Phase {
     /// Waiting for the login frame.
     Login,
+    /// The token checked out; waiting for the backend's login:ok.
+    /// Deliveries that arrive now are dropped: the backend's login:ok
+    /// reports an inbox head that covers them, and the client syncs.
+    Pending,
     /// Logged in.
     Active,
 }
@@ -89,6 +92,7 @@ pub(crate) struct Conn {
     closing: Cell<Option<Closing>>,
     tokens: Cell<f32>,
     refill_ms: Cell<u64>,
+    strikes: Cell<u32>,
     pushes: RefCell<Option<Box<Pushes>>>,
 }
 
@@ -107,12 +111,22 @@ impl Conn {
             closing: Cell::new(None),
             tokens: Cell::new(burst as f32),
             refill_ms: Cell::new(now_ms),
+            strikes: Cell::new(0),
             pushes: RefCell::new(None),
         }
     }
 
     pub(crate) fn phase(&self) -> Phase {
         self.phase.get()
+    }
+
+    /// Queues the login:ok the backend answered with; the connection is
+    /// now fully logged in.
+    pub(crate) fn logged_in(&self, ok: &LoginOk) {
+        if self.phase.get() == Phase::Pending && !self.is_closing() {
+            self.queue(ok.clone().into_bytes());
+            self.phase.set(Phase::Active);
+        }
     }
 
     pub(crate) fn user(&self) -> (u64, u32) {
@@ -220,7 +234,10 @@ impl Conn {
     }
 
     pub(crate) fn take_push_timer(&self) -> Option<TimerKey> {
-        self.pushes.borrow_mut().as_mut().and_then(|p| p.timer.take())
+        self.pushes
+            .borrow_mut()
+            .as_mut()
+            .and_then(|p| p.timer.take())
     }
 }
 
@@ -267,9 +284,7 @@ pub(crate) async fn serve(core: Rc<Core>, conn: Rc<Conn>, mut stream: TcpStream)
                 break;
             }
             Some(true) => {
-                if let ReadEnd::Gone =
-                    read_once(&core, &conn, &mut stream, &decoder, &mut partial).await
-                {
+                if let ReadEnd::Gone = read_once(&core, &conn, &stream, &decoder, &mut partial) {
                     conn.close(Closing::Now);
                     break;
                 }
@@ -283,6 +298,8 @@ pub(crate) async fn serve(core: Rc<Core>, conn: Rc<Conn>, mut stream: TcpStream)
 /// Sends what a closing connection still owes (a kick, an error), briefly.
 async fn finish(core: &Rc<Core>, conn: &Rc<Conn>, stream: &mut TcpStream) {
     let how = conn.closing.get().unwrap_or(Closing::Now);
+    let (user, device) = conn.user();
+    tracing::debug!(conn = %conn.id, user, device, how = ?how, "closing");
     match how {
         Closing::Now => return,
         Closing::Flush => {}
@@ -301,68 +318,59 @@ async fn finish(core: &Rc<Core>, conn: &Rc<Conn>, stream: &mut TcpStream) {
     let _ = monoio::time::timeout(grace, flush(core, conn, stream)).await;
 }
 
-/// Writes the outbound queue: small frames are copied into one buffer and
-/// written with one call; a large frame is written as it is.
+/// Writes the outbound queue with `sendmsg` straight from the queued
+/// `Bytes` (no copy, no buffer lent to the kernel), waiting for
+/// writability only when the socket buffer is full.
 async fn flush(core: &Rc<Core>, conn: &Rc<Conn>, stream: &mut TcpStream) -> bool {
-    const COALESCE: usize = 16 * 1024;
-    const MAX_WRITE: usize = 256 * 1024;
-    while conn.out_bytes.get() > 0 {
-        let mut buf = core.take_write_buf();
-        let mut big = None;
-        {
-            let mut q = conn.out.borrow_mut();
-            while let Some(front) = q.front() {
-                if front.len() >= COALESCE {
-                    if buf.is_empty() {
-                        big = q.pop_front();
-                    }
-                    break;
-                }
-                if buf.len() + front.len() > MAX_WRITE {
-                    break;
-                }
-                if let Some(b) = q.pop_front() {
-                    buf.extend_from_slice(&b);
-                }
+    loop {
+        match sock::send_queued(stream.as_raw_fd(), &mut conn.out.borrow_mut()) {
+            Ok(n) => {
+                conn.out_bytes.set(conn.out_bytes.get().saturating_sub(n));
+                core.metrics()
+                    .bytes_out
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
             }
+            Err(_) => return false,
         }
-        let (n, ok) = if let Some(b) = big {
-            let n = b.len();
-            let (res, _) = stream.write_all(b).await;
-            (n, res.is_ok())
-        } else {
-            let n = buf.len();
-            let (res, mut buf) = stream.write_all(buf).await;
-            buf.clear();
-            core.give_write_buf(buf);
-            (n, res.is_ok())
-        };
-        conn.out_bytes.set(conn.out_bytes.get().saturating_sub(n));
-        core.metrics()
-            .bytes_out
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        if !ok {
-            return false;
+        if conn.out.borrow().is_empty() {
+            break;
         }
+        // The socket buffer is full: wait until the peer reads, unless the
+        // connection is being closed (finish() decides what still goes out).
         if conn.signal.is_set(SIG_CLOSE) && conn.closing.get() != Some(Closing::Flush) {
-            // Closing: finish() decides what still goes out.
             return true;
         }
+        let writable = monoio::select! {
+            r = stream.writable(false) => r.is_ok(),
+            _ = conn.signal.wait(SIG_CLOSE) => true,
+        };
+        if !writable {
+            return false;
+        }
+    }
+    // An idle connection keeps no queue storage.
+    let mut q = conn.out.borrow_mut();
+    if q.capacity() > 0 {
+        *q = VecDeque::new();
     }
     true
 }
 
 /// One read: into the connection's unfinished frame if it has one, else
-/// into a block of the core's pool; then decode and handle every frame.
-async fn read_once(
+/// into the core's read block; then decode and handle every frame.
+///
+/// The read is a non-blocking `recv` right after readiness, not an
+/// asynchronous read: no buffer is lent to the kernel across an await, so a
+/// core needs one read block however many connections are readable at once.
+fn read_once(
     core: &Rc<Core>,
     conn: &Rc<Conn>,
-    stream: &mut TcpStream,
+    stream: &TcpStream,
     decoder: &Decoder,
     partial: &mut BytesMut,
 ) -> ReadEnd {
     let own = !partial.is_empty();
-    let buf = if own {
+    let mut buf = if own {
         let want = decoder.needed(partial).max(4096);
         partial.reserve(want);
         std::mem::take(partial)
@@ -370,17 +378,26 @@ async fn read_once(
         core.take_read_block()
     };
     let start = buf.len();
-    let cap = buf.capacity();
-    let (res, slice) = stream.read(buf.slice_mut(start..cap)).await;
-    let mut buf = slice.into_inner();
-    let n = match res {
-        Ok(0) | Err(_) => {
+    let n = match sock::recv(stream.as_raw_fd(), &mut buf) {
+        Ok(0) => {
             if !own {
                 core.give_read_block(buf);
             }
             return ReadEnd::Gone;
         }
         Ok(n) => n,
+        Err(e) => {
+            let again = matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            );
+            if own {
+                *partial = buf;
+            } else {
+                core.give_read_block(buf);
+            }
+            return if again { ReadEnd::More } else { ReadEnd::Gone };
+        }
     };
     core.metrics()
         .bytes_in
@@ -388,8 +405,8 @@ async fn read_once(
     let mut data = if own {
         buf
     } else {
-        // Split the bytes read off the block; the rest of the block goes
-        // back to the pool for the next read on this core.
+        // Split the bytes read off the block; the rest of the block serves
+        // the next read on this core.
         let data = buf.split_to(start + n);
         core.give_read_block(buf);
         data
@@ -403,6 +420,7 @@ async fn read_once(
             Ok(Some(frame)) => handle(core, conn, frame, now_ms),
             Ok(None) => break,
             Err(e) => {
+                tracing::debug!(conn = %conn.id, error = %e, "bad frame");
                 core.metrics()
                     .protocol_errors
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -432,19 +450,31 @@ async fn read_once(
 fn handle(core: &Rc<Core>, conn: &Rc<Conn>, frame: Frame, now_ms: u64) {
     let cfg = &core.shared.cfg;
     let m = core.metrics();
-    m.frames_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    m.frames_in
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     conn.last_seen.set(core.now_tick());
     if !conn.take_token(now_ms, cfg.max_frames_per_sec, cfg.frame_burst) {
-        conn.queue(
-            ErrorFrame::new(ErrorCode::RateLimited, Some(frame.kind()), 0, "frame rate limit")
-                .into_bytes(),
-        );
-        conn.close(Closing::Kick(KickReason::RateLimited));
+        // Dropped, and said so; a client that keeps going is kicked.
+        let strikes = conn.strikes.get().saturating_add(1);
+        conn.strikes.set(strikes);
+        if strikes > cfg.rate_limit_strikes {
+            conn.close(Closing::Kick(KickReason::RateLimited));
+        } else {
+            let id = request_id(&frame);
+            refuse(
+                conn,
+                ErrorCode::RateLimited,
+                Some(frame.kind()),
+                id,
+                "frame rate limit",
+            );
+        }
         return;
     }
+    conn.strikes.set(0);
     match conn.phase() {
         Phase::Login => login(core, conn, frame),
-        Phase::Active => active(core, conn, frame),
+        Phase::Pending | Phase::Active => active(core, conn, frame),
     }
 }
 
@@ -453,13 +483,18 @@ fn refuse(conn: &Conn, code: ErrorCode, kind: Option<Kind>, id: u64, text: &str)
 }
 
 fn login(core: &Rc<Core>, conn: &Rc<Conn>, frame: Frame) {
-    let cfg = &core.shared.cfg;
     let m = core.metrics();
     let Frame::Login(login) = frame else {
         m.login_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        refuse(conn, ErrorCode::NotLoggedIn, Some(frame.kind()), 0, "log in first");
-        conn.close(Closing::Flush);
+        refuse(
+            conn,
+            ErrorCode::NotLoggedIn,
+            Some(frame.kind()),
+            0,
+            "log in first",
+        );
+        conn.close(Closing::Kick(KickReason::ProtocolError));
         return;
     };
     let now = crate::unix_time().as_secs();
@@ -480,7 +515,7 @@ fn login(core: &Rc<Core>, conn: &Rc<Conn>, frame: Frame) {
     }
     conn.user.set(login.user);
     conn.device.set(login.device);
-    conn.phase.set(Phase::Active);
+    conn.phase.set(Phase::Pending);
     m.logins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if let Some(old) = core
         .shared
@@ -490,16 +525,6 @@ fn login(core: &Rc<Core>, conn: &Rc<Conn>, frame: Frame) {
         core.kick_anywhere(old, KickReason::Replaced);
     }
     core.arm_liveness(conn, core.now_tick() + core.heartbeat_ticks);
-    let ok = LoginOk {
-        user: login.user,
-        device: login.device,
-        heartbeat_ms: u32::try_from(cfg.heartbeat_ms).unwrap_or(u32::MAX),
-        server_time: crate::unix_time().as_millis() as u64,
-        inbox_head: 0,
-        max_frame: u32::try_from(cfg.max_frame).unwrap_or(u32::MAX),
-        session: conn.id.to_u64(),
-    };
-    conn.queue(ok.into_bytes());
     core.to_backend(Inbound::Login {
         conn: conn.id,
         user: login.user,

@@ -17,17 +17,21 @@
 //!
 //! The design notes are in `docs/architecture.md`.
 
+pub mod alloc;
 pub mod backend;
 pub mod config;
 mod conn;
 pub mod conn_id;
+pub mod delivery;
 pub mod mailbox;
 pub mod metrics;
 pub mod registry;
 pub mod relay;
 pub mod server;
-pub mod signals;
 mod signal;
+pub mod signals;
+mod sock;
+pub mod store;
 pub mod token;
 pub mod wheel;
 mod worker;

@@ -5,13 +5,13 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 use clap::{Args, Parser, Subcommand};
 use imgate::{
     config::{Config, DEV_SECRET, DriverKind, Durability, LogFormat},
-    relay::Relay,
+    delivery::Delivery,
     server,
     token::HmacVerifier,
 };
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: imgate::alloc::MiAlloc = imgate::alloc::MiAlloc;
 
 /// imgate: a high-performance IM connection gateway.
 ///
@@ -110,10 +110,22 @@ serve_args! {
     max_frames_per_sec: u32, "IMGATE_MAX_FRAMES_PER_SEC";
     /// Burst of frames above the sustained rate [default: 2000].
     frame_burst: u32, "IMGATE_FRAME_BURST";
+    /// Frames over the rate limit refused before a rate_limited kick [default: 10].
+    rate_limit_strikes: u32, "IMGATE_RATE_LIMIT_STRIKES";
     /// Unacknowledged push re-send timeout, ms [default: 5000].
     push_timeout_ms: u64, "IMGATE_PUSH_TIMEOUT_MS";
     /// Push re-sends before a push_unacked kick [default: 3].
     push_retries: u32, "IMGATE_PUSH_RETRIES";
+    /// How long (sender, msg id) is remembered for de-duplication, ms [default: 600000].
+    dedup_window_ms: u64, "IMGATE_DEDUP_WINDOW_MS";
+    /// Sync page size when a client asks for 0 [default: 100].
+    sync_page_default: usize, "IMGATE_SYNC_PAGE_DEFAULT";
+    /// Largest sync page [default: 1000].
+    sync_page_max: usize, "IMGATE_SYNC_PAGE_MAX";
+    /// Largest group [default: 10000].
+    max_group_size: usize, "IMGATE_MAX_GROUP_SIZE";
+    /// Inbox entries read for one unread summary [default: 100000].
+    unread_scan_limit: usize, "IMGATE_UNREAD_SCAN_LIMIT";
     /// Events per batch to the backend [default: 512].
     backend_batch: usize, "IMGATE_BACKEND_BATCH";
     /// Batches queued to the backend before requests are refused [default: 4096].
@@ -160,6 +172,7 @@ fn usage_error(msg: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    imgate::alloc::tune_mimalloc();
     let cli = Cli::parse();
     let cfg = match load(&cli.serve) {
         Ok(c) => c,
@@ -198,8 +211,21 @@ fn serve(cfg: Config) -> ExitCode {
     if cfg.secret == DEV_SECRET {
         tracing::warn!("using the built-in development token secret; set `secret` for production");
     }
+    if cfg.durability == Durability::Memory {
+        tracing::warn!(
+            "durability = memory: nothing is written to disk, every message is lost at exit; for experiments only"
+        );
+    }
+    let store = match imgate::store::open(&cfg.data_dir, cfg.durability) {
+        Ok(s) => s,
+        Err(e) => return usage_error(&e.to_string()),
+    };
+    let backend = match Delivery::new(store, &cfg) {
+        Ok(b) => b,
+        Err(e) => return usage_error(&e.to_string()),
+    };
     let verifier = Arc::new(HmacVerifier::new(cfg.secret.as_bytes()));
-    let running = match server::start(cfg, Box::new(Relay::default()), verifier) {
+    let running = match server::start(cfg, Box::new(backend), verifier) {
         Ok(r) => r,
         Err(e) => return usage_error(&e.to_string()),
     };

@@ -64,6 +64,9 @@ impl CoreMetrics {
     }
 }
 
+/// A per-core metric: name, help, reader.
+type PerCore = (&'static str, &'static str, fn(&CoreMetrics) -> u64);
+
 /// Every core's counters plus gateway-wide gauges.
 #[derive(Debug)]
 pub struct Metrics {
@@ -100,16 +103,18 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut s = String::with_capacity(4096);
-        let per_core: &[(&str, &str, fn(&CoreMetrics) -> u64)] = &[
+        let per_core: &[PerCore] = &[
             ("imgate_connections", "Open connections.", |c| {
                 c.connections.load(Relaxed).max(0) as u64
             }),
             ("imgate_accepted_total", "Connections accepted.", |c| {
                 c.accepted.load(Relaxed)
             }),
-            ("imgate_refused_total", "Connections refused at the limit.", |c| {
-                c.refused.load(Relaxed)
-            }),
+            (
+                "imgate_refused_total",
+                "Connections refused at the limit.",
+                |c| c.refused.load(Relaxed),
+            ),
             ("imgate_logins_total", "Successful logins.", |c| {
                 c.logins.load(Relaxed)
             }),
@@ -122,24 +127,32 @@ impl Metrics {
             ("imgate_bytes_in_total", "Bytes received.", |c| {
                 c.bytes_in.load(Relaxed)
             }),
-            ("imgate_frames_out_total", "Frames queued to clients.", |c| {
-                c.frames_out.load(Relaxed)
-            }),
+            (
+                "imgate_frames_out_total",
+                "Frames queued to clients.",
+                |c| c.frames_out.load(Relaxed),
+            ),
             ("imgate_bytes_out_total", "Bytes written to clients.", |c| {
                 c.bytes_out.load(Relaxed)
             }),
             ("imgate_protocol_errors_total", "Protocol errors.", |c| {
                 c.protocol_errors.load(Relaxed)
             }),
-            ("imgate_overloaded_total", "Requests refused: backend queue full.", |c| {
-                c.overloaded.load(Relaxed)
-            }),
+            (
+                "imgate_overloaded_total",
+                "Requests refused: backend queue full.",
+                |c| c.overloaded.load(Relaxed),
+            ),
             ("imgate_push_retransmits_total", "Pushes re-sent.", |c| {
                 c.push_retransmits.load(Relaxed)
             }),
         ];
         for (name, help, get) in per_core {
-            let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (i, c) in self.cores.iter().enumerate() {
                 let _ = writeln!(s, "{name}{{core=\"{i}\"}} {}", get(c));

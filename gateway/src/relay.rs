@@ -45,11 +45,16 @@ impl Relay {
 impl Backend for Relay {
     fn handle(&mut self, batch: &mut Vec<Inbound>, out: &mut Router) {
         for ev in batch.drain(..) {
-            let Inbound::Frame {
-                conn, user, frame, ..
-            } = ev
-            else {
-                continue;
+            let (conn, user, frame) = match ev {
+                Inbound::Login { conn, user, .. } => {
+                    let head = self.inbox_head.get(&user).copied().unwrap_or(0);
+                    out.login_ok(conn, head);
+                    continue;
+                }
+                Inbound::Frame {
+                    conn, user, frame, ..
+                } => (conn, user, frame),
+                Inbound::Closed { .. } => continue,
             };
             let now = crate::unix_time().as_millis() as u64;
             match frame {

@@ -113,9 +113,8 @@ pub fn start(
     })?;
     let mut listeners = vec![first];
     for _ in 1..n {
-        listeners.push(
-            bind(addr, cfg.backlog).map_err(|source| StartError::Listen { addr, source })?,
-        );
+        listeners
+            .push(bind(addr, cfg.backlog).map_err(|source| StartError::Listen { addr, source })?);
     }
     let metrics = Arc::new(Metrics::new(n));
     let metrics_addr = match cfg.metrics_listen {

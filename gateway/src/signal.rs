@@ -20,7 +20,9 @@ pub(crate) struct Signal {
 
 impl std::fmt::Debug for Signal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signal").field("flags", &self.flags.get()).finish()
+        f.debug_struct("Signal")
+            .field("flags", &self.flags.get())
+            .finish()
     }
 }
 

@@ -141,14 +141,8 @@ mod tests {
             v.verify(42, 7, t.as_bytes(), 1000),
             Err(TokenError::Expired)
         );
-        assert_eq!(
-            v.verify(43, 7, t.as_bytes(), 1),
-            Err(TokenError::Mismatch)
-        );
-        assert_eq!(
-            v.verify(42, 8, t.as_bytes(), 1),
-            Err(TokenError::Mismatch)
-        );
+        assert_eq!(v.verify(43, 7, t.as_bytes(), 1), Err(TokenError::Mismatch));
+        assert_eq!(v.verify(42, 8, t.as_bytes(), 1), Err(TokenError::Mismatch));
         let other = HmacVerifier::new(b"other").mint(42, 7, 1000);
         assert_eq!(
             v.verify(42, 7, other.as_bytes(), 1),

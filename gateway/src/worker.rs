@@ -21,7 +21,10 @@ use std::{
 
 use bytes::BytesMut;
 use crossbeam_channel::{Sender, TrySendError};
-use imgate_codec::{ErrorCode, KickReason, frame::ErrorFrame};
+use imgate_codec::{
+    ErrorCode, KickReason,
+    frame::{ErrorFrame, LoginOk},
+};
 use monoio::net::{TcpListener, TcpStream};
 use slab::Slab;
 
@@ -83,7 +86,6 @@ pub(crate) struct Core {
     flusher: Signal,
     backlogged: Cell<bool>,
     blocks: RefCell<Vec<BytesMut>>,
-    wbufs: RefCell<Vec<BytesMut>>,
     stop: Signal,
     pub(crate) heartbeat_ticks: u64,
     login_ticks: u64,
@@ -93,8 +95,7 @@ pub(crate) struct Core {
 impl Core {
     pub(crate) fn new(id: u16, shared: Arc<Shared>) -> Core {
         let cfg = &shared.cfg;
-        let heartbeat_ticks =
-            cfg.ticks(cfg.heartbeat_ms * u64::from(cfg.heartbeat_timeout_factor));
+        let heartbeat_ticks = cfg.ticks(cfg.heartbeat_ms * u64::from(cfg.heartbeat_timeout_factor));
         let login_ticks = cfg.ticks(cfg.login_timeout_ms);
         let push_ticks = cfg.ticks(cfg.push_timeout_ms);
         Core {
@@ -108,7 +109,6 @@ impl Core {
             flusher: Signal::default(),
             backlogged: Cell::new(false),
             blocks: RefCell::new(Vec::new()),
-            wbufs: RefCell::new(Vec::new()),
             stop: Signal::default(),
             heartbeat_ticks,
             login_ticks,
@@ -151,22 +151,11 @@ impl Core {
 
     /// Returns what is left of a block, if it can still take a read.
     pub(crate) fn give_read_block(&self, block: BytesMut) {
-        if block.capacity() - block.len() >= MIN_READ {
-            self.blocks.borrow_mut().push(block);
-        }
-    }
-
-    pub(crate) fn take_write_buf(&self) -> BytesMut {
-        self.wbufs
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| BytesMut::with_capacity(16 * 1024))
-    }
-
-    pub(crate) fn give_write_buf(&self, buf: BytesMut) {
-        let mut w = self.wbufs.borrow_mut();
-        if w.len() < 64 && buf.capacity() <= 512 * 1024 {
-            w.push(buf);
+        let mut blocks = self.blocks.borrow_mut();
+        // Reads are synchronous, so one block is in use at a time; a few
+        // spare ones cover a block retired mid-frame.
+        if block.capacity() - block.len() >= MIN_READ && blocks.len() < 4 {
+            blocks.push(block);
         }
     }
 
@@ -199,10 +188,10 @@ impl Core {
         match self.shared.backend.try_send(batch) {
             Ok(()) => {
                 self.backlogged.set(false);
-                self.shared.metrics.backend_queue.store(
-                    self.shared.backend.len() as i64,
-                    Relaxed,
-                );
+                self.shared
+                    .metrics
+                    .backend_queue
+                    .store(self.shared.backend.len() as i64, Relaxed);
             }
             Err(TrySendError::Full(batch)) | Err(TrySendError::Disconnected(batch)) => {
                 // Keep it (logins and closes must arrive) and refuse new
@@ -277,7 +266,7 @@ impl Core {
                 conns.remove(conn.id.slot as usize);
             }
         }
-        if conn.phase() == Phase::Active {
+        if conn.phase() != Phase::Login {
             let (user, device) = conn.user();
             self.shared.registry.logout(user, device, conn.id);
             self.to_backend(Inbound::Closed {
@@ -308,7 +297,7 @@ impl Core {
                         self.metrics().login_failures.fetch_add(1, Relaxed);
                         conn.close(Closing::Kick(KickReason::LoginTimeout));
                     }
-                    Phase::Active => {
+                    Phase::Pending | Phase::Active => {
                         let due = conn.last_seen() + self.heartbeat_ticks;
                         if due <= now {
                             conn.close(Closing::Kick(KickReason::HeartbeatTimeout));
@@ -347,6 +336,9 @@ impl Core {
                         match o {
                             Outbound::Send { conn, bytes, track } => {
                                 let Some(c) = self.conn(conn) else { continue };
+                                if c.phase() != Phase::Active {
+                                    continue;
+                                }
                                 if let Some(track) = track
                                     && c.track_push(track, bytes.clone(), self.now_tick())
                                 {
@@ -361,6 +353,21 @@ impl Core {
                                     c.set_push_timer(Some(key));
                                 }
                                 self.deliver(&c, bytes);
+                            }
+                            Outbound::LoginOk { conn, inbox_head } => {
+                                let Some(c) = self.conn(conn) else { continue };
+                                let cfg = &self.shared.cfg;
+                                let (user, device) = c.user();
+                                c.logged_in(&LoginOk {
+                                    user,
+                                    device,
+                                    heartbeat_ms: u32::try_from(cfg.heartbeat_ms)
+                                        .unwrap_or(u32::MAX),
+                                    server_time: crate::unix_time().as_millis() as u64,
+                                    inbox_head,
+                                    max_frame: u32::try_from(cfg.max_frame).unwrap_or(u32::MAX),
+                                    session: conn.to_u64(),
+                                });
                             }
                             Outbound::Kick { conn, reason } => {
                                 if let Some(c) = self.conn(conn) {

@@ -55,7 +55,10 @@ fn bad_flags_and_configs_exit_2_with_one_line() {
         .expect("runs");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("imgate: error: invalid setting heartbeat_ms"), "{err}");
+    assert!(
+        err.starts_with("imgate: error: invalid setting heartbeat_ms"),
+        "{err}"
+    );
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 
     let dir = std::env::temp_dir().join(format!("imgate-cli-{}", std::process::id()));
@@ -101,12 +104,28 @@ fn flags_override_env_which_overrides_the_file() {
             .is_ok()
     };
     assert!(verify("from-file", &mint(&[], &[])));
-    assert!(verify("from-env", &mint(&[("IMGATE_SECRET", "from-env")], &[])));
+    assert!(verify(
+        "from-env",
+        &mint(&[("IMGATE_SECRET", "from-env")], &[])
+    ));
     assert!(verify(
         "from-flag",
         &mint(&[("IMGATE_SECRET", "from-env")], &["--secret", "from-flag"])
     ));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Kills the child when dropped unless it was reaped, so a failing test
+/// leaves no server behind.
+struct Reap(Option<std::process::Child>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 fn free_port() -> u16 {
@@ -120,7 +139,7 @@ fn free_port() -> u16 {
 fn the_binary_serves_logins_and_shuts_down_on_sigterm() {
     let port = free_port();
     let metrics_port = free_port();
-    let mut child = imgate()
+    let child = imgate()
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .args(["--secret", "s3", "--workers", "2"])
@@ -128,6 +147,8 @@ fn the_binary_serves_logins_and_shuts_down_on_sigterm() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
+    let mut child = Reap(Some(child));
+    let pid = child.0.as_ref().map_or(0, |c| c.id() as i32);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut stream = loop {
         match TcpStream::connect(("127.0.0.1", port)) {
@@ -172,7 +193,8 @@ fn the_binary_serves_logins_and_shuts_down_on_sigterm() {
 
     // The metrics endpoint counts the login.
     let mut m = TcpStream::connect(("127.0.0.1", metrics_port)).expect("metrics");
-    m.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").expect("write");
+    m.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .expect("write");
     let mut text = String::new();
     m.read_to_string(&mut text).expect("read");
     assert!(text.starts_with("HTTP/1.0 200"), "{text}");
@@ -186,12 +208,12 @@ fn the_binary_serves_logins_and_shuts_down_on_sigterm() {
 
     // SIGTERM: a server_shutdown kick, then a clean exit.
     // SAFETY: kill with a valid pid and signal.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(pid, libc::SIGTERM) };
     while read(&mut frames, &mut buf) > 0 {}
     assert!(
         matches!(frames.last(), Some(Frame::Kick(k)) if k.reason() == KickReason::ServerShutdown),
         "{frames:?}"
     );
-    let status = child.wait().expect("wait");
+    let status = child.0.take().expect("child").wait().expect("wait");
     assert!(status.success(), "{status:?}");
 }

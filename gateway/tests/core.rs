@@ -37,7 +37,14 @@ fn login_succeeds_and_ping_gets_pong() {
             Frame::Pong(p) => assert_eq!(p.nonce, 99, "{d:?}"),
             other => panic!("{d:?}: expected pong, got {other:?}"),
         }
-        assert_eq!(gw.metrics().cores.iter().map(|c| c.logins.load(std::sync::atomic::Ordering::Relaxed)).sum::<u64>(), 1);
+        assert_eq!(
+            gw.metrics()
+                .cores
+                .iter()
+                .map(|c| c.logins.load(std::sync::atomic::Ordering::Relaxed))
+                .sum::<u64>(),
+            1
+        );
         assert!(gw.shutdown());
     }
 }
@@ -78,8 +85,9 @@ fn a_first_frame_other_than_login_is_refused() {
         let mut c = Client::connect(gw.addr());
         c.send(Ping { nonce: 1 });
         let got = c.closed();
-        assert_eq!(got.len(), 1, "{d:?}: {got:?}");
+        assert_eq!(got.len(), 2, "{d:?}: {got:?}");
         assert_eq!(error_code(&got[0]), ErrorCode::NotLoggedIn);
+        assert_eq!(kick_reason(&got[1]), KickReason::ProtocolError);
         assert!(gw.shutdown());
     }
 }
@@ -194,7 +202,10 @@ fn connections_over_the_limit_are_refused() {
                 resume: 0,
                 token: token(3, 1),
             });
-            if matches!(c.next(Duration::from_secs(2)), Got::Frame(Frame::LoginOk(_))) {
+            if matches!(
+                c.next(Duration::from_secs(2)),
+                Got::Frame(Frame::LoginOk(_))
+            ) {
                 ok = true;
                 break;
             }
@@ -205,11 +216,12 @@ fn connections_over_the_limit_are_refused() {
 }
 
 #[test]
-fn frames_over_the_rate_limit_are_kicked() {
+fn frames_over_the_rate_limit_are_refused_then_kicked() {
     for d in drivers() {
         let mut cfg = config(d);
         cfg.max_frames_per_sec = 10;
         cfg.frame_burst = 20;
+        cfg.rate_limit_strikes = 5;
         let gw = start(cfg);
         let mut c = Client::login(gw.addr(), 1, 1);
         // All at once, so the server reads them before it closes.
@@ -219,11 +231,17 @@ fn frames_over_the_rate_limit_are_kicked() {
         }
         c.send_raw(&burst);
         let got = c.closed();
+        // The login used one token of the burst: 19 pings pass, 5 are
+        // refused with an error naming them, the next one is kicked.
         let pongs = got.iter().filter(|f| matches!(f, Frame::Pong(_))).count();
-        // The login used one token of the burst.
         assert_eq!(pongs, 19, "{d:?}");
-        assert_eq!(error_code(&got[pongs]), ErrorCode::RateLimited);
-        assert_eq!(kick_reason(&got[pongs + 1]), KickReason::RateLimited);
+        assert_eq!(got.len(), 19 + 5 + 1, "{d:?}: {got:?}");
+        for (i, f) in got[19..24].iter().enumerate() {
+            assert_eq!(error_code(f), ErrorCode::RateLimited);
+            let Frame::Error(e) = f else { unreachable!() };
+            assert_eq!(e.ref_id, 19 + i as u64, "the refused ping's nonce");
+        }
+        assert_eq!(kick_reason(&got[24]), KickReason::RateLimited);
         assert!(gw.shutdown());
     }
 }
@@ -238,9 +256,7 @@ fn a_slow_consumer_is_kicked_and_fast_ones_are_not() {
         cfg.frame_burst = 1_000_000;
         let gw = start(cfg);
         let mut slow = Client::login(gw.addr(), 2, 1);
-        slow.stream
-            .set_nonblocking(false)
-            .expect("blocking");
+        slow.stream.set_nonblocking(false).expect("blocking");
         let mut sender = Client::login(gw.addr(), 1, 1);
         let body = Bytes::from(vec![7u8; 2000]);
         // Far more than the socket buffers hold: the queue must overflow.
@@ -290,7 +306,10 @@ fn unacknowledged_pushes_are_resent_then_kicked() {
         match acker.frame() {
             Frame::MsgN(n) => {
                 assert!(!n.retry);
-                acker.send(AckR { group: 0, seq: n.seq });
+                acker.send(AckR {
+                    group: 0,
+                    seq: n.seq,
+                });
             }
             other => panic!("{other:?}"),
         }
@@ -305,7 +324,10 @@ fn unacknowledged_pushes_are_resent_then_kicked() {
             })
             .collect();
         assert_eq!(pushes, vec![false, true, true], "{d:?}: {got:?}");
-        assert_eq!(kick_reason(got.last().expect("kick")), KickReason::PushUnacked);
+        assert_eq!(
+            kick_reason(got.last().expect("kick")),
+            KickReason::PushUnacked
+        );
         let mut acker_frames = Vec::new();
         while let Got::Frame(f) = acker.next(Duration::from_millis(100)) {
             acker_frames.push(f);

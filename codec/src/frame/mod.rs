@@ -260,7 +260,10 @@ impl Frame {
     /// reference-count increment, so one encoding can be queued on many
     /// connections (group fan-out).
     pub fn to_bytes(&self) -> Bytes {
-        let mut b = BytesMut::with_capacity(self.encoded_len());
+        // One spare byte: `freeze` then keeps the buffer in a shared
+        // representation at once, so clones never allocate (bytes promotes
+        // an exactly-full vector lazily, on its first clone).
+        let mut b = BytesMut::with_capacity(self.encoded_len() + 1);
         self.encode(&mut b);
         b.freeze()
     }

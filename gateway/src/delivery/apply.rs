@@ -1,0 +1,489 @@
+//! Applying one event: checks, sequence ids, cursors and memberships go
+//! into the write batch; the answers wait in `deferred` for the commit.
+
+use imgate_codec::{
+    ErrorCode, Frame, Kind,
+    frame::{AckR, GroupOp, GroupR, MsgR, ReadR, ReceiptsR, SyncR},
+};
+
+use super::{
+    emit::{Deferred, Page},
+    keys::{self, Answer, Record, StreamId},
+    state::{Group, State},
+};
+use crate::{
+    backend::Inbound,
+    conn::request_id,
+    conn_id::ConnId,
+    store::{Store, StoreError, Table, WriteBatch},
+};
+
+/// What one request needs to reach the logic.
+struct Ctx<'a> {
+    now: u64,
+    conn: ConnId,
+    user: u64,
+    device: u32,
+    state: &'a mut State,
+    store: &'a dyn Store,
+    batch: &'a mut WriteBatch,
+    out: &'a mut Vec<Deferred>,
+}
+
+impl Ctx<'_> {
+    fn refuse(&mut self, code: ErrorCode, kind: Kind, id: u64, text: &'static str) {
+        self.out.push(Deferred::Error {
+            conn: self.conn,
+            code,
+            kind,
+            id,
+            text,
+        });
+    }
+
+    /// The stream a request names, if the user may use it; refuses if not.
+    /// Returns the stream and the first sequence id the user may see - 1.
+    fn stream(
+        &mut self,
+        group: u64,
+        kind: Kind,
+        id: u64,
+    ) -> Result<Option<(StreamId, u64)>, StoreError> {
+        if group == 0 {
+            return Ok(Some((StreamId::inbox(self.user), 0)));
+        }
+        let user = self.user;
+        match self.state.group(self.store, group)? {
+            None => {
+                self.refuse(ErrorCode::NotFound, kind, id, "no such group");
+                Ok(None)
+            }
+            Some(g) => match g.members.get(&user) {
+                Some(&join) => Ok(Some((StreamId::group(group), join))),
+                None => {
+                    self.refuse(ErrorCode::Forbidden, kind, id, "not a member");
+                    Ok(None)
+                }
+            },
+        }
+    }
+}
+
+/// Applies one event.
+pub(crate) fn apply(
+    ev: Inbound,
+    now: u64,
+    state: &mut State,
+    store: &dyn Store,
+    batch: &mut WriteBatch,
+    out: &mut Vec<Deferred>,
+) {
+    let (conn, user, device, frame) = match ev {
+        Inbound::Login {
+            conn,
+            user,
+            device,
+            resume,
+        } => {
+            state.sessions.insert(conn, (user, device));
+            let mut cx = Ctx {
+                now,
+                conn,
+                user,
+                device,
+                state,
+                store,
+                batch,
+                out,
+            };
+            if let Err(e) = login(&mut cx, resume) {
+                tracing::error!(error = %e, "store read failed at login");
+            }
+            cx.out.push(Deferred::LoginOk { conn, user });
+            return;
+        }
+        Inbound::Closed { conn, .. } => {
+            state.sessions.remove(&conn);
+            return;
+        }
+        Inbound::Frame {
+            conn,
+            user,
+            device,
+            frame,
+        } => (conn, user, device, frame),
+    };
+    let (kind, id) = (frame.kind(), request_id(&frame));
+    let mut cx = Ctx {
+        now,
+        conn,
+        user,
+        device,
+        state,
+        store,
+        batch,
+        out,
+    };
+    let r = match frame {
+        Frame::MsgR(m) => msg(&mut cx, m),
+        Frame::AckR(a) => ack(&mut cx, a),
+        Frame::ReadR(r) => read(&mut cx, r),
+        Frame::SyncR(s) => sync(&mut cx, s),
+        Frame::UnreadR(_) => {
+            cx.out.push(Deferred::Unread { conn, user, device });
+            Ok(())
+        }
+        Frame::GroupR(g) => group(&mut cx, g),
+        Frame::ReceiptsR(r) => receipts(&mut cx, r),
+        _ => {
+            cx.refuse(ErrorCode::InvalidRequest, kind, id, "not a request");
+            Ok(())
+        }
+    };
+    if let Err(e) = r {
+        tracing::error!(error = %e, "store read failed");
+        cx.refuse(ErrorCode::Internal, kind, id, "storage error; retry");
+    }
+}
+
+/// A login's `resume` acknowledges the inbox up to it.
+fn login(cx: &mut Ctx<'_>, resume: u64) -> Result<(), StoreError> {
+    if resume == 0 {
+        return Ok(());
+    }
+    let s = StreamId::inbox(cx.user);
+    let head = cx.state.head(cx.store, s)?;
+    advance_inbox(cx, resume.min(head))
+}
+
+/// Moves this device's inbox cursor and, if the user's delivered mark
+/// rises, schedules delivered receipts to the senders.
+fn advance_inbox(cx: &mut Ctx<'_>, to: u64) -> Result<(), StoreError> {
+    let s = StreamId::inbox(cx.user);
+    if cx
+        .state
+        .advance_cursor(cx.store, cx.batch, s, cx.user, cx.device, to)?
+        .is_some()
+        && let Some(from) = cx.state.raise_delivered(cx.store, cx.user, to)?
+    {
+        cx.out.push(Deferred::Delivered {
+            user: cx.user,
+            from,
+            to,
+        });
+    }
+    Ok(())
+}
+
+fn msg(cx: &mut Ctx<'_>, m: MsgR) -> Result<(), StoreError> {
+    let k = Kind::MsgR;
+    if m.msg_id == 0 {
+        cx.refuse(ErrorCode::InvalidRequest, k, 0, "msg id 0");
+        return Ok(());
+    }
+    if m.body.len() > cx.state.limits.max_body {
+        cx.refuse(ErrorCode::InvalidRequest, k, m.msg_id, "body too large");
+        return Ok(());
+    }
+    if let Some(a) = cx.state.dedup(cx.store, cx.user, m.msg_id, cx.now)? {
+        cx.out.push(Deferred::Again {
+            conn: cx.conn,
+            msg_id: m.msg_id,
+            answer: a,
+        });
+        return Ok(());
+    }
+    let mut buf = Vec::new();
+    if m.group == 0 {
+        if m.to == cx.user {
+            cx.refuse(ErrorCode::InvalidRequest, k, m.msg_id, "to yourself");
+            return Ok(());
+        }
+        let seq = cx.state.next_seq(cx.store, StreamId::inbox(m.to))?;
+        let own_seq = cx.state.next_seq(cx.store, StreamId::inbox(cx.user))?;
+        let rec = Record {
+            from: cx.user,
+            to: m.to,
+            msg_id: m.msg_id,
+            time: cx.now,
+            body: m.body,
+        };
+        rec.encode_into(&mut buf);
+        cx.batch
+            .put(Table::Log, keys::log_key(StreamId::inbox(m.to), seq), &buf);
+        cx.batch.put(
+            Table::Log,
+            keys::log_key(StreamId::inbox(cx.user), own_seq),
+            buf,
+        );
+        let answer = Answer {
+            group: 0,
+            seq,
+            own_seq,
+            time: cx.now,
+        };
+        cx.state.remember(cx.batch, cx.user, m.msg_id, answer);
+        cx.out.push(Deferred::Msg {
+            conn: cx.conn,
+            answer,
+            rec,
+        });
+    } else {
+        let Some((s, _)) = cx.stream(m.group, k, m.msg_id)? else {
+            return Ok(());
+        };
+        let seq = cx.state.next_seq(cx.store, s)?;
+        let rec = Record {
+            from: cx.user,
+            to: 0,
+            msg_id: m.msg_id,
+            time: cx.now,
+            body: m.body,
+        };
+        rec.encode_into(&mut buf);
+        cx.batch.put(Table::Log, keys::log_key(s, seq), buf);
+        let answer = Answer {
+            group: m.group,
+            seq,
+            own_seq: 0,
+            time: cx.now,
+        };
+        cx.state.remember(cx.batch, cx.user, m.msg_id, answer);
+        cx.out.push(Deferred::Msg {
+            conn: cx.conn,
+            answer,
+            rec,
+        });
+    }
+    Ok(())
+}
+
+fn ack(cx: &mut Ctx<'_>, a: AckR) -> Result<(), StoreError> {
+    let Some((s, join)) = cx.stream(a.group, Kind::AckR, a.group)? else {
+        return Ok(());
+    };
+    let head = cx.state.head(cx.store, s)?;
+    if a.seq > head {
+        cx.refuse(
+            ErrorCode::InvalidRequest,
+            Kind::AckR,
+            a.group,
+            "ack beyond the head",
+        );
+        return Ok(());
+    }
+    let to = a.seq.max(join);
+    if a.group == 0 {
+        advance_inbox(cx, to)?;
+    } else {
+        cx.state
+            .advance_cursor(cx.store, cx.batch, s, cx.user, cx.device, to)?;
+    }
+    let seq = cx.state.cursor(cx.store, s, cx.user, cx.device)?;
+    cx.out.push(Deferred::AckA {
+        conn: cx.conn,
+        group: a.group,
+        seq,
+    });
+    Ok(())
+}
+
+fn read(cx: &mut Ctx<'_>, r: ReadR) -> Result<(), StoreError> {
+    let Some((s, _)) = cx.stream(r.group, Kind::ReadR, r.group)? else {
+        return Ok(());
+    };
+    let head = cx.state.head(cx.store, s)?;
+    if r.seq > head || (r.group == 0 && (r.peer == 0 || r.peer == cx.user)) {
+        cx.refuse(
+            ErrorCode::InvalidRequest,
+            Kind::ReadR,
+            r.group,
+            "bad read mark",
+        );
+        return Ok(());
+    }
+    let moved = if r.group == 0 {
+        cx.state
+            .raise_mark(cx.store, cx.batch, r.peer, cx.user, 0, r.seq)?
+    } else {
+        cx.state
+            .raise_group_read(cx.store, cx.batch, r.group, cx.user, r.seq)?
+    };
+    cx.out.push(Deferred::Read {
+        conn: cx.conn,
+        reader: cx.user,
+        group: r.group,
+        peer: r.peer,
+        seq: r.seq,
+        moved,
+    });
+    Ok(())
+}
+
+fn sync(cx: &mut Ctx<'_>, r: SyncR) -> Result<(), StoreError> {
+    let Some((s, join)) = cx.stream(r.group, Kind::SyncR, r.group)? else {
+        return Ok(());
+    };
+    let limits = &cx.state.limits;
+    let limit = match usize::from(r.limit) {
+        0 => limits.page_default,
+        n => n.min(limits.page_max),
+    };
+    let head = cx.state.head(cx.store, s)?;
+    // Asking for the page after `after` acknowledges everything up to it.
+    let acked = r.after.min(head);
+    if acked > 0 {
+        if r.group == 0 {
+            advance_inbox(cx, acked)?;
+        } else {
+            cx.state
+                .advance_cursor(cx.store, cx.batch, s, cx.user, cx.device, acked)?;
+        }
+    }
+    cx.out.push(Deferred::Page(Page {
+        conn: cx.conn,
+        stream: s,
+        after: r.after,
+        from: r.after.max(join),
+        limit,
+    }));
+    Ok(())
+}
+
+fn receipts(cx: &mut Ctx<'_>, r: ReceiptsR) -> Result<(), StoreError> {
+    if cx.stream(r.group, Kind::ReceiptsR, r.req)?.is_none() {
+        return Ok(());
+    }
+    if r.group == 0 {
+        cx.refuse(
+            ErrorCode::InvalidRequest,
+            Kind::ReceiptsR,
+            r.req,
+            "groups only",
+        );
+        return Ok(());
+    }
+    cx.out.push(Deferred::Receipts {
+        conn: cx.conn,
+        req: r.req,
+        group: r.group,
+        seq: r.seq,
+    });
+    Ok(())
+}
+
+fn group(cx: &mut Ctx<'_>, r: GroupR) -> Result<(), StoreError> {
+    let k = Kind::GroupR;
+    let Some(op) = r.op() else {
+        cx.refuse(ErrorCode::InvalidRequest, k, r.req, "unknown group op");
+        return Ok(());
+    };
+    let listed: Vec<u64> = r.members().filter(|&u| u != 0).collect();
+    let max = cx.state.limits.max_group_size;
+    if op == GroupOp::Create {
+        let id = if r.group == 0 {
+            cx.state.alloc_group(cx.batch)
+        } else {
+            if cx.state.group(cx.store, r.group)?.is_some() {
+                cx.refuse(ErrorCode::InvalidRequest, k, r.req, "group exists");
+                return Ok(());
+            }
+            cx.state.reserve_group(r.group, cx.batch);
+            r.group
+        };
+        let mut g = Group::default();
+        g.members.insert(cx.user, 0);
+        for &u in &listed {
+            g.members.insert(u, 0);
+        }
+        if g.members.len() > max {
+            cx.refuse(ErrorCode::InvalidRequest, k, r.req, "group too large");
+            return Ok(());
+        }
+        for &u in g.members.keys() {
+            put_member(cx.batch, id, u, 0);
+        }
+        let total = g.members.len();
+        let mut added: Vec<u64> = g.members.keys().copied().collect();
+        added.sort_unstable();
+        cx.state.set_group(id, Some(g));
+        cx.out.push(Deferred::GroupA {
+            conn: cx.conn,
+            req: r.req,
+            op,
+            group: id,
+            total,
+            members: added,
+        });
+        return Ok(());
+    }
+    let Some((s, _)) = cx.stream(r.group, k, r.req)? else {
+        return Ok(());
+    };
+    let head = cx.state.head(cx.store, s)?;
+    let fit = cx.state.limits.max_frame.saturating_sub(64) / 8;
+    let Some(g) = cx.state.group(cx.store, r.group)? else {
+        return Ok(());
+    };
+    let mut changed = Vec::new();
+    match op {
+        GroupOp::Add => {
+            let new: Vec<u64> = listed
+                .iter()
+                .copied()
+                .filter(|u| !g.members.contains_key(u))
+                .collect();
+            if g.members.len() + new.len() > max {
+                cx.refuse(ErrorCode::InvalidRequest, k, r.req, "group too large");
+                return Ok(());
+            }
+            for u in new {
+                // A new member sees what comes after it joined.
+                g.members.insert(u, head);
+                put_member(cx.batch, r.group, u, head);
+                changed.push(u);
+            }
+        }
+        GroupOp::Remove => {
+            for &u in &listed {
+                if g.members.remove(&u).is_some() {
+                    cx.batch.delete(Table::Member, keys::member_key(r.group, u));
+                    cx.batch
+                        .delete(Table::Member, keys::user_group_key(u, r.group));
+                    changed.push(u);
+                }
+            }
+        }
+        GroupOp::List => {
+            let after = listed.first().copied().unwrap_or(0);
+            let mut all: Vec<u64> = g.members.keys().copied().filter(|&u| u > after).collect();
+            all.sort_unstable();
+            all.truncate(fit.min(1000));
+            changed = all;
+        }
+        GroupOp::Create => {}
+    }
+    let total = g.members.len();
+    if total == 0 {
+        cx.state.set_group(r.group, None);
+    }
+    changed.sort_unstable();
+    cx.out.push(Deferred::GroupA {
+        conn: cx.conn,
+        req: r.req,
+        op,
+        group: r.group,
+        total,
+        members: changed,
+    });
+    Ok(())
+}
+
+fn put_member(batch: &mut WriteBatch, group: u64, user: u64, join: u64) {
+    batch.put(
+        Table::Member,
+        keys::member_key(group, user),
+        join.to_be_bytes(),
+    );
+    batch.put(Table::Member, keys::user_group_key(user, group), Vec::new());
+}

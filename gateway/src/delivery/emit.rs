@@ -1,0 +1,600 @@
+//! After the commit: the answers and pushes that waited for it, and the
+//! reads (pages, summaries, receipts) that must only see committed data.
+
+use ahash::{AHashMap, AHashSet};
+use bytes::{Bytes, BytesMut};
+use imgate_codec::{
+    Body, ErrorCode, Frame, KickReason, Kind,
+    frame::{
+        AckA, AckN, Entry, ErrorFrame, GroupA, GroupOp, MsgA, MsgN, ReadA, ReadN, ReceiptsA,
+        SyncPage, UnreadA, UnreadEntry,
+    },
+};
+
+use super::{
+    keys::{self, Answer, Record, StreamId},
+    state::State,
+};
+use crate::{
+    backend::{Inbound, Router, Track},
+    conn::request_id,
+    conn_id::ConnId,
+    store::{Store, StoreError, Table, WriteBatch},
+};
+
+/// A page to read after the commit.
+#[derive(Debug)]
+pub(crate) struct Page {
+    pub(crate) conn: ConnId,
+    pub(crate) stream: StreamId,
+    /// The `after` the client sent (echoed).
+    pub(crate) after: u64,
+    /// Entries start after this seq.
+    pub(crate) from: u64,
+    pub(crate) limit: usize,
+}
+
+/// An answer waiting for the commit.
+#[derive(Debug)]
+pub(crate) enum Deferred {
+    LoginOk {
+        conn: ConnId,
+        user: u64,
+    },
+    Msg {
+        conn: ConnId,
+        answer: Answer,
+        rec: Record,
+    },
+    Again {
+        conn: ConnId,
+        msg_id: u64,
+        answer: Answer,
+    },
+    AckA {
+        conn: ConnId,
+        group: u64,
+        seq: u64,
+    },
+    Delivered {
+        user: u64,
+        from: u64,
+        to: u64,
+    },
+    Read {
+        conn: ConnId,
+        reader: u64,
+        group: u64,
+        peer: u64,
+        seq: u64,
+        moved: bool,
+    },
+    Page(Page),
+    Unread {
+        conn: ConnId,
+        user: u64,
+        device: u32,
+    },
+    GroupA {
+        conn: ConnId,
+        req: u64,
+        op: GroupOp,
+        group: u64,
+        total: usize,
+        members: Vec<u64>,
+    },
+    Receipts {
+        conn: ConnId,
+        req: u64,
+        group: u64,
+        seq: u64,
+    },
+    Error {
+        conn: ConnId,
+        code: ErrorCode,
+        kind: Kind,
+        id: u64,
+        text: &'static str,
+    },
+}
+
+pub(crate) fn encode<T: Body>(f: T) -> Bytes {
+    let mut b = BytesMut::with_capacity(imgate_codec::HEADER_LEN + f.body_len());
+    f.encode(&mut b);
+    b.freeze()
+}
+
+fn error(conn: ConnId, code: ErrorCode, kind: Kind, id: u64, text: &str, out: &mut Router) {
+    out.to_conn(
+        conn,
+        encode(ErrorFrame::new(code, Some(kind), id, text)),
+        None,
+    );
+}
+
+/// Sends every deferred answer, in order.
+pub(crate) fn emit_all(
+    deferred: &mut Vec<Deferred>,
+    state: &mut State,
+    store: &dyn Store,
+    batch: &mut WriteBatch,
+    out: &mut Router,
+) {
+    for d in deferred.drain(..) {
+        let conn = match &d {
+            Deferred::LoginOk { conn, .. }
+            | Deferred::Msg { conn, .. }
+            | Deferred::Again { conn, .. }
+            | Deferred::AckA { conn, .. }
+            | Deferred::Read { conn, .. }
+            | Deferred::Unread { conn, .. }
+            | Deferred::GroupA { conn, .. }
+            | Deferred::Receipts { conn, .. }
+            | Deferred::Error { conn, .. } => Some(*conn),
+            Deferred::Page(p) => Some(p.conn),
+            Deferred::Delivered { .. } => None,
+        };
+        if let Err(e) = emit(d, state, store, batch, out)
+            && let Some(conn) = conn
+        {
+            tracing::error!(error = %e, "store read failed");
+            out.to_conn(
+                conn,
+                encode(ErrorFrame::new(
+                    ErrorCode::Internal,
+                    None,
+                    0,
+                    "storage error",
+                )),
+                None,
+            );
+        }
+    }
+}
+
+fn emit(
+    d: Deferred,
+    state: &mut State,
+    store: &dyn Store,
+    batch: &mut WriteBatch,
+    out: &mut Router,
+) -> Result<(), StoreError> {
+    match d {
+        Deferred::LoginOk { conn, user } => {
+            let head = state.head(store, StreamId::inbox(user))?;
+            out.login_ok(conn, head);
+            // Receipts that moved while this device was away: the latest
+            // mark of every conversation, which covers all before it.
+            let from = keys::receipt_key(user, 0);
+            let end = keys::receipt_key(user.saturating_add(1), 0);
+            let mut marks = Vec::new();
+            store.scan(Table::Meta, &from, &end, &mut |k, v| {
+                if let (Some(peer), Some(d), Some(r)) = (
+                    keys::key_tail_u64(k),
+                    keys::u64_value(v),
+                    v.get(8..).and_then(keys::u64_value),
+                ) {
+                    marks.push((peer, d, r));
+                }
+                true
+            })?;
+            for (peer, d, r) in marks {
+                if d > 0 {
+                    out.to_conn(
+                        conn,
+                        encode(AckN {
+                            peer,
+                            group: 0,
+                            seq: d,
+                        }),
+                        None,
+                    );
+                }
+                if r > 0 {
+                    out.to_conn(
+                        conn,
+                        encode(ReadN {
+                            reader: peer,
+                            group: 0,
+                            peer: user,
+                            seq: r,
+                        }),
+                        None,
+                    );
+                }
+            }
+        }
+        Deferred::Msg { conn, answer, rec } => {
+            out.to_conn(
+                conn,
+                encode(MsgA {
+                    msg_id: rec.msg_id,
+                    group: answer.group,
+                    seq: answer.seq,
+                    own_seq: answer.own_seq,
+                    server_time: answer.time,
+                }),
+                None,
+            );
+            let n = MsgN {
+                group: answer.group,
+                seq: answer.seq,
+                from: rec.from,
+                to: rec.to,
+                msg_id: rec.msg_id,
+                server_time: answer.time,
+                retry: false,
+                body: rec.body,
+            };
+            if answer.group == 0 {
+                let own = MsgN {
+                    seq: answer.own_seq,
+                    ..n.clone()
+                };
+                out.to_user(
+                    rec.to,
+                    None,
+                    &encode(n),
+                    Some(Track {
+                        group: 0,
+                        seq: answer.seq,
+                    }),
+                );
+                out.to_user(
+                    rec.from,
+                    Some(conn),
+                    &encode(own),
+                    Some(Track {
+                        group: 0,
+                        seq: answer.own_seq,
+                    }),
+                );
+            } else {
+                // Encoded once; every member's connection gets the same bytes.
+                let bytes = encode(n);
+                let track = Some(Track {
+                    group: answer.group,
+                    seq: answer.seq,
+                });
+                let members: Vec<u64> = state
+                    .group(store, answer.group)?
+                    .map(|g| g.members.keys().copied().collect())
+                    .unwrap_or_default();
+                for m in members {
+                    out.to_user(m, Some(conn), &bytes, track);
+                }
+            }
+        }
+        Deferred::Again {
+            conn,
+            msg_id,
+            answer,
+        } => out.to_conn(
+            conn,
+            encode(MsgA {
+                msg_id,
+                group: answer.group,
+                seq: answer.seq,
+                own_seq: answer.own_seq,
+                server_time: answer.time,
+            }),
+            None,
+        ),
+        Deferred::AckA { conn, group, seq } => {
+            out.to_conn(conn, encode(AckA { group, seq }), None);
+        }
+        Deferred::Delivered { user, from, to } => {
+            // Who sent what was just delivered: they get a receipt.
+            let s = StreamId::inbox(user);
+            let mut senders = AHashSet::new();
+            store.scan(
+                Table::Log,
+                &keys::log_key(s, from.saturating_add(1)),
+                &keys::log_key(s, to.saturating_add(1)),
+                &mut |_, v| {
+                    // Only the sender is needed: the record starts with it.
+                    if let Some(from) = keys::u64_value(v)
+                        && from != user
+                    {
+                        senders.insert(from);
+                    }
+                    true
+                },
+            )?;
+            let receipt = encode(AckN {
+                peer: user,
+                group: 0,
+                seq: to,
+            });
+            for sender in senders {
+                state.raise_mark(store, batch, sender, user, to, 0)?;
+                out.to_user(sender, None, &receipt, None);
+            }
+        }
+        Deferred::Read {
+            conn,
+            reader,
+            group,
+            peer,
+            seq,
+            moved,
+        } => {
+            out.to_conn(conn, encode(ReadA { group, peer, seq }), None);
+            if moved {
+                let n = encode(ReadN {
+                    reader,
+                    group,
+                    peer,
+                    seq,
+                });
+                if group == 0 {
+                    out.to_user(peer, None, &n, None);
+                }
+                out.to_user(reader, Some(conn), &n, None);
+            }
+        }
+        Deferred::Page(p) => page(p, state, store, out)?,
+        Deferred::Unread { conn, user, device } => unread(conn, user, device, state, store, out)?,
+        Deferred::GroupA {
+            conn,
+            req,
+            op,
+            group,
+            total,
+            members,
+        } => {
+            let a = GroupA {
+                req,
+                op: op as u8,
+                group,
+                total: u32::try_from(total).unwrap_or(u32::MAX),
+                members: Bytes::new(),
+            }
+            .with_members(&members);
+            out.to_conn(conn, encode(a), None);
+        }
+        Deferred::Receipts {
+            conn,
+            req,
+            group,
+            seq,
+        } => {
+            let members: Vec<u64> = state
+                .group(store, group)?
+                .map(|g| g.members.keys().copied().collect())
+                .unwrap_or_default();
+            let s = StreamId::group(group);
+            let mut delivered_users = AHashSet::new();
+            store.scan(
+                Table::Cursor,
+                &keys::cursor_key(s, 0, 0),
+                &keys::cursor_key(StreamId(s.0.saturating_add(1)), 0, 0),
+                &mut |k, v| {
+                    if keys::u64_value(v).unwrap_or(0) >= seq
+                        && let Some(u) = k.get(8..16).and_then(keys::u64_value)
+                    {
+                        delivered_users.insert(u);
+                    }
+                    true
+                },
+            )?;
+            let mut read = 0u32;
+            let mut delivered = 0u32;
+            for m in &members {
+                let r = store
+                    .get(Table::Meta, &keys::group_read_key(group, *m))?
+                    .as_deref()
+                    .and_then(keys::u64_value)
+                    .unwrap_or(0);
+                if r >= seq {
+                    read += 1;
+                }
+                if r >= seq || delivered_users.contains(m) {
+                    delivered += 1;
+                }
+            }
+            out.to_conn(
+                conn,
+                encode(ReceiptsA {
+                    req,
+                    group,
+                    seq,
+                    members: u32::try_from(members.len()).unwrap_or(u32::MAX),
+                    delivered,
+                    read,
+                }),
+                None,
+            );
+        }
+        Deferred::Error {
+            conn,
+            code,
+            kind,
+            id,
+            text,
+        } => error(conn, code, kind, id, text, out),
+    }
+    Ok(())
+}
+
+/// Reads one page: at most `limit` entries, and no more than fit a frame.
+fn page(p: Page, state: &mut State, store: &dyn Store, out: &mut Router) -> Result<(), StoreError> {
+    let head = state.head(store, p.stream)?;
+    let mut sp = SyncPage::new(p.stream.wire_group(), p.after, head);
+    let budget = state
+        .limits
+        .max_frame
+        .saturating_sub(imgate_codec::HEADER_LEN + 26);
+    let mut buf = BytesMut::new();
+    let mut n = 0;
+    let mut scan_err = None;
+    store.scan(
+        Table::Log,
+        &keys::log_key(p.stream, p.from.saturating_add(1)),
+        &keys::log_key(p.stream, u64::MAX),
+        &mut |k, v| {
+            let (Some(seq), Some(r)) = (keys::log_key_seq(k), Record::decode(v)) else {
+                scan_err = Some(());
+                return false;
+            };
+            let size = imgate_codec::frame::ENTRY_FIXED + r.body.len();
+            if buf.len() + size > budget {
+                return false;
+            }
+            sp.push(
+                &mut buf,
+                &Entry {
+                    seq,
+                    from: r.from,
+                    to: r.to,
+                    msg_id: r.msg_id,
+                    server_time: r.time,
+                    body: r.body,
+                },
+            );
+            n += 1;
+            n < p.limit
+        },
+    )?;
+    if scan_err.is_some() {
+        tracing::error!(stream = p.stream.0, "corrupt record in the log");
+    }
+    out.to_conn(p.conn, encode(sp.finish(buf)), None);
+    Ok(())
+}
+
+/// The unread summary of one device.
+fn unread(
+    conn: ConnId,
+    user: u64,
+    device: u32,
+    state: &mut State,
+    store: &dyn Store,
+    out: &mut Router,
+) -> Result<(), StoreError> {
+    let mut by_peer: AHashMap<u64, (u32, u64)> = AHashMap::new();
+    let s = StreamId::inbox(user);
+    let cursor = state.cursor(store, s, user, device)?;
+    let mut scanned = 0usize;
+    let limit = state.limits.unread_scan_limit;
+    store.scan(
+        Table::Log,
+        &keys::log_key(s, cursor.saturating_add(1)),
+        &keys::log_key(s, u64::MAX),
+        &mut |k, v| {
+            if let (Some(seq), Some(r)) = (keys::log_key_seq(k), Record::decode(v)) {
+                let peer = if r.from == user { r.to } else { r.from };
+                let e = by_peer.entry(peer).or_insert((0, 0));
+                if r.from != user {
+                    e.0 += 1;
+                }
+                e.1 = seq;
+            }
+            scanned += 1;
+            scanned < limit
+        },
+    )?;
+    let mut entries: Vec<UnreadEntry> = by_peer
+        .into_iter()
+        .map(|(peer, (unread, last_seq))| UnreadEntry {
+            group: 0,
+            peer,
+            unread,
+            last_seq,
+        })
+        .collect();
+    let mut groups = Vec::new();
+    store.scan(
+        Table::Member,
+        &keys::user_group_key(user, 0),
+        &keys::user_group_key(user.saturating_add(1), 0),
+        &mut |k, _| {
+            if let Some(g) = keys::key_tail_u64(k) {
+                groups.push(g);
+            }
+            true
+        },
+    )?;
+    for g in groups {
+        let gs = StreamId::group(g);
+        let join = state
+            .group(store, g)?
+            .and_then(|gr| gr.members.get(&user).copied())
+            .unwrap_or(0);
+        let head = state.head(store, gs)?;
+        let c = state.cursor(store, gs, user, device)?.max(join);
+        entries.push(UnreadEntry {
+            group: g,
+            peer: 0,
+            unread: u32::try_from(head.saturating_sub(c)).unwrap_or(u32::MAX),
+            last_seq: head,
+        });
+    }
+    entries.sort_by_key(|e| std::cmp::Reverse(e.last_seq));
+    let fit = state
+        .limits
+        .max_frame
+        .saturating_sub(imgate_codec::HEADER_LEN)
+        / imgate_codec::frame::UNREAD_ENTRY;
+    entries.truncate(fit);
+    out.to_conn(conn, encode(UnreadA::from_entries(&entries)), None);
+    Ok(())
+}
+
+/// A commit failed: answer every request of the batch with `internal`.
+pub(crate) fn refuse_all(deferred: &mut Vec<Deferred>, out: &mut Router) {
+    for d in deferred.drain(..) {
+        let (conn, kind, id) = match d {
+            Deferred::Msg { conn, rec, .. } => (conn, Kind::MsgR, rec.msg_id),
+            Deferred::Again { conn, msg_id, .. } => (conn, Kind::MsgR, msg_id),
+            Deferred::AckA { conn, group, .. } => (conn, Kind::AckR, group),
+            Deferred::Read { conn, group, .. } => (conn, Kind::ReadR, group),
+            Deferred::Page(p) => (p.conn, Kind::SyncR, p.stream.wire_group()),
+            Deferred::Unread { conn, .. } => (conn, Kind::UnreadR, 0),
+            Deferred::GroupA { conn, req, .. } => (conn, Kind::GroupR, req),
+            Deferred::Receipts { conn, req, .. } => (conn, Kind::ReceiptsR, req),
+            Deferred::Error {
+                conn,
+                code,
+                kind,
+                id,
+                text,
+            } => {
+                error(conn, code, kind, id, text, out);
+                continue;
+            }
+            Deferred::LoginOk { conn, .. } => {
+                out.kick(conn, KickReason::ServerShutdown);
+                continue;
+            }
+            Deferred::Delivered { .. } => continue,
+        };
+        error(
+            conn,
+            ErrorCode::Internal,
+            kind,
+            id,
+            "storage error; retry",
+            out,
+        );
+    }
+}
+
+/// The store is unusable: refuse an event without touching it.
+pub(crate) fn refuse_event(ev: Inbound, out: &mut Router) {
+    match ev {
+        Inbound::Login { conn, .. } => out.kick(conn, KickReason::ServerShutdown),
+        Inbound::Frame { conn, frame, .. } => {
+            let f: &Frame = &frame;
+            error(
+                conn,
+                ErrorCode::Internal,
+                f.kind(),
+                request_id(f),
+                "storage unavailable",
+                out,
+            );
+        }
+        Inbound::Closed { .. } => {}
+    }
+}

@@ -1,0 +1,257 @@
+//! Key and value layouts of the delivery tables.
+//!
+//! All integers are big-endian so that key order is numeric order.
+//!
+//! | table  | key                                   | value                                   |
+//! |--------|---------------------------------------|-----------------------------------------|
+//! | Log    | stream u64, seq u64                   | from u64, to u64, msg_id u64, time u64, body |
+//! | Cursor | stream u64, user u64, device u32      | acked seq u64                           |
+//! | Dedup  | epoch u64, sender u64, msg_id u64     | group u64, seq u64, own_seq u64, time u64 |
+//! | Meta   | b'h', stream u64                      | head seq u64                            |
+//! | Meta   | b'r', sender u64, peer u64            | delivered u64, read u64                 |
+//! | Meta   | b'g', group u64, user u64             | read seq u64                            |
+//! | Meta   | b"next_group"                         | next group id u64                       |
+//! | Member | b'm', group u64, user u64             | join seq u64                            |
+//! | Member | b'u', user u64, group u64             | (empty)                                 |
+//!
+//! A stream id is a user's inbox or a group's log: the top bit tells which,
+//! so inboxes and groups never collide and each is one key range.
+
+use bytes::{Buf, Bytes};
+
+const GROUP_BIT: u64 = 1 << 63;
+
+/// A stream: one user's inbox or one group's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(pub u64);
+
+impl StreamId {
+    /// A user's inbox.
+    pub fn inbox(user: u64) -> StreamId {
+        StreamId(user & !GROUP_BIT)
+    }
+
+    /// A group's log.
+    pub fn group(group: u64) -> StreamId {
+        StreamId(group | GROUP_BIT)
+    }
+
+    /// The wire `group` field of this stream (0 for an inbox).
+    pub fn wire_group(self) -> u64 {
+        if self.0 & GROUP_BIT != 0 {
+            self.0 & !GROUP_BIT
+        } else {
+            0
+        }
+    }
+}
+
+/// A Log key.
+pub fn log_key(s: StreamId, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&s.0.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The seq of a Log key.
+pub fn log_key_seq(k: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(k.get(8..16)?.try_into().ok()?))
+}
+
+/// A Cursor key.
+pub fn cursor_key(s: StreamId, user: u64, device: u32) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..8].copy_from_slice(&s.0.to_be_bytes());
+    k[8..16].copy_from_slice(&user.to_be_bytes());
+    k[16..].copy_from_slice(&device.to_be_bytes());
+    k
+}
+
+/// A Dedup key: the window epoch first, so whole expired epochs are one
+/// key range to delete.
+pub fn dedup_key(epoch: u64, sender: u64, msg_id: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&epoch.to_be_bytes());
+    k[8..16].copy_from_slice(&sender.to_be_bytes());
+    k[16..].copy_from_slice(&msg_id.to_be_bytes());
+    k
+}
+
+/// A head key in Meta.
+pub fn head_key(s: StreamId) -> [u8; 9] {
+    let mut k = [b'h'; 9];
+    k[1..].copy_from_slice(&s.0.to_be_bytes());
+    k
+}
+
+/// A receipt-mark key in Meta: what `peer` received and read of `sender`'s
+/// conversation with it.
+pub fn receipt_key(sender: u64, peer: u64) -> [u8; 17] {
+    let mut k = [b'r'; 17];
+    k[1..9].copy_from_slice(&sender.to_be_bytes());
+    k[9..].copy_from_slice(&peer.to_be_bytes());
+    k
+}
+
+/// A group read-mark key in Meta.
+pub fn group_read_key(group: u64, user: u64) -> [u8; 17] {
+    let mut k = [b'g'; 17];
+    k[1..9].copy_from_slice(&group.to_be_bytes());
+    k[9..].copy_from_slice(&user.to_be_bytes());
+    k
+}
+
+/// The Meta key of the group id counter.
+pub const NEXT_GROUP_KEY: &[u8] = b"next_group";
+
+/// A membership key (group -> user) in Member.
+pub fn member_key(group: u64, user: u64) -> [u8; 17] {
+    let mut k = [b'm'; 17];
+    k[1..9].copy_from_slice(&group.to_be_bytes());
+    k[9..].copy_from_slice(&user.to_be_bytes());
+    k
+}
+
+/// The reverse membership key (user -> group) in Member.
+pub fn user_group_key(user: u64, group: u64) -> [u8; 17] {
+    let mut k = [b'u'; 17];
+    k[1..9].copy_from_slice(&user.to_be_bytes());
+    k[9..].copy_from_slice(&group.to_be_bytes());
+    k
+}
+
+/// The last u64 of a key (user of a member key, group of a reverse key).
+pub fn key_tail_u64(k: &[u8]) -> Option<u64> {
+    let n = k.len().checked_sub(8)?;
+    Some(u64::from_be_bytes(k.get(n..)?.try_into().ok()?))
+}
+
+/// Reads a u64 value.
+pub fn u64_value(v: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?))
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Sender.
+    pub from: u64,
+    /// Receiver of a one-to-one message, 0 for a group message.
+    pub to: u64,
+    /// The sender's msg id.
+    pub msg_id: u64,
+    /// Server time, ms since the Unix epoch.
+    pub time: u64,
+    /// Content.
+    pub body: Bytes,
+}
+
+/// Bytes of a record before its body.
+pub const RECORD_FIXED: usize = 32;
+
+impl Record {
+    /// Encodes into `out` (cleared first).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.reserve(RECORD_FIXED + self.body.len());
+        out.extend_from_slice(&self.from.to_be_bytes());
+        out.extend_from_slice(&self.to.to_be_bytes());
+        out.extend_from_slice(&self.msg_id.to_be_bytes());
+        out.extend_from_slice(&self.time.to_be_bytes());
+        out.extend_from_slice(&self.body);
+    }
+
+    /// Decodes a stored record; None if it is corrupt.
+    pub fn decode(v: &[u8]) -> Option<Record> {
+        if v.len() < RECORD_FIXED {
+            return None;
+        }
+        let mut b = v;
+        Some(Record {
+            from: b.get_u64(),
+            to: b.get_u64(),
+            msg_id: b.get_u64(),
+            time: b.get_u64(),
+            body: Bytes::copy_from_slice(b),
+        })
+    }
+}
+
+/// The answer remembered for a (sender, msg id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    /// 0 for one-to-one, else the group.
+    pub group: u64,
+    /// Receiver-side seq.
+    pub seq: u64,
+    /// Seq in the sender's inbox (0 for groups).
+    pub own_seq: u64,
+    /// Server time.
+    pub time: u64,
+}
+
+impl Answer {
+    /// Encodes.
+    pub fn encode(&self) -> [u8; 32] {
+        let mut v = [0u8; 32];
+        v[..8].copy_from_slice(&self.group.to_be_bytes());
+        v[8..16].copy_from_slice(&self.seq.to_be_bytes());
+        v[16..24].copy_from_slice(&self.own_seq.to_be_bytes());
+        v[24..].copy_from_slice(&self.time.to_be_bytes());
+        v
+    }
+
+    /// Decodes; None if corrupt.
+    pub fn decode(v: &[u8]) -> Option<Answer> {
+        if v.len() != 32 {
+            return None;
+        }
+        let mut b = v;
+        Some(Answer {
+            group: b.get_u64(),
+            seq: b.get_u64(),
+            own_seq: b.get_u64(),
+            time: b.get_u64(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbox_and_group_streams_never_collide_and_keys_sort_numerically() {
+        assert_ne!(StreamId::inbox(5), StreamId::group(5));
+        assert_eq!(StreamId::group(5).wire_group(), 5);
+        assert_eq!(StreamId::inbox(5).wire_group(), 0);
+        let s = StreamId::inbox(1);
+        assert!(log_key(s, 2) < log_key(s, 10));
+        assert!(log_key(s, u64::MAX) < log_key(StreamId::inbox(2), 0));
+        assert_eq!(log_key_seq(&log_key(s, 77)), Some(77));
+    }
+
+    #[test]
+    fn records_and_answers_round_trip_and_corruption_is_detected() {
+        let r = Record {
+            from: 1,
+            to: 2,
+            msg_id: 3,
+            time: 4,
+            body: Bytes::from_static(b"hello"),
+        };
+        let mut v = Vec::new();
+        r.encode_into(&mut v);
+        assert_eq!(Record::decode(&v), Some(r));
+        assert_eq!(Record::decode(&v[..10]), None);
+        let a = Answer {
+            group: 0,
+            seq: 9,
+            own_seq: 8,
+            time: 7,
+        };
+        assert_eq!(Answer::decode(&a.encode()), Some(a));
+        assert_eq!(Answer::decode(&[0; 31]), None);
+    }
+}

@@ -1,0 +1,148 @@
+//! The default backend: reliable delivery on an embedded store.
+//!
+//! Not lost, not duplicated, in order, for one-to-one chat, groups, offline
+//! users and several devices per user:
+//!
+//! - every message gets the next contiguous sequence id of each stream it
+//!   lands in (the receiver's inbox and the sender's own inbox, or a group's
+//!   log) and is written to the store before anyone hears of it;
+//! - writes are group-committed: everything one call of [`Backend::handle`]
+//!   gathered is one atomic batch, one commit (one fsync under `fsync`
+//!   durability); only then go out the msg:A, msg:N, ack:A and pages of the
+//!   batch, so nothing is ever shown that a crash could take back;
+//! - (sender, msg id) is remembered, so a retransmitted msg:R gets the first
+//!   answer again and no second copy;
+//! - a cursor per (stream, user, device) records what each device acked;
+//!   pages are read from the store, and asking for the next page moves the
+//!   cursor;
+//! - a group message is stored once, in the group's log; members have
+//!   cursors, not copies.
+//!
+//! ```text
+//!   handle(batch) ─► apply each event ─► WriteBatch + deferred answers
+//!                    (seq ids, dedup,       │
+//!                     cursors, groups)      ▼
+//!                                      store.write (one commit, one fsync)
+//!                                           │
+//!                                           ▼
+//!                    deferred answers go out: msg:A, msg:N, ack:A, pages
+//! ```
+//!
+//! The logic only speaks to [`Store`](crate::store::Store), an ordered
+//! key-value interface, so the embedded engine can be replaced.
+
+mod apply;
+mod emit;
+pub mod keys;
+mod state;
+
+use std::time::Instant;
+
+use crate::{
+    backend::{Backend, Inbound, Router},
+    config::Config,
+    store::{Store, StoreError, WriteBatch},
+};
+
+pub use state::Limits;
+use state::State;
+
+/// The reliable-delivery backend.
+pub struct Delivery {
+    store: Box<dyn Store>,
+    state: State,
+    batch: WriteBatch,
+    deferred: Vec<emit::Deferred>,
+    failed: Option<String>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Delivery {
+    /// A backend over `store` with the limits of `cfg`.
+    pub fn new(store: Box<dyn Store>, cfg: &Config) -> Result<Delivery, StoreError> {
+        let state = State::load(&*store, Limits::from_config(cfg))?;
+        Ok(Delivery {
+            store,
+            state,
+            batch: WriteBatch::default(),
+            deferred: Vec::new(),
+            failed: None,
+        })
+    }
+
+    /// Writes the batch and sends what waited on it.
+    fn commit(&mut self, out: &mut Router) {
+        self.state.write_heads(&mut self.batch);
+        if !self.batch.is_empty() {
+            if let Err(e) = self.store.write(&self.batch) {
+                // Nothing of this batch is acknowledged: the senders
+                // retransmit, and the state is reloaded from the store,
+                // which holds everything before this batch.
+                tracing::error!(error = %e, "store write failed; refusing this batch");
+                self.batch.clear();
+                self.state.forget_pending();
+                emit::refuse_all(&mut self.deferred, out);
+                if let Err(e) = self.state.reload(&*self.store) {
+                    tracing::error!(error = %e, "store unusable");
+                    self.failed = Some(e.to_string());
+                }
+                return;
+            }
+            self.batch.clear();
+        }
+        self.state.committed();
+        emit::emit_all(
+            &mut self.deferred,
+            &mut self.state,
+            &*self.store,
+            &mut self.batch,
+            out,
+        );
+    }
+}
+
+impl Backend for Delivery {
+    fn handle(&mut self, events: &mut Vec<Inbound>, out: &mut Router) {
+        let now = crate::unix_time().as_millis() as u64;
+        for ev in events.drain(..) {
+            if self.failed.is_some() {
+                emit::refuse_event(ev, out);
+                continue;
+            }
+            apply::apply(
+                ev,
+                now,
+                &mut self.state,
+                &*self.store,
+                &mut self.batch,
+                &mut self.deferred,
+            );
+        }
+        self.commit(out);
+    }
+
+    fn tick(&mut self, _now: Instant, out: &mut Router) {
+        // Writes that emitting produced (receipt marks) and expiry of old
+        // dedup entries ride on the next commit; make sure one happens.
+        if self.failed.is_none() {
+            let now = crate::unix_time().as_millis() as u64;
+            self.state.expire_dedup(&*self.store, now, &mut self.batch);
+            if !self.batch.is_empty() {
+                self.commit(out);
+            }
+        }
+    }
+
+    fn shutdown(&mut self, out: &mut Router) {
+        if self.failed.is_none() && !self.batch.is_empty() {
+            self.commit(out);
+        }
+    }
+}

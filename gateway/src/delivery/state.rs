@@ -1,0 +1,393 @@
+//! What the delivery logic keeps in memory: caches of the store (stream
+//! heads, cursors, memberships, receipt marks), the sessions, and what the
+//! current batch has changed but not yet committed.
+//!
+//! Every cache is filled from the store on first use, so a restart needs no
+//! replay: the store is the truth and memory is a copy of the parts in use.
+//! If a commit fails, the caches are dropped and refilled from the store.
+
+use ahash::{AHashMap, AHashSet};
+
+use super::keys::{self, Answer, StreamId};
+use crate::{
+    config::Config,
+    conn_id::ConnId,
+    store::{Store, StoreError, Table, WriteBatch},
+};
+
+/// The limits the delivery logic enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// How long (sender, msg id) is remembered, ms.
+    pub dedup_window_ms: u64,
+    /// Page size when a sync:R asks for 0.
+    pub page_default: usize,
+    /// Largest page.
+    pub page_max: usize,
+    /// Largest group.
+    pub max_group_size: usize,
+    /// Largest message body.
+    pub max_body: usize,
+    /// Largest frame the server sends.
+    pub max_frame: usize,
+    /// Most inbox entries read for one unread summary.
+    pub unread_scan_limit: usize,
+}
+
+impl Limits {
+    /// The limits of a configuration.
+    pub fn from_config(cfg: &Config) -> Limits {
+        Limits {
+            dedup_window_ms: cfg.dedup_window_ms,
+            page_default: cfg.sync_page_default,
+            page_max: cfg.sync_page_max,
+            max_group_size: cfg.max_group_size,
+            // A body must fit in a msg:N and in a one-entry sync page.
+            max_body: cfg.max_frame.saturating_sub(78),
+            max_frame: cfg.max_frame,
+            unread_scan_limit: cfg.unread_scan_limit,
+        }
+    }
+}
+
+/// A group's members: user -> the group head when they joined.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Group {
+    pub(crate) members: AHashMap<u64, u64>,
+}
+
+/// In-memory state of the delivery logic.
+pub(crate) struct State {
+    pub(crate) limits: Limits,
+    heads: AHashMap<StreamId, u64>,
+    dirty_heads: AHashSet<StreamId>,
+    cursors: AHashMap<(StreamId, u64, u32), u64>,
+    delivered: AHashMap<u64, u64>,
+    marks: AHashMap<(u64, u64), (u64, u64)>,
+    group_reads: AHashMap<(u64, u64), u64>,
+    groups: AHashMap<u64, Option<Group>>,
+    next_group: u64,
+    pub(crate) sessions: AHashMap<ConnId, (u64, u32)>,
+    pending_dedup: AHashMap<(u64, u64), Answer>,
+    expired_epoch: u64,
+}
+
+fn get_u64(store: &dyn Store, t: Table, k: &[u8]) -> Result<Option<u64>, StoreError> {
+    Ok(store.get(t, k)?.as_deref().and_then(keys::u64_value))
+}
+
+impl State {
+    /// Loads what must be known before the first event.
+    pub(crate) fn load(store: &dyn Store, limits: Limits) -> Result<State, StoreError> {
+        let next_group = get_u64(store, Table::Meta, keys::NEXT_GROUP_KEY)?.unwrap_or(1);
+        Ok(State {
+            limits,
+            heads: AHashMap::new(),
+            dirty_heads: AHashSet::new(),
+            cursors: AHashMap::new(),
+            delivered: AHashMap::new(),
+            marks: AHashMap::new(),
+            group_reads: AHashMap::new(),
+            groups: AHashMap::new(),
+            next_group,
+            sessions: AHashMap::new(),
+            pending_dedup: AHashMap::new(),
+            expired_epoch: 0,
+        })
+    }
+
+    /// Drops every cache after a failed commit (sessions stay).
+    pub(crate) fn reload(&mut self, store: &dyn Store) -> Result<(), StoreError> {
+        let sessions = std::mem::take(&mut self.sessions);
+        let limits = self.limits.clone();
+        *self = State::load(store, limits)?;
+        self.sessions = sessions;
+        Ok(())
+    }
+
+    /// Forgets what the failed batch changed.
+    pub(crate) fn forget_pending(&mut self) {
+        self.pending_dedup.clear();
+        self.dirty_heads.clear();
+    }
+
+    /// The batch is on disk.
+    pub(crate) fn committed(&mut self) {
+        self.pending_dedup.clear();
+    }
+
+    /// The head of a stream (0 if empty).
+    pub(crate) fn head(&mut self, store: &dyn Store, s: StreamId) -> Result<u64, StoreError> {
+        if let Some(&h) = self.heads.get(&s) {
+            return Ok(h);
+        }
+        let h = get_u64(store, Table::Meta, &keys::head_key(s))?.unwrap_or(0);
+        self.heads.insert(s, h);
+        Ok(h)
+    }
+
+    /// Takes the next sequence id of a stream.
+    pub(crate) fn next_seq(&mut self, store: &dyn Store, s: StreamId) -> Result<u64, StoreError> {
+        let h = self.head(store, s)? + 1;
+        self.heads.insert(s, h);
+        self.dirty_heads.insert(s);
+        Ok(h)
+    }
+
+    /// Adds the new heads of the streams this batch appended to.
+    pub(crate) fn write_heads(&mut self, batch: &mut WriteBatch) {
+        for s in self.dirty_heads.drain() {
+            if let Some(h) = self.heads.get(&s) {
+                batch.put(Table::Meta, keys::head_key(s), h.to_be_bytes());
+            }
+        }
+    }
+
+    /// A device's cursor in a stream.
+    pub(crate) fn cursor(
+        &mut self,
+        store: &dyn Store,
+        s: StreamId,
+        user: u64,
+        device: u32,
+    ) -> Result<u64, StoreError> {
+        if let Some(&c) = self.cursors.get(&(s, user, device)) {
+            return Ok(c);
+        }
+        let c = get_u64(store, Table::Cursor, &keys::cursor_key(s, user, device))?.unwrap_or(0);
+        self.cursors.insert((s, user, device), c);
+        Ok(c)
+    }
+
+    /// Moves a device's cursor forward; returns the old value if it moved.
+    pub(crate) fn advance_cursor(
+        &mut self,
+        store: &dyn Store,
+        batch: &mut WriteBatch,
+        s: StreamId,
+        user: u64,
+        device: u32,
+        to: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let old = self.cursor(store, s, user, device)?;
+        if to <= old {
+            return Ok(None);
+        }
+        self.cursors.insert((s, user, device), to);
+        batch.put(
+            Table::Cursor,
+            keys::cursor_key(s, user, device),
+            to.to_be_bytes(),
+        );
+        Ok(Some(old))
+    }
+
+    /// The user's inbox "delivered" mark: the highest cursor of any of its
+    /// devices. Returns the old mark if `to` raises it.
+    pub(crate) fn raise_delivered(
+        &mut self,
+        store: &dyn Store,
+        user: u64,
+        to: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let cur = match self.delivered.get(&user) {
+            Some(&d) => d,
+            None => {
+                let s = StreamId::inbox(user);
+                let from = keys::cursor_key(s, user, 0);
+                let end = keys::cursor_key(s, user.saturating_add(1), 0);
+                let mut best = 0;
+                store.scan(Table::Cursor, &from, &end, &mut |_, v| {
+                    best = best.max(keys::u64_value(v).unwrap_or(0));
+                    true
+                })?;
+                best
+            }
+        };
+        if to > cur {
+            self.delivered.insert(user, to);
+            Ok(Some(cur))
+        } else {
+            self.delivered.insert(user, cur);
+            Ok(None)
+        }
+    }
+
+    /// The receipt marks (delivered, read) of `sender`'s messages to `peer`.
+    pub(crate) fn mark(
+        &mut self,
+        store: &dyn Store,
+        sender: u64,
+        peer: u64,
+    ) -> Result<(u64, u64), StoreError> {
+        if let Some(&m) = self.marks.get(&(sender, peer)) {
+            return Ok(m);
+        }
+        let m = store
+            .get(Table::Meta, &keys::receipt_key(sender, peer))?
+            .and_then(|v| Some((keys::u64_value(&v)?, keys::u64_value(v.get(8..)?)?)))
+            .unwrap_or((0, 0));
+        self.marks.insert((sender, peer), m);
+        Ok(m)
+    }
+
+    /// Raises receipt marks; returns whether anything moved.
+    pub(crate) fn raise_mark(
+        &mut self,
+        store: &dyn Store,
+        batch: &mut WriteBatch,
+        sender: u64,
+        peer: u64,
+        delivered: u64,
+        read: u64,
+    ) -> Result<bool, StoreError> {
+        let (d, r) = self.mark(store, sender, peer)?;
+        let (nd, nr) = (d.max(delivered).max(read), r.max(read));
+        if (nd, nr) == (d, r) {
+            return Ok(false);
+        }
+        self.marks.insert((sender, peer), (nd, nr));
+        let mut v = [0u8; 16];
+        v[..8].copy_from_slice(&nd.to_be_bytes());
+        v[8..].copy_from_slice(&nr.to_be_bytes());
+        batch.put(Table::Meta, keys::receipt_key(sender, peer), v);
+        Ok(true)
+    }
+
+    /// Raises a member's read mark in a group; returns whether it moved.
+    pub(crate) fn raise_group_read(
+        &mut self,
+        store: &dyn Store,
+        batch: &mut WriteBatch,
+        group: u64,
+        user: u64,
+        to: u64,
+    ) -> Result<bool, StoreError> {
+        let cur = match self.group_reads.get(&(group, user)) {
+            Some(&r) => r,
+            None => get_u64(store, Table::Meta, &keys::group_read_key(group, user))?.unwrap_or(0),
+        };
+        if to <= cur {
+            self.group_reads.insert((group, user), cur);
+            return Ok(false);
+        }
+        self.group_reads.insert((group, user), to);
+        batch.put(
+            Table::Meta,
+            keys::group_read_key(group, user),
+            to.to_be_bytes(),
+        );
+        Ok(true)
+    }
+
+    /// A group's members, or None if the group does not exist.
+    pub(crate) fn group(
+        &mut self,
+        store: &dyn Store,
+        group: u64,
+    ) -> Result<Option<&mut Group>, StoreError> {
+        if !self.groups.contains_key(&group) {
+            let from = keys::member_key(group, 0);
+            let end = keys::member_key(group.saturating_add(1), 0);
+            let mut g = Group::default();
+            store.scan(Table::Member, &from, &end, &mut |k, v| {
+                if let Some(user) = keys::key_tail_u64(k) {
+                    g.members.insert(user, keys::u64_value(v).unwrap_or(0));
+                }
+                true
+            })?;
+            let g = (!g.members.is_empty()).then_some(g);
+            self.groups.insert(group, g);
+        }
+        Ok(self.groups.get_mut(&group).and_then(|g| g.as_mut()))
+    }
+
+    /// Records a group (new or changed) in the cache.
+    pub(crate) fn set_group(&mut self, group: u64, g: Option<Group>) {
+        self.groups.insert(group, g);
+    }
+
+    /// Allocates a group id.
+    pub(crate) fn alloc_group(&mut self, batch: &mut WriteBatch) -> u64 {
+        let id = self.next_group;
+        self.next_group += 1;
+        batch.put(
+            Table::Meta,
+            keys::NEXT_GROUP_KEY,
+            self.next_group.to_be_bytes(),
+        );
+        id
+    }
+
+    /// Keeps the group id counter above an id chosen by a client.
+    pub(crate) fn reserve_group(&mut self, id: u64, batch: &mut WriteBatch) {
+        if id >= self.next_group {
+            self.next_group = id + 1;
+            batch.put(
+                Table::Meta,
+                keys::NEXT_GROUP_KEY,
+                self.next_group.to_be_bytes(),
+            );
+        }
+    }
+
+    fn epoch(&self, now: u64) -> u64 {
+        now / self.limits.dedup_window_ms.max(1)
+    }
+
+    /// The answer given to (sender, msg id) within the window, if any.
+    pub(crate) fn dedup(
+        &self,
+        store: &dyn Store,
+        sender: u64,
+        msg_id: u64,
+        now: u64,
+    ) -> Result<Option<Answer>, StoreError> {
+        if let Some(a) = self.pending_dedup.get(&(sender, msg_id)) {
+            return Ok(Some(*a));
+        }
+        let e = self.epoch(now);
+        for epoch in [e, e.saturating_sub(1)] {
+            if let Some(v) = store.get(Table::Dedup, &keys::dedup_key(epoch, sender, msg_id))?
+                && let Some(a) = Answer::decode(&v)
+                && now.saturating_sub(a.time) <= self.limits.dedup_window_ms
+            {
+                return Ok(Some(a));
+            }
+            if e == 0 {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Remembers the answer to (sender, msg id).
+    pub(crate) fn remember(&mut self, batch: &mut WriteBatch, sender: u64, msg_id: u64, a: Answer) {
+        self.pending_dedup.insert((sender, msg_id), a);
+        batch.put(
+            Table::Dedup,
+            keys::dedup_key(self.epoch(a.time), sender, msg_id),
+            a.encode(),
+        );
+    }
+
+    /// Deletes dedup entries of epochs older than the window (a bounded
+    /// number per call).
+    pub(crate) fn expire_dedup(&mut self, store: &dyn Store, now: u64, batch: &mut WriteBatch) {
+        let keep_from = self.epoch(now).saturating_sub(1);
+        if self.expired_epoch >= keep_from {
+            return;
+        }
+        let from = keys::dedup_key(self.expired_epoch, 0, 0);
+        let end = keys::dedup_key(keep_from, 0, 0);
+        let mut n = 0;
+        let r = store.scan(Table::Dedup, &from, &end, &mut |k, _| {
+            batch.delete(Table::Dedup, k);
+            n += 1;
+            n < 10_000
+        });
+        if r.is_ok() && n < 10_000 {
+            self.expired_epoch = keep_from;
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Non-blocking socket calls made right after readiness.
+//!
+//! monoio's reads and writes lend a buffer to the kernel until they
+//! complete (on io_uring, across an await). A gateway with many connections
+//! readable at once would lend one buffer per connection. Instead, a
+//! connection waits for readiness with monoio (`readable`/`writable`, both
+//! drivers) and then reads or writes with one non-blocking system call, so
+//! the core's single read block and the queued `Bytes` are all the memory
+//! I/O needs.
+
+use std::{collections::VecDeque, io, os::fd::RawFd};
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Reads what is there into the spare capacity of `buf` (which must have
+/// some). Returns 0 at end of stream; `WouldBlock` if nothing was there.
+pub(crate) fn recv(fd: RawFd, buf: &mut BytesMut) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: `spare` is memory `buf` owns and nothing else refers to; recv
+    // writes at most `spare.len()` bytes into it.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            spare.as_mut_ptr().cast(),
+            spare.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: recv initialised exactly `n` bytes after the current length.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+/// Most buffers gathered into one `sendmsg`.
+const MAX_IOV: usize = 64;
+
+/// Sends as much of `queue` as the socket takes, removing what was sent;
+/// returns the bytes sent. Stops without error when the socket is full.
+pub(crate) fn send_queued(fd: RawFd, queue: &mut VecDeque<Bytes>) -> io::Result<usize> {
+    let mut total = 0;
+    while !queue.is_empty() {
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_IOV];
+        let mut cnt = 0;
+        for (slot, b) in iov.iter_mut().zip(queue.iter()) {
+            slot.iov_base = b.as_ptr() as *mut libc::c_void;
+            slot.iov_len = b.len();
+            cnt += 1;
+        }
+        // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = cnt;
+        // SAFETY: the iovecs point into `Bytes` held by `queue`, alive and
+        // unchanged for the call; sendmsg only reads them.
+        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock => Ok(total),
+                io::ErrorKind::Interrupted => continue,
+                _ => Err(e),
+            };
+        }
+        let mut n = n as usize;
+        total += n;
+        while n > 0 {
+            let Some(front) = queue.front_mut() else {
+                break;
+            };
+            if front.len() <= n {
+                n -= front.len();
+                queue.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+    Ok(total)
+}

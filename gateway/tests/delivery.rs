@@ -1,0 +1,399 @@
+//! Reliable delivery end to end: real sockets, the codec's client state
+//! machine, the default backend on a real store.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Client, Got, config, peer::Peer, start_with};
+use imgate::{
+    config::{Config, DriverKind, Durability},
+    delivery::Delivery,
+    server::Running,
+};
+use imgate_codec::{
+    ErrorCode, Frame, KickReason,
+    client::Event,
+    frame::{GroupOp, MsgR, SyncR},
+};
+
+struct Gw {
+    running: Option<Running>,
+    _dir: Option<TempDir>,
+}
+
+impl Gw {
+    fn addr(&self) -> std::net::SocketAddr {
+        self.running.as_ref().expect("running").addr()
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown();
+        }
+    }
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "imgate-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn gateway(durability: Durability, f: impl FnOnce(&mut Config)) -> Gw {
+    let mut cfg = config(DriverKind::Auto);
+    cfg.durability = durability;
+    f(&mut cfg);
+    let dir = (durability != Durability::Memory).then(|| TempDir::new("delivery"));
+    if let Some(d) = &dir {
+        cfg.data_dir = d.0.clone();
+    }
+    let store = imgate::store::open(&cfg.data_dir, durability).expect("store opens");
+    let backend = Delivery::new(store, &cfg).expect("backend");
+    Gw {
+        running: Some(start_with(cfg, Box::new(backend))),
+        _dir: dir,
+    }
+}
+
+fn both() -> [Durability; 2] {
+    [Durability::Memory, Durability::Fsync]
+}
+
+#[test]
+fn one_to_one_online_is_acked_delivered_and_receipted() {
+    for d in both() {
+        let gw = gateway(d, |_| {});
+        let mut a = Peer::login(gw.addr(), 1, 1);
+        let mut b = Peer::login(gw.addr(), 2, 1);
+        let id = a.send_to(2, b"hello");
+        let acked = a.wait(|e| matches!(e, Event::Acked { .. }), "msg:A");
+        assert!(
+            matches!(acked, Event::Acked { msg_id, group: 0, seq: 1, own_seq: 1, .. } if msg_id == id),
+            "{d:?}: {acked:?}"
+        );
+        b.wait(|e| matches!(e, Event::Message { .. }), "msg:N");
+        assert_eq!(b.messages(), vec![(0, 1, 1, Bytes::from_static(b"hello"))]);
+        // b's client acks after its ack delay; a hears it was delivered.
+        b.pump(Duration::from_millis(30));
+        let got = a.wait(|e| matches!(e, Event::Delivered { .. }), "ack:N");
+        assert_eq!(
+            got,
+            Event::Delivered {
+                msg_id: id,
+                peer: 2
+            },
+            "{d:?}"
+        );
+    }
+}
+
+#[test]
+fn an_offline_receiver_pages_everything_in_order() {
+    for d in both() {
+        let gw = gateway(d, |c| c.sync_page_max = 100);
+        let mut a = Peer::login(gw.addr(), 1, 1);
+        for i in 0..250u32 {
+            a.send_to(2, &i.to_be_bytes());
+        }
+        a.wait(
+            |e| matches!(e, Event::Acked { seq: 250, .. }),
+            "the 250th msg:A",
+        );
+        let mut b = Peer::with(gw.addr(), 2, 1, |c| c.sync_limit = 100);
+        b.wait(
+            |e| matches!(e, Event::SyncDone { group: 0 }),
+            "the pull ends",
+        );
+        let msgs = b.messages();
+        assert_eq!(msgs.len(), 250, "{d:?}");
+        for (i, (g, seq, from, body)) in msgs.iter().enumerate() {
+            assert_eq!((*g, *seq, *from), (0, i as u64 + 1, 1));
+            assert_eq!(&body[..], &(i as u32).to_be_bytes());
+        }
+        // Three full pages and the empty one that closes the pull.
+        let pulls = b.client.stats().sync_requests;
+        assert_eq!(pulls, 4, "{d:?}");
+    }
+}
+
+#[test]
+fn a_retransmitted_msg_r_gets_the_same_answer_and_one_copy() {
+    for d in both() {
+        let gw = gateway(d, |_| {});
+        let mut raw = Client::login(gw.addr(), 1, 1);
+        let mut b = Peer::login(gw.addr(), 2, 1);
+        let m = MsgR {
+            msg_id: 77,
+            group: 0,
+            to: 2,
+            retry: false,
+            body: Bytes::from_static(b"once"),
+        };
+        raw.send(m.clone());
+        let first = raw.frame();
+        raw.send(MsgR { retry: true, ..m });
+        let second = raw.frame();
+        assert!(
+            matches!(first, Frame::MsgA(a) if a.seq == 1 && a.msg_id == 77),
+            "{first:?}"
+        );
+        assert_eq!(first, second, "{d:?}: the same msg:A");
+        b.pump(Duration::from_millis(200));
+        assert_eq!(b.messages().len(), 1, "{d:?}");
+        // A page from the start shows one stored copy.
+        let mut raw_b = Client::login(gw.addr(), 2, 2);
+        raw_b.send(SyncR {
+            group: 0,
+            after: 0,
+            limit: 10,
+        });
+        match raw_b.frame() {
+            Frame::SyncPage(p) => assert_eq!((p.count, p.head), (1, 1), "{d:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn unacked_pushes_are_resent_then_the_device_syncs() {
+    let gw = gateway(Durability::Fsync, |c| {
+        c.push_timeout_ms = 60;
+        c.push_retries = 1;
+    });
+    let mut a = Peer::login(gw.addr(), 1, 1);
+    let mut silent = Client::login(gw.addr(), 2, 1);
+    a.send_to(2, b"are you there");
+    let mut pushes = Vec::new();
+    let got = silent.closed();
+    for f in &got {
+        if let Frame::MsgN(n) = f {
+            pushes.push((n.seq, n.retry));
+        }
+    }
+    assert_eq!(pushes, vec![(1, false), (1, true)], "{got:?}");
+    assert!(matches!(got.last(), Some(Frame::Kick(k)) if k.reason() == KickReason::PushUnacked));
+    // The message stayed: the device logs in again and pulls it.
+    let mut b = Peer::login(gw.addr(), 2, 1);
+    b.wait(|e| matches!(e, Event::SyncDone { group: 0 }), "pull");
+    assert_eq!(
+        b.messages(),
+        vec![(0, 1, 1, Bytes::from_static(b"are you there"))]
+    );
+}
+
+#[test]
+fn devices_of_one_user_sync_and_ack_on_their_own() {
+    let gw = gateway(Durability::Fsync, |_| {});
+    let mut a = Peer::login(gw.addr(), 1, 1);
+    let mut phone = Peer::login(gw.addr(), 2, 1);
+    for i in 0..3u8 {
+        a.send_to(2, &[i]);
+    }
+    phone.wait(
+        |e| matches!(e, Event::Message { seq: 3, .. }),
+        "phone gets 3",
+    );
+    phone.pump(Duration::from_millis(30));
+    // The laptop was off: it pulls all three itself.
+    let mut laptop = Peer::login(gw.addr(), 2, 2);
+    laptop.wait(|e| matches!(e, Event::SyncDone { group: 0 }), "laptop pull");
+    assert_eq!(laptop.messages().len(), 3);
+    // The sender's other device sees its own sent messages.
+    let mut a2 = Peer::login(gw.addr(), 1, 2);
+    a2.wait(|e| matches!(e, Event::SyncDone { group: 0 }), "own copies");
+    let own: Vec<u64> = a2.messages().iter().map(|m| m.2).collect();
+    assert_eq!(own, vec![1, 1, 1]);
+    // Unread per device: the phone acked everything, a new tablet has 3.
+    phone
+        .client
+        .request_unread(std::time::Instant::now())
+        .expect("unread");
+    let u = phone.wait(|e| matches!(e, Event::Unread(_)), "unread");
+    let Event::Unread(u) = u else { unreachable!() };
+    assert!(
+        u.iter().all(|e| e.unread == 0),
+        "{:?}",
+        u.iter().collect::<Vec<_>>()
+    );
+    let mut tablet = Peer::with(gw.addr(), 2, 3, |c| c.auto_pull_inbox = false);
+    tablet
+        .client
+        .request_unread(std::time::Instant::now())
+        .expect("unread");
+    let u = tablet.wait(|e| matches!(e, Event::Unread(_)), "unread");
+    let Event::Unread(u) = u else { unreachable!() };
+    let e: Vec<_> = u.iter().collect();
+    assert_eq!(e.len(), 1);
+    assert_eq!((e[0].peer, e[0].unread, e[0].last_seq), (1, 3, 3));
+}
+
+#[test]
+fn groups_store_once_push_to_online_members_and_page_to_the_rest() {
+    for d in both() {
+        let gw = gateway(d, |_| {});
+        let mut a = Peer::login(gw.addr(), 1, 1);
+        let mut b = Peer::login(gw.addr(), 2, 1);
+        let now = std::time::Instant::now();
+        a.client
+            .group_request(GroupOp::Create, 0, &[2, 3], now)
+            .expect("create");
+        let ans = a.wait(|e| matches!(e, Event::GroupAnswer(_)), "group:A");
+        let Event::GroupAnswer(g) = ans else {
+            unreachable!()
+        };
+        assert_eq!(g.total, 3);
+        let group = g.group;
+        for i in 0..3u8 {
+            a.send_group(group, &[i]);
+        }
+        b.wait(
+            |e| matches!(e, Event::Message { group: g, seq: 3, .. } if *g == group),
+            "b gets 3",
+        );
+        assert_eq!(b.messages().len(), 3, "{d:?}");
+        b.pump(Duration::from_millis(30));
+        // c was offline: the unread summary names the group, then it pulls.
+        let mut c = Peer::login(gw.addr(), 3, 1);
+        c.client
+            .request_unread(std::time::Instant::now())
+            .expect("unread");
+        let u = c.wait(|e| matches!(e, Event::Unread(_)), "unread");
+        let Event::Unread(u) = u else { unreachable!() };
+        let ge: Vec<_> = u.iter().filter(|e| e.group == group).collect();
+        assert_eq!((ge.len(), ge[0].unread, ge[0].last_seq), (1, 3, 3), "{d:?}");
+        assert!(c.client.pull(group, std::time::Instant::now()));
+        c.wait(
+            |e| matches!(e, Event::SyncDone { group: g } if *g == group),
+            "c pulls the group",
+        );
+        let got: Vec<(u64, u64)> = c.messages().iter().map(|m| (m.0, m.1)).collect();
+        assert_eq!(got, vec![(group, 1), (group, 2), (group, 3)], "{d:?}");
+        // Receipts are pulled: b and c acked everything.
+        c.pump(Duration::from_millis(30));
+        a.client
+            .request_receipts(group, 3, std::time::Instant::now())
+            .expect("receipts");
+        let r = a.wait(|e| matches!(e, Event::Receipts(_)), "receipts:A");
+        let Event::Receipts(r) = r else {
+            unreachable!()
+        };
+        assert_eq!(r.members, 3);
+        assert!(r.delivered >= 2, "{d:?}: {r:?}");
+        // A new member sees only what comes after it joined.
+        a.client
+            .group_request(GroupOp::Add, group, &[4], std::time::Instant::now())
+            .expect("add");
+        a.wait(
+            |e| matches!(e, Event::GroupAnswer(g) if g.op == GroupOp::Add as u8),
+            "added",
+        );
+        let mut late = Peer::login(gw.addr(), 4, 1);
+        assert!(late.client.pull(group, std::time::Instant::now()));
+        late.wait(|e| matches!(e, Event::SyncDone { .. }), "late pull");
+        assert!(late.messages().is_empty(), "{:?}", late.messages());
+    }
+}
+
+#[test]
+fn read_receipts_reach_the_sender_and_the_readers_other_devices() {
+    let gw = gateway(Durability::Fsync, |_| {});
+    let mut a = Peer::login(gw.addr(), 1, 1);
+    let mut b = Peer::login(gw.addr(), 2, 1);
+    let mut b2 = Peer::login(gw.addr(), 2, 2);
+    let id = a.send_to(2, b"read me");
+    b.wait(|e| matches!(e, Event::Message { .. }), "b gets it");
+    b.client
+        .mark_read(0, 1, 1, std::time::Instant::now())
+        .expect("mark read");
+    b.flush();
+    let r = a.wait(|e| matches!(e, Event::Read { .. }), "read:N");
+    assert_eq!(
+        r,
+        Event::Read {
+            msg_id: id,
+            peer: 2
+        }
+    );
+    let r = b2.wait(
+        |e| matches!(e, Event::ReadElsewhere { .. }),
+        "read elsewhere",
+    );
+    assert_eq!(
+        r,
+        Event::ReadElsewhere {
+            group: 0,
+            peer: 1,
+            seq: 1
+        }
+    );
+}
+
+#[test]
+fn users_cannot_touch_groups_they_are_not_in() {
+    let gw = gateway(Durability::Memory, |_| {});
+    let mut a = Peer::login(gw.addr(), 1, 1);
+    a.client
+        .group_request(GroupOp::Create, 0, &[2], std::time::Instant::now())
+        .expect("create");
+    let Event::GroupAnswer(g) = a.wait(|e| matches!(e, Event::GroupAnswer(_)), "group:A") else {
+        unreachable!()
+    };
+    let mut outsider = Client::login(gw.addr(), 9, 1);
+    outsider.send(MsgR {
+        msg_id: 5,
+        group: g.group,
+        to: 0,
+        retry: false,
+        body: Bytes::from_static(b"let me in"),
+    });
+    match outsider.frame() {
+        Frame::Error(e) => assert_eq!((e.code(), e.ref_id), (ErrorCode::Forbidden, 5)),
+        other => panic!("{other:?}"),
+    }
+    outsider.send(SyncR {
+        group: g.group,
+        after: 0,
+        limit: 10,
+    });
+    assert!(matches!(outsider.frame(), Frame::Error(e) if e.code() == ErrorCode::Forbidden));
+    outsider.send(SyncR {
+        group: 424242,
+        after: 0,
+        limit: 10,
+    });
+    assert!(matches!(outsider.frame(), Frame::Error(e) if e.code() == ErrorCode::NotFound));
+    // Acking past the own inbox's head (someone else's messages) is refused.
+    outsider.send(imgate_codec::frame::AckR { group: 0, seq: 5 });
+    assert!(matches!(outsider.frame(), Frame::Error(e) if e.code() == ErrorCode::InvalidRequest));
+    // Nothing reached the group.
+    let mut b = Peer::login(gw.addr(), 2, 1);
+    assert!(b.client.pull(g.group, std::time::Instant::now()));
+    b.wait(|e| matches!(e, Event::SyncDone { .. }), "pull");
+    assert!(b.messages().is_empty());
+    assert!(matches!(
+        outsider.next(Duration::from_millis(50)),
+        Got::Timeout
+    ));
+}

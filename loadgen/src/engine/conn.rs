@@ -1,0 +1,335 @@
+//! One connection: its state on the thread and the task that runs it.
+//!
+//! ```text
+//!   connect (bound to a source address) ─► Client::connect ─► reader ─┐ join
+//!        ▲                                                   writer ─┘   │
+//!        └──── delay (cut: as told; lost: backoff) ◄── handle_disconnect ◄┘
+//! ```
+//!
+//! The reader owns the read half and never has its read cancelled: it ends
+//! when the socket does (the peer closed, or the writer cut it). The writer
+//! sleeps on the connection's [`Signal`]; whoever queues frames in the
+//! client stages them with `poll_transmit` into `out` and raises `FLUSH`;
+//! the writer swaps `out` with its own buffer and writes it whole, so many
+//! frames cost one write. `CUT` makes the writer shut the socket down (the
+//! reader then sees the end), `CLOSE` makes it flush first.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::VecDeque,
+    os::fd::{AsRawFd, RawFd},
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+use ahash::AHashMap;
+use bytes::BytesMut;
+use imgate_codec::client::{Client, Dest};
+use monoio::{
+    buf::IoBufMut,
+    io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable},
+    net::TcpStream,
+};
+
+use super::{ConnSpec, player::Player};
+use crate::{
+    measure::{Seen, SenderBook, bump, record_ns},
+    net,
+    signal::{CLOSE, CUT, FLUSH, Signal},
+};
+
+/// Reads of at least this much.
+const READ_MIN: usize = 4 * 1024;
+/// Reads of at most this much, when the socket keeps filling the buffer.
+const READ_MAX: usize = 64 * 1024;
+
+/// One span of a sender's schedule: message `k0 + i` was scheduled at
+/// `t0 + i * period`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Segment {
+    pub(crate) k0: u64,
+    pub(crate) t0: u64,
+    pub(crate) period: u64,
+}
+
+/// A connection's life as a sender. A message's number (its counter) is
+/// its slot in the schedule, so its scheduled time is computed, not
+/// stored: sends the client refuses for a while wait in `backlog`, in
+/// order, with their times.
+#[derive(Debug)]
+pub(crate) struct Sender {
+    pub(crate) book: SenderBook,
+    pub(crate) segments: Vec<Segment>,
+    pub(crate) backlog: VecDeque<u64>,
+    pub(crate) dest: Dest,
+}
+
+impl Sender {
+    /// When message `k` was scheduled (ns), if it was sent.
+    pub(crate) fn scheduled(&self, k: u64) -> Option<u64> {
+        if k >= self.book.sent {
+            return None;
+        }
+        let s = self.segments.iter().rev().find(|s| s.k0 <= k)?;
+        Some(s.t0 + (k - s.k0) * s.period)
+    }
+
+    /// The counter the next scheduled message will get.
+    pub(crate) fn next_counter(&self) -> u64 {
+        self.book.sent + self.backlog.len() as u64
+    }
+}
+
+/// A connection's state, shared by its task, the thread's pacer and timers.
+pub(crate) struct Conn {
+    pub(crate) id: u32,
+    pub(crate) local: u32,
+    pub(crate) group_size: u32,
+    pub(crate) history: bool,
+    pub(crate) first_msg_id: u64,
+    pub(crate) client: RefCell<Client>,
+    /// Encoded frames waiting for the writer.
+    pub(crate) out: RefCell<BytesMut>,
+    pub(crate) signal: Signal,
+    /// The socket while the task owns one.
+    fd: Cell<Option<RawFd>>,
+    /// The deadline the timer heap holds for this connection.
+    pub(crate) armed: Cell<Option<Instant>>,
+    pub(crate) logged_in: Cell<bool>,
+    pub(crate) ever_logged_in: Cell<bool>,
+    pub(crate) reconnect: Cell<bool>,
+    pub(crate) done: Cell<bool>,
+    pub(crate) attempt_started: Cell<Instant>,
+    pub(crate) cut_at: Cell<Option<Instant>>,
+    pub(crate) storm: Cell<bool>,
+    pub(crate) next_delay: Cell<Option<Duration>>,
+    pub(crate) pull_started: Cell<Option<Instant>>,
+    pub(crate) sender: RefCell<Option<Box<Sender>>>,
+    pub(crate) seen: RefCell<AHashMap<u32, Seen>>,
+    pub(crate) group_rest: RefCell<Option<Vec<u64>>>,
+}
+
+impl Conn {
+    pub(crate) fn new(spec: ConnSpec, local: u32, client: Client, reconnect: bool) -> Conn {
+        let first_msg_id = client.config().first_msg_id;
+        Conn {
+            id: spec.id,
+            local,
+            group_size: spec.group_size,
+            history: spec.history,
+            first_msg_id,
+            client: RefCell::new(client),
+            out: RefCell::new(BytesMut::new()),
+            signal: Signal::default(),
+            fd: Cell::new(None),
+            armed: Cell::new(None),
+            logged_in: Cell::new(false),
+            ever_logged_in: Cell::new(false),
+            reconnect: Cell::new(reconnect),
+            done: Cell::new(false),
+            attempt_started: Cell::new(Instant::now()),
+            cut_at: Cell::new(None),
+            storm: Cell::new(false),
+            next_delay: Cell::new(None),
+            pull_started: Cell::new(None),
+            sender: RefCell::new(None),
+            seen: RefCell::new(AHashMap::new()),
+            group_rest: RefCell::new(None),
+        }
+    }
+
+    /// Stages what the client queued; wakes the writer if there was any.
+    pub(crate) fn pump_out(&self) {
+        let n = self
+            .client
+            .borrow_mut()
+            .poll_transmit(&mut self.out.borrow_mut());
+        if n > 0 {
+            self.signal.raise(FLUSH);
+        }
+    }
+}
+
+/// Runs a connection until the run ends or it gives up.
+pub(crate) async fn run(p: Rc<Player>, c: Rc<Conn>) {
+    p.live.set(p.live.get() + 1);
+    let mut failures: u32 = 0;
+    loop {
+        if p.stopping.get() {
+            break;
+        }
+        c.attempt_started.set(Instant::now());
+        let source = net::source_for(&p.opts.sources, c.id as usize);
+        let r = monoio::time::timeout(p.opts.connect_timeout, net::connect(p.opts.target, source))
+            .await;
+        let ok = match r {
+            Ok(Ok(stream)) => {
+                let now = Instant::now();
+                {
+                    let mut rec = p.rec.borrow_mut();
+                    rec.counters.connects += 1;
+                    if !c.ever_logged_in.get() {
+                        let ns =
+                            u64::try_from(now.duration_since(c.attempt_started.get()).as_nanos())
+                                .unwrap_or(u64::MAX);
+                        record_ns(&mut rec.connect, ns);
+                    }
+                }
+                session(&p, &c, stream).await
+            }
+            Ok(Err(e)) => {
+                connect_failed(&p, describe(&e));
+                false
+            }
+            Err(_) => {
+                connect_failed(&p, "connect timed out".to_string());
+                false
+            }
+        };
+        if ok {
+            failures = 0;
+        } else {
+            failures += 1;
+            if !c.ever_logged_in.get() && failures > p.opts.connect_retries {
+                // A first connection that never made it: give up.
+                p.open_failed.set(p.open_failed.get() + 1);
+                p.opening.set(p.opening.get().saturating_sub(1));
+                super::ThreadProgress::add(&p.progress.threads[p.index].failures, 1);
+                break;
+            }
+        }
+        let first_try = !c.ever_logged_in.get();
+        if p.stopping.get() || (!c.reconnect.get() && !first_try) {
+            break;
+        }
+        let delay = c
+            .next_delay
+            .take()
+            .unwrap_or_else(|| backoff(failures, c.id));
+        let until = Instant::now() + delay;
+        while Instant::now() < until && !p.stopping.get() {
+            monoio::time::sleep(
+                until
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(20)),
+            )
+            .await;
+        }
+        if p.stopping.get() {
+            break;
+        }
+        p.rec.borrow_mut().counters.reconnects += 1;
+    }
+    c.done.set(true);
+    p.live.set(p.live.get().saturating_sub(1));
+}
+
+fn connect_failed(p: &Player, why: String) {
+    let mut rec = p.rec.borrow_mut();
+    rec.counters.connect_failures += 1;
+    bump(&mut rec.counters.connect_errors, why);
+}
+
+fn describe(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EADDRNOTAVAIL) => "no local port left (EADDRNOTAVAIL): add --source-ips".into(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) => "open-files limit reached (EMFILE)".into(),
+        Some(libc::ECONNREFUSED) => "connection refused".into(),
+        _ => format!("{:?}", e.kind()),
+    }
+}
+
+/// Reconnect delay after `failures` failures in a row: 50 ms doubling to
+/// 2 s, with jitter spread by connection id.
+fn backoff(failures: u32, id: u32) -> Duration {
+    let base = 50u64 << failures.min(5);
+    let jitter = u64::from(id.wrapping_mul(2_654_435_761) % 1000) * base / 1000;
+    Duration::from_millis((base + jitter).min(2000))
+}
+
+/// One session on a connected socket; returns whether it logged in.
+async fn session(p: &Rc<Player>, c: &Rc<Conn>, stream: TcpStream) -> bool {
+    let fd = stream.as_raw_fd();
+    c.fd.set(Some(fd));
+    c.signal.clear(FLUSH | CLOSE | CUT);
+    c.out.borrow_mut().clear();
+    c.logged_in.set(false);
+    let now = Instant::now();
+    c.client.borrow_mut().connect(now);
+    p.drain(c, now);
+    let (rd, wr) = stream.into_split();
+    monoio::join!(reader(p, c, rd), writer(c, wr));
+    c.fd.set(None);
+    let was_in = c.logged_in.replace(false);
+    c.client.borrow_mut().handle_disconnect();
+    p.drain(c, Instant::now());
+    if was_in {
+        p.progress.threads[p.index]
+            .logged_in
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    } else {
+        p.rec.borrow_mut().counters.login_failures += 1;
+    }
+    was_in
+}
+
+async fn reader(p: &Rc<Player>, c: &Rc<Conn>, mut rd: OwnedReadHalf<TcpStream>) {
+    let mut buf = BytesMut::with_capacity(READ_MIN);
+    let mut want = READ_MIN;
+    loop {
+        buf.reserve(want);
+        let start = buf.len();
+        let cap = buf.capacity();
+        let (res, slice) = rd.read(buf.slice_mut(start..cap)).await;
+        buf = slice.into_inner();
+        let n = match res {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        want = if n >= cap - start { READ_MAX } else { READ_MIN };
+        let now = Instant::now();
+        let r = c.client.borrow_mut().handle_input(&mut buf, now);
+        p.drain(c, now);
+        if let Err(e) = r {
+            bump(
+                &mut p.rec.borrow_mut().counters.server_errors,
+                format!("undecodable frame from the server: {e}"),
+            );
+            break;
+        }
+    }
+    c.signal.raise(CUT);
+}
+
+async fn writer(c: &Rc<Conn>, mut wr: OwnedWriteHalf<TcpStream>) {
+    let mut buf = BytesMut::new();
+    loop {
+        let bits = c.signal.wait(FLUSH | CLOSE | CUT).await;
+        if bits & CUT != 0 {
+            if let Some(fd) = c.fd.get() {
+                net::cut(fd);
+            }
+            break;
+        }
+        c.signal.clear(FLUSH);
+        std::mem::swap(&mut buf, &mut *c.out.borrow_mut());
+        if !buf.is_empty() {
+            let (res, b) = wr.write_all(buf).await;
+            buf = b;
+            buf.clear();
+            if res.is_err() {
+                if let Some(fd) = c.fd.get() {
+                    net::cut(fd);
+                }
+                break;
+            }
+            continue;
+        }
+        if bits & CLOSE != 0 {
+            if let Some(fd) = c.fd.get() {
+                net::close_write(fd);
+            }
+            break;
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! A gateway started in-process on an ephemeral port, and test backends:
+//! the relay, a reliable in-memory store (so that chaos and storm can be
+//! checked for zero loss before the durable backend lands), and a broken
+//! relay that must make the load generator's loss and duplicate counters
+//! fire.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{net::SocketAddr, sync::Arc};
+
+use ahash::AHashMap;
+use bytes::{Bytes, BytesMut};
+use clap::Parser;
+use imgate::{
+    backend::{Backend, Inbound, Router, Track},
+    config::{Config, DriverKind},
+    conn_id::ConnId,
+    relay::Relay,
+    server::{self, Running},
+    token::HmacVerifier,
+};
+use imgate_codec::{
+    Body, ErrorCode, Frame,
+    frame::{AckA, AckN, Entry, ErrorFrame, MsgA, MsgN, SyncPage},
+};
+use imgate_loadgen::{Cli, Report, RunError};
+
+pub const SECRET: &str = "loadgen-test-secret";
+
+pub fn config() -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        workers: 1,
+        driver: DriverKind::Auto,
+        metrics_listen: None,
+        secret: SECRET.into(),
+        tick_ms: 20,
+        push_timeout_ms: 500,
+        shutdown_timeout_ms: 2000,
+        ..Config::default()
+    }
+}
+
+pub fn start_with(backend: Box<dyn Backend>) -> Running {
+    let cfg = config();
+    let v = Arc::new(HmacVerifier::new(cfg.secret.as_bytes()));
+    server::start(cfg, backend, v).expect("gateway starts")
+}
+
+pub fn relay() -> Running {
+    start_with(Box::new(Relay::default()))
+}
+
+/// Runs the load generator in-process: `args` start with the scenario
+/// name; the target, secret and quiet flags are added.
+pub fn loadgen(addr: SocketAddr, args: &[&str]) -> Result<Report, RunError> {
+    let target = addr.to_string();
+    let mut argv = vec!["imgate-loadgen"];
+    argv.extend_from_slice(args);
+    argv.extend_from_slice(&[
+        "--target",
+        &target,
+        "--metrics",
+        "none",
+        "--secret",
+        SECRET,
+        "--threads",
+        "2",
+        "--quiet",
+    ]);
+    let cli = Cli::try_parse_from(&argv).expect("arguments parse");
+    let r = imgate_loadgen::run(cli);
+    if let Ok(r) = &r {
+        eprintln!("{}", r.table());
+    }
+    r
+}
+
+fn encode<T: Body>(f: T) -> Bytes {
+    let mut b = BytesMut::with_capacity(imgate_codec::HEADER_LEN + f.body_len());
+    f.encode(&mut b);
+    b.freeze()
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(imgate::unix_time().as_millis()).unwrap_or(0)
+}
+
+fn refuse(out: &mut Router, conn: ConnId, f: &Frame) {
+    let id = match f {
+        Frame::GroupR(g) => g.req,
+        Frame::ReceiptsR(r) => r.req,
+        Frame::MsgR(m) => m.msg_id,
+        _ => 0,
+    };
+    out.to_conn(
+        conn,
+        encode(ErrorFrame::new(
+            ErrorCode::InvalidRequest,
+            Some(f.kind()),
+            id,
+            "not supported by this test backend",
+        )),
+        None,
+    );
+}
+
+/// How a broken relay misbehaves.
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// Every nth msg:N is not pushed (its seq is used up: a gap the client
+    /// syncs, and the relay has nothing to give).
+    DropEvery(u64),
+    /// Every nth msg:N is pushed a second time under a new seq.
+    DuplicateEvery(u64),
+}
+
+/// The relay's behaviour with a fault injected.
+#[derive(Debug)]
+pub struct Broken {
+    fault: Fault,
+    head: AHashMap<u64, u64>,
+    n: u64,
+}
+
+impl Broken {
+    pub fn new(fault: Fault) -> Broken {
+        Broken {
+            fault,
+            head: AHashMap::new(),
+            n: 0,
+        }
+    }
+}
+
+impl Backend for Broken {
+    fn handle(&mut self, batch: &mut Vec<Inbound>, out: &mut Router) {
+        for ev in batch.drain(..) {
+            let (conn, user, frame) = match ev {
+                Inbound::Login { conn, user, .. } => {
+                    out.login_ok(conn, self.head.get(&user).copied().unwrap_or(0));
+                    continue;
+                }
+                Inbound::Frame {
+                    conn, user, frame, ..
+                } => (conn, user, frame),
+                Inbound::Closed { .. } => continue,
+            };
+            match frame {
+                Frame::MsgR(m) if m.group == 0 => {
+                    let head = self.head.entry(m.to).or_insert(0);
+                    *head += 1;
+                    let seq = *head;
+                    let t = now_ms();
+                    let a = MsgA {
+                        msg_id: m.msg_id,
+                        group: 0,
+                        seq,
+                        own_seq: 0,
+                        server_time: t,
+                    };
+                    out.to_conn(conn, encode(a), None);
+                    self.n += 1;
+                    let n = MsgN {
+                        group: 0,
+                        seq,
+                        from: user,
+                        to: m.to,
+                        msg_id: m.msg_id,
+                        server_time: t,
+                        retry: false,
+                        body: m.body,
+                    };
+                    match self.fault {
+                        Fault::DropEvery(k) if self.n.is_multiple_of(k) => {}
+                        Fault::DuplicateEvery(k) if self.n.is_multiple_of(k) => {
+                            *head += 1;
+                            let again = MsgN {
+                                seq: *head,
+                                ..n.clone()
+                            };
+                            out.to_user(m.to, None, &encode(n), None);
+                            out.to_user(m.to, None, &encode(again), None);
+                        }
+                        _ => {
+                            out.to_user(m.to, None, &encode(n), None);
+                        }
+                    }
+                }
+                Frame::AckR(a) => out.to_conn(
+                    conn,
+                    encode(AckA {
+                        group: a.group,
+                        seq: a.seq,
+                    }),
+                    None,
+                ),
+                Frame::SyncR(s) => {
+                    let head = self.head.get(&user).copied().unwrap_or(0);
+                    out.to_conn(conn, encode(SyncPage::new(s.group, s.after, head)), None);
+                }
+                other => refuse(out, conn, &other),
+            }
+        }
+    }
+}
+
+struct Stored {
+    from: u64,
+    to: u64,
+    msg_id: u64,
+    time: u64,
+    body: Bytes,
+}
+
+/// A reliable one-to-one backend in memory: sequence ids, de-duplication
+/// of retransmitted msg:R, pushes the core re-sends until acked, paged
+/// sync, delivered receipts. Enough of the protocol for chat, storm, chaos
+/// and offline; no groups.
+#[derive(Default)]
+pub struct MemStore {
+    inbox: AHashMap<u64, Vec<Stored>>,
+    dedup: AHashMap<(u64, u64), MsgA>,
+    delivered: AHashMap<u64, u64>,
+}
+
+impl MemStore {
+    fn ack(&mut self, user: u64, seq: u64, out: &mut Router) {
+        let old = self.delivered.get(&user).copied().unwrap_or(0);
+        if seq <= old {
+            return;
+        }
+        self.delivered.insert(user, seq);
+        let Some(inbox) = self.inbox.get(&user) else {
+            return;
+        };
+        let lo = usize::try_from(old).unwrap_or(usize::MAX).min(inbox.len());
+        let hi = usize::try_from(seq).unwrap_or(usize::MAX).min(inbox.len());
+        let mut from: Vec<u64> = inbox[lo..hi].iter().map(|m| m.from).collect();
+        from.sort_unstable();
+        from.dedup();
+        for f in from {
+            let n = AckN {
+                peer: user,
+                group: 0,
+                seq,
+            };
+            out.to_user(f, None, &encode(n), None);
+        }
+    }
+
+    fn page(&self, user: u64, after: u64, limit: u16) -> SyncPage {
+        let inbox = self.inbox.get(&user);
+        let head = inbox.map_or(0, |v| v.len() as u64);
+        let limit = if limit == 0 {
+            100
+        } else {
+            usize::from(limit).min(1000)
+        };
+        let mut page = SyncPage::new(0, after, head);
+        let mut buf = BytesMut::new();
+        if let Some(inbox) = inbox {
+            let from = usize::try_from(after)
+                .unwrap_or(usize::MAX)
+                .min(inbox.len());
+            for (i, m) in inbox[from..].iter().take(limit).enumerate() {
+                if buf.len() + 44 + m.body.len() > 60_000 {
+                    break;
+                }
+                let e = Entry {
+                    seq: (from + i + 1) as u64,
+                    from: m.from,
+                    to: m.to,
+                    msg_id: m.msg_id,
+                    server_time: m.time,
+                    body: m.body.clone(),
+                };
+                page.push(&mut buf, &e);
+            }
+        }
+        page.finish(buf)
+    }
+}
+
+impl Backend for MemStore {
+    fn handle(&mut self, batch: &mut Vec<Inbound>, out: &mut Router) {
+        for ev in batch.drain(..) {
+            let (conn, user, frame) = match ev {
+                Inbound::Login { conn, user, .. } => {
+                    let head = self.inbox.get(&user).map_or(0, |v| v.len() as u64);
+                    out.login_ok(conn, head);
+                    continue;
+                }
+                Inbound::Frame {
+                    conn, user, frame, ..
+                } => (conn, user, frame),
+                Inbound::Closed { .. } => continue,
+            };
+            match frame {
+                Frame::MsgR(m) if m.group == 0 => {
+                    if let Some(a) = self.dedup.get(&(user, m.msg_id)) {
+                        out.to_conn(conn, encode(*a), None);
+                        continue;
+                    }
+                    let t = now_ms();
+                    let inbox = self.inbox.entry(m.to).or_default();
+                    inbox.push(Stored {
+                        from: user,
+                        to: m.to,
+                        msg_id: m.msg_id,
+                        time: t,
+                        body: m.body.clone(),
+                    });
+                    let seq = inbox.len() as u64;
+                    let a = MsgA {
+                        msg_id: m.msg_id,
+                        group: 0,
+                        seq,
+                        own_seq: 0,
+                        server_time: t,
+                    };
+                    self.dedup.insert((user, m.msg_id), a);
+                    out.to_conn(conn, encode(a), None);
+                    let n = MsgN {
+                        group: 0,
+                        seq,
+                        from: user,
+                        to: m.to,
+                        msg_id: m.msg_id,
+                        server_time: t,
+                        retry: false,
+                        body: m.body,
+                    };
+                    out.to_user(m.to, None, &encode(n), Some(Track { group: 0, seq }));
+                }
+                Frame::AckR(a) if a.group == 0 => {
+                    let head = self.inbox.get(&user).map_or(0, |v| v.len() as u64);
+                    let seq = a.seq.min(head);
+                    out.to_conn(conn, encode(AckA { group: 0, seq }), None);
+                    self.ack(user, seq, out);
+                }
+                Frame::SyncR(s) if s.group == 0 => {
+                    self.ack(user, s.after, out);
+                    let page = self.page(user, s.after, s.limit);
+                    out.to_conn(conn, encode(page), None);
+                }
+                other => refuse(out, conn, &other),
+            }
+        }
+    }
+}
