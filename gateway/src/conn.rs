@@ -268,9 +268,21 @@ pub(crate) async fn serve(core: Rc<Core>, conn: Rc<Conn>, mut stream: TcpStream)
         if conn.signal.is_set(SIG_CLOSE) {
             break;
         }
-        if conn.out_bytes.get() > 0 && !flush(&core, &conn, &mut stream).await {
-            conn.close(Closing::Now);
-            break;
+        // Write what is queued at once; only a full socket buffer needs the
+        // waiting path, boxed so that its state does not enlarge the future
+        // every idle connection keeps.
+        if conn.out_bytes.get() > 0 {
+            let done = match send_now(&core, &conn, &stream) {
+                Ok(done) => done,
+                Err(()) => {
+                    conn.close(Closing::Now);
+                    break;
+                }
+            };
+            if !done && !Box::pin(flush(&core, &conn, &mut stream)).await {
+                conn.close(Closing::Now);
+                break;
+            }
         }
         conn.signal.clear(SIG_FLUSH);
         let readable = monoio::select! {
@@ -291,7 +303,9 @@ pub(crate) async fn serve(core: Rc<Core>, conn: Rc<Conn>, mut stream: TcpStream)
             }
         }
     }
-    finish(&core, &conn, &mut stream).await;
+    if conn.closing.get() != Some(Closing::Now) {
+        Box::pin(finish(&core, &conn, &mut stream)).await;
+    }
     core.remove(&conn);
 }
 
@@ -318,25 +332,36 @@ async fn finish(core: &Rc<Core>, conn: &Rc<Conn>, stream: &mut TcpStream) {
     let _ = monoio::time::timeout(grace, flush(core, conn, stream)).await;
 }
 
+/// Sends what the socket takes now. Ok(true): the queue is empty (and its
+/// storage freed); Ok(false): the socket buffer is full.
+fn send_now(core: &Core, conn: &Conn, stream: &TcpStream) -> Result<bool, ()> {
+    let n = sock::send_queued(stream.as_raw_fd(), &mut conn.out.borrow_mut()).map_err(|_| ())?;
+    conn.out_bytes.set(conn.out_bytes.get().saturating_sub(n));
+    core.metrics()
+        .bytes_out
+        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    let mut q = conn.out.borrow_mut();
+    if q.is_empty() {
+        // An idle connection keeps no queue storage.
+        if q.capacity() > 0 {
+            *q = VecDeque::new();
+        }
+        return Ok(true);
+    }
+    Ok(false)
+}
+
 /// Writes the outbound queue with `sendmsg` straight from the queued
 /// `Bytes` (no copy, no buffer lent to the kernel), waiting for
-/// writability only when the socket buffer is full.
+/// writability whenever the socket buffer is full.
 async fn flush(core: &Rc<Core>, conn: &Rc<Conn>, stream: &mut TcpStream) -> bool {
     loop {
-        match sock::send_queued(stream.as_raw_fd(), &mut conn.out.borrow_mut()) {
-            Ok(n) => {
-                conn.out_bytes.set(conn.out_bytes.get().saturating_sub(n));
-                core.metrics()
-                    .bytes_out
-                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-            }
-            Err(_) => return false,
+        match send_now(core, conn, stream) {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(()) => return false,
         }
-        if conn.out.borrow().is_empty() {
-            break;
-        }
-        // The socket buffer is full: wait until the peer reads, unless the
-        // connection is being closed (finish() decides what still goes out).
+        // Closing: finish() decides what still goes out.
         if conn.signal.is_set(SIG_CLOSE) && conn.closing.get() != Some(Closing::Flush) {
             return true;
         }
@@ -348,12 +373,6 @@ async fn flush(core: &Rc<Core>, conn: &Rc<Conn>, stream: &mut TcpStream) -> bool
             return false;
         }
     }
-    // An idle connection keeps no queue storage.
-    let mut q = conn.out.borrow_mut();
-    if q.capacity() > 0 {
-        *q = VecDeque::new();
-    }
-    true
 }
 
 /// One read: into the connection's unfinished frame if it has one, else

@@ -28,7 +28,7 @@ pub mod metrics;
 pub mod registry;
 pub mod relay;
 pub mod server;
-mod signal;
+pub mod signal;
 pub mod signals;
 mod sock;
 pub mod store;

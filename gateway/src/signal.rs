@@ -1,4 +1,4 @@
-//! A wake-up flag for one task on one core.
+//! A wake-up flag for one task on one core (or one load-generator thread).
 //!
 //! Deliveries and kicks for a connection come from the core's mailbox task
 //! or its timer task; the connection's own task sleeps on its socket and on
@@ -13,7 +13,7 @@ use std::{
 
 /// Flag bits with one waiting task.
 #[derive(Default)]
-pub(crate) struct Signal {
+pub struct Signal {
     flags: Cell<u8>,
     waker: Cell<Option<Waker>>,
 }
@@ -28,7 +28,7 @@ impl std::fmt::Debug for Signal {
 
 impl Signal {
     /// Sets `bits` and wakes the waiting task, if any.
-    pub(crate) fn raise(&self, bits: u8) {
+    pub fn raise(&self, bits: u8) {
         self.flags.set(self.flags.get() | bits);
         if let Some(w) = self.waker.take() {
             w.wake();
@@ -36,17 +36,17 @@ impl Signal {
     }
 
     /// Whether any of `bits` is set.
-    pub(crate) fn is_set(&self, bits: u8) -> bool {
+    pub fn is_set(&self, bits: u8) -> bool {
         self.flags.get() & bits != 0
     }
 
     /// Clears `bits`.
-    pub(crate) fn clear(&self, bits: u8) {
+    pub fn clear(&self, bits: u8) {
         self.flags.set(self.flags.get() & !bits);
     }
 
     /// Waits until one of `bits` is set; returns the set bits of `bits`.
-    pub(crate) async fn wait(&self, bits: u8) -> u8 {
+    pub async fn wait(&self, bits: u8) -> u8 {
         poll_fn(|cx| {
             let f = self.flags.get() & bits;
             if f != 0 {
