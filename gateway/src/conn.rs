@@ -88,6 +88,8 @@ pub(crate) struct Conn {
     pub(crate) timer: Cell<Option<TimerKey>>,
     out: RefCell<VecDeque<Bytes>>,
     out_bytes: Cell<usize>,
+    /// The front of `out` was partly sent.
+    front_started: Cell<bool>,
     pub(crate) signal: Signal,
     closing: Cell<Option<Closing>>,
     tokens: Cell<f32>,
@@ -107,6 +109,7 @@ impl Conn {
             timer: Cell::new(None),
             out: RefCell::new(VecDeque::new()),
             out_bytes: Cell::new(0),
+            front_started: Cell::new(false),
             signal: Signal::default(),
             closing: Cell::new(None),
             tokens: Cell::new(burst as f32),
@@ -158,9 +161,18 @@ impl Conn {
         n
     }
 
+    /// Drops the backlog, except the rest of a frame already partly on
+    /// the wire: the stream must stay whole for the kick that follows.
     fn drop_queue(&self) {
-        self.out.borrow_mut().clear();
-        self.out_bytes.set(0);
+        let mut q = self.out.borrow_mut();
+        let keep = if self.front_started.get() {
+            q.pop_front()
+        } else {
+            None
+        };
+        q.clear();
+        self.out_bytes.set(keep.as_ref().map_or(0, |b| b.len()));
+        q.extend(keep);
     }
 
     /// Token bucket: takes one frame's token, refilling by elapsed time.
@@ -279,7 +291,7 @@ pub(crate) async fn serve(core: Rc<Core>, conn: Rc<Conn>, mut stream: TcpStream)
                     break;
                 }
             };
-            if !done && !Box::pin(flush(&core, &conn, &mut stream)).await {
+            if !done && !Box::pin(flush(&core, &conn, &mut stream, true)).await {
                 conn.close(Closing::Now);
                 break;
             }
@@ -329,13 +341,18 @@ async fn finish(core: &Rc<Core>, conn: &Rc<Conn>, stream: &mut TcpStream) {
         }
     }
     let grace = Duration::from_millis(core.shared.cfg.shutdown_timeout_ms.clamp(10, 2000));
-    let _ = monoio::time::timeout(grace, flush(core, conn, stream)).await;
+    let _ = monoio::time::timeout(grace, flush(core, conn, stream, false)).await;
 }
 
 /// Sends what the socket takes now. Ok(true): the queue is empty (and its
 /// storage freed); Ok(false): the socket buffer is full.
 fn send_now(core: &Core, conn: &Conn, stream: &TcpStream) -> Result<bool, ()> {
-    let n = sock::send_queued(stream.as_raw_fd(), &mut conn.out.borrow_mut()).map_err(|_| ())?;
+    let (n, partial) =
+        sock::send_queued(stream.as_raw_fd(), &mut conn.out.borrow_mut()).map_err(|_| ())?;
+    if n > 0 {
+        // Nothing sent leaves the front as it was.
+        conn.front_started.set(partial);
+    }
     conn.out_bytes.set(conn.out_bytes.get().saturating_sub(n));
     core.metrics()
         .bytes_out
@@ -348,26 +365,42 @@ fn send_now(core: &Core, conn: &Conn, stream: &TcpStream) -> Result<bool, ()> {
         }
         return Ok(true);
     }
+    drop(q);
+    // What the socket did not take is the backlog: over the limit, the
+    // client reads too slowly. Its messages stay stored; it syncs later.
+    if conn.out_bytes.get() > core.shared.cfg.max_outbound_bytes {
+        conn.close(Closing::Kick(KickReason::SlowConsumer));
+    }
     Ok(false)
 }
 
 /// Writes the outbound queue with `sendmsg` straight from the queued
 /// `Bytes` (no copy, no buffer lent to the kernel), waiting for
 /// writability whenever the socket buffer is full.
-async fn flush(core: &Rc<Core>, conn: &Rc<Conn>, stream: &mut TcpStream) -> bool {
+async fn flush(
+    core: &Rc<Core>,
+    conn: &Rc<Conn>,
+    stream: &mut TcpStream,
+    interruptible: bool,
+) -> bool {
     loop {
         match send_now(core, conn, stream) {
             Ok(true) => return true,
             Ok(false) => {}
             Err(()) => return false,
         }
-        // Closing: finish() decides what still goes out.
-        if conn.signal.is_set(SIG_CLOSE) && conn.closing.get() != Some(Closing::Flush) {
-            return true;
-        }
-        let writable = monoio::select! {
-            r = stream.writable(false) => r.is_ok(),
-            _ = conn.signal.wait(SIG_CLOSE) => true,
+        let writable = if interruptible {
+            // A close request ends the wait: finish() decides what still
+            // goes out.
+            if conn.signal.is_set(SIG_CLOSE) {
+                return true;
+            }
+            monoio::select! {
+                r = stream.writable(false) => r.is_ok(),
+                _ = conn.signal.wait(SIG_CLOSE) => true,
+            }
+        } else {
+            stream.writable(false).await.is_ok()
         };
         if !writable {
             return false;

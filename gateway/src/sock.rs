@@ -39,9 +39,11 @@ pub(crate) fn recv(fd: RawFd, buf: &mut BytesMut) -> io::Result<usize> {
 const MAX_IOV: usize = 64;
 
 /// Sends as much of `queue` as the socket takes, removing what was sent;
-/// returns the bytes sent. Stops without error when the socket is full.
-pub(crate) fn send_queued(fd: RawFd, queue: &mut VecDeque<Bytes>) -> io::Result<usize> {
+/// returns the bytes sent and whether the front buffer was sent in part.
+/// Stops without error when the socket is full.
+pub(crate) fn send_queued(fd: RawFd, queue: &mut VecDeque<Bytes>) -> io::Result<(usize, bool)> {
     let mut total = 0;
+    let mut partial = false;
     while !queue.is_empty() {
         let mut iov = [libc::iovec {
             iov_base: std::ptr::null_mut(),
@@ -63,7 +65,7 @@ pub(crate) fn send_queued(fd: RawFd, queue: &mut VecDeque<Bytes>) -> io::Result<
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.kind() {
-                io::ErrorKind::WouldBlock => Ok(total),
+                io::ErrorKind::WouldBlock => Ok((total, partial)),
                 io::ErrorKind::Interrupted => continue,
                 _ => Err(e),
             };
@@ -77,11 +79,13 @@ pub(crate) fn send_queued(fd: RawFd, queue: &mut VecDeque<Bytes>) -> io::Result<
             if front.len() <= n {
                 n -= front.len();
                 queue.pop_front();
+                partial = false;
             } else {
                 front.advance(n);
                 n = 0;
+                partial = true;
             }
         }
     }
-    Ok(total)
+    Ok((total, partial))
 }

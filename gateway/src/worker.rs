@@ -206,14 +206,15 @@ impl Core {
     }
 
     /// Queues bytes on a connection, kicking it if its queue is over limit.
+    /// The connection's task writes it and judges the backlog after
+    /// writing: a batch of answers may arrive at once, and only what the
+    /// socket does not take counts against `max_outbound_bytes`.
     fn deliver(&self, conn: &Conn, bytes: bytes::Bytes) {
         if conn.is_closing() {
             return;
         }
         self.metrics().frames_out.fetch_add(1, Relaxed);
-        if conn.queue(bytes) > self.shared.cfg.max_outbound_bytes {
-            conn.close(Closing::Kick(KickReason::SlowConsumer));
-        }
+        conn.queue(bytes);
     }
 
     /// Kicks a connection on whichever core owns it.

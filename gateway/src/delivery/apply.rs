@@ -85,7 +85,6 @@ pub(crate) fn apply(
             device,
             resume,
         } => {
-            state.sessions.insert(conn, (user, device));
             let mut cx = Ctx {
                 now,
                 conn,
@@ -102,10 +101,7 @@ pub(crate) fn apply(
             cx.out.push(Deferred::LoginOk { conn, user });
             return;
         }
-        Inbound::Closed { conn, .. } => {
-            state.sessions.remove(&conn);
-            return;
-        }
+        Inbound::Closed { .. } => return,
         Inbound::Frame {
             conn,
             user,

@@ -1,5 +1,5 @@
 //! What the delivery logic keeps in memory: caches of the store (stream
-//! heads, cursors, memberships, receipt marks), the sessions, and what the
+//! heads, cursors, memberships, receipt marks) and what the
 //! current batch has changed but not yet committed.
 //!
 //! Every cache is filled from the store on first use, so a restart needs no
@@ -11,7 +11,6 @@ use ahash::{AHashMap, AHashSet};
 use super::keys::{self, Answer, StreamId};
 use crate::{
     config::Config,
-    conn_id::ConnId,
     store::{Store, StoreError, Table, WriteBatch},
 };
 
@@ -67,7 +66,6 @@ pub(crate) struct State {
     group_reads: AHashMap<(u64, u64), u64>,
     groups: AHashMap<u64, Option<Group>>,
     next_group: u64,
-    pub(crate) sessions: AHashMap<ConnId, (u64, u32)>,
     pending_dedup: AHashMap<(u64, u64), Answer>,
     expired_epoch: u64,
 }
@@ -90,18 +88,15 @@ impl State {
             group_reads: AHashMap::new(),
             groups: AHashMap::new(),
             next_group,
-            sessions: AHashMap::new(),
             pending_dedup: AHashMap::new(),
             expired_epoch: 0,
         })
     }
 
-    /// Drops every cache after a failed commit (sessions stay).
+    /// Drops every cache after a failed commit.
     pub(crate) fn reload(&mut self, store: &dyn Store) -> Result<(), StoreError> {
-        let sessions = std::mem::take(&mut self.sessions);
         let limits = self.limits.clone();
         *self = State::load(store, limits)?;
-        self.sessions = sessions;
         Ok(())
     }
 
@@ -122,7 +117,12 @@ impl State {
             return Ok(h);
         }
         let h = get_u64(store, Table::Meta, &keys::head_key(s))?.unwrap_or(0);
-        self.heads.insert(s, h);
+        // An empty stream (most users who only log in) is not cached: a
+        // miss costs one bloom-filtered lookup, a cached zero a map entry
+        // per connected user.
+        if h > 0 {
+            self.heads.insert(s, h);
+        }
         Ok(h)
     }
 
