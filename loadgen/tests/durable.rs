@@ -4,22 +4,7 @@
 
 mod common;
 
-use imgate::{delivery::Delivery, store::MemoryStore};
-
-use common::{config, loadgen, start_with};
-
-fn durable() -> imgate::server::Running {
-    let backend = Delivery::new(Box::new(MemoryStore::new()), &config()).expect("backend");
-    start_with(Box::new(backend))
-}
-
-fn figure<'a>(r: &'a imgate_loadgen::Report, name: &str) -> &'a serde_json::Value {
-    r.figures
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| panic!("no figure {name}"))
-}
+use common::{delivery as durable, figure, loadgen};
 
 #[test]
 fn group_messages_reach_every_member() {

@@ -4,16 +4,8 @@
 
 mod common;
 
-use common::{Broken, Fault, MemStore, loadgen, relay, start_with};
+use common::{Broken, Fault, delivery, figure, loadgen, relay, start_with};
 use imgate_loadgen::RunError;
-
-fn figure<'a>(r: &'a imgate_loadgen::Report, name: &str) -> &'a serde_json::Value {
-    r.figures
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| panic!("no figure {name}"))
-}
 
 #[test]
 fn idle_connections_log_in_and_hold() {
@@ -74,7 +66,7 @@ fn chat_on_the_relay_delivers_everything_once() {
 
 #[test]
 fn chat_with_a_storing_backend_measures_receipts() {
-    let gw = start_with(Box::<MemStore>::default());
+    let gw = delivery();
     let r = loadgen(
         gw.addr(),
         &[
@@ -178,7 +170,7 @@ fn storm_everyone_logs_in_again() {
 
 #[test]
 fn storm_with_traffic_loses_nothing_on_a_storing_backend() {
-    let gw = start_with(Box::<MemStore>::default());
+    let gw = delivery();
     let r = loadgen(
         gw.addr(),
         &[
@@ -195,7 +187,7 @@ fn storm_with_traffic_loses_nothing_on_a_storing_backend() {
 
 #[test]
 fn chaos_loses_and_duplicates_nothing_on_a_storing_backend() {
-    let gw = start_with(Box::<MemStore>::default());
+    let gw = delivery();
     let r = loadgen(
         gw.addr(),
         &[
@@ -254,7 +246,7 @@ fn offline_on_the_relay_reports_that_nothing_was_kept() {
 
 #[test]
 fn offline_users_pull_everything_from_a_storing_backend() {
-    let gw = start_with(Box::<MemStore>::default());
+    let gw = delivery();
     let r = loadgen(
         gw.addr(),
         &["offline", "-u", "5", "-m", "300", "--rate", "3000"],

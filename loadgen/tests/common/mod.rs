@@ -1,8 +1,6 @@
-//! A gateway started in-process on an ephemeral port, and test backends:
-//! the relay, a reliable in-memory store (so that chaos and storm can be
-//! checked for zero loss before the durable backend lands), and a broken
-//! relay that must make the load generator's loss and duplicate counters
-//! fire.
+//! A gateway started in-process on an ephemeral port with the default
+//! backend (on its in-memory store) or the relay, and a broken relay that
+//! must make the load generator's loss and duplicate counters fire.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -12,7 +10,7 @@ use ahash::AHashMap;
 use bytes::{Bytes, BytesMut};
 use clap::Parser;
 use imgate::{
-    backend::{Backend, Inbound, Router, Track},
+    backend::{Backend, Inbound, Router},
     config::{Config, DriverKind},
     conn_id::ConnId,
     relay::Relay,
@@ -21,7 +19,7 @@ use imgate::{
 };
 use imgate_codec::{
     Body, ErrorCode, Frame,
-    frame::{AckA, AckN, Entry, ErrorFrame, MsgA, MsgN, SyncPage},
+    frame::{AckA, ErrorFrame, MsgA, MsgN, SyncPage},
 };
 use imgate_loadgen::{Cli, Report, RunError};
 
@@ -45,6 +43,22 @@ pub fn start_with(backend: Box<dyn Backend>) -> Running {
     let cfg = config();
     let v = Arc::new(HmacVerifier::new(cfg.secret.as_bytes()));
     server::start(cfg, backend, v).expect("gateway starts")
+}
+
+/// The gateway with its default backend on the in-memory store.
+pub fn delivery() -> Running {
+    let store = Box::new(imgate::store::MemoryStore::new());
+    let backend = imgate::delivery::Delivery::new(store, &config()).expect("backend");
+    start_with(Box::new(backend))
+}
+
+/// A named figure of a report.
+pub fn figure<'a>(r: &'a Report, name: &str) -> &'a serde_json::Value {
+    r.figures
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("no figure {name}"))
 }
 
 pub fn relay() -> Running {
@@ -198,151 +212,6 @@ impl Backend for Broken {
                 Frame::SyncR(s) => {
                     let head = self.head.get(&user).copied().unwrap_or(0);
                     out.to_conn(conn, encode(SyncPage::new(s.group, s.after, head)), None);
-                }
-                other => refuse(out, conn, &other),
-            }
-        }
-    }
-}
-
-struct Stored {
-    from: u64,
-    to: u64,
-    msg_id: u64,
-    time: u64,
-    body: Bytes,
-}
-
-/// A reliable one-to-one backend in memory: sequence ids, de-duplication
-/// of retransmitted msg:R, pushes the core re-sends until acked, paged
-/// sync, delivered receipts. Enough of the protocol for chat, storm, chaos
-/// and offline; no groups.
-#[derive(Default)]
-pub struct MemStore {
-    inbox: AHashMap<u64, Vec<Stored>>,
-    dedup: AHashMap<(u64, u64), MsgA>,
-    delivered: AHashMap<u64, u64>,
-}
-
-impl MemStore {
-    fn ack(&mut self, user: u64, seq: u64, out: &mut Router) {
-        let old = self.delivered.get(&user).copied().unwrap_or(0);
-        if seq <= old {
-            return;
-        }
-        self.delivered.insert(user, seq);
-        let Some(inbox) = self.inbox.get(&user) else {
-            return;
-        };
-        let lo = usize::try_from(old).unwrap_or(usize::MAX).min(inbox.len());
-        let hi = usize::try_from(seq).unwrap_or(usize::MAX).min(inbox.len());
-        let mut from: Vec<u64> = inbox[lo..hi].iter().map(|m| m.from).collect();
-        from.sort_unstable();
-        from.dedup();
-        for f in from {
-            let n = AckN {
-                peer: user,
-                group: 0,
-                seq,
-            };
-            out.to_user(f, None, &encode(n), None);
-        }
-    }
-
-    fn page(&self, user: u64, after: u64, limit: u16) -> SyncPage {
-        let inbox = self.inbox.get(&user);
-        let head = inbox.map_or(0, |v| v.len() as u64);
-        let limit = if limit == 0 {
-            100
-        } else {
-            usize::from(limit).min(1000)
-        };
-        let mut page = SyncPage::new(0, after, head);
-        let mut buf = BytesMut::new();
-        if let Some(inbox) = inbox {
-            let from = usize::try_from(after)
-                .unwrap_or(usize::MAX)
-                .min(inbox.len());
-            for (i, m) in inbox[from..].iter().take(limit).enumerate() {
-                if buf.len() + 44 + m.body.len() > 60_000 {
-                    break;
-                }
-                let e = Entry {
-                    seq: (from + i + 1) as u64,
-                    from: m.from,
-                    to: m.to,
-                    msg_id: m.msg_id,
-                    server_time: m.time,
-                    body: m.body.clone(),
-                };
-                page.push(&mut buf, &e);
-            }
-        }
-        page.finish(buf)
-    }
-}
-
-impl Backend for MemStore {
-    fn handle(&mut self, batch: &mut Vec<Inbound>, out: &mut Router) {
-        for ev in batch.drain(..) {
-            let (conn, user, frame) = match ev {
-                Inbound::Login { conn, user, .. } => {
-                    let head = self.inbox.get(&user).map_or(0, |v| v.len() as u64);
-                    out.login_ok(conn, head);
-                    continue;
-                }
-                Inbound::Frame {
-                    conn, user, frame, ..
-                } => (conn, user, frame),
-                Inbound::Closed { .. } => continue,
-            };
-            match frame {
-                Frame::MsgR(m) if m.group == 0 => {
-                    if let Some(a) = self.dedup.get(&(user, m.msg_id)) {
-                        out.to_conn(conn, encode(*a), None);
-                        continue;
-                    }
-                    let t = now_ms();
-                    let inbox = self.inbox.entry(m.to).or_default();
-                    inbox.push(Stored {
-                        from: user,
-                        to: m.to,
-                        msg_id: m.msg_id,
-                        time: t,
-                        body: m.body.clone(),
-                    });
-                    let seq = inbox.len() as u64;
-                    let a = MsgA {
-                        msg_id: m.msg_id,
-                        group: 0,
-                        seq,
-                        own_seq: 0,
-                        server_time: t,
-                    };
-                    self.dedup.insert((user, m.msg_id), a);
-                    out.to_conn(conn, encode(a), None);
-                    let n = MsgN {
-                        group: 0,
-                        seq,
-                        from: user,
-                        to: m.to,
-                        msg_id: m.msg_id,
-                        server_time: t,
-                        retry: false,
-                        body: m.body,
-                    };
-                    out.to_user(m.to, None, &encode(n), Some(Track { group: 0, seq }));
-                }
-                Frame::AckR(a) if a.group == 0 => {
-                    let head = self.inbox.get(&user).map_or(0, |v| v.len() as u64);
-                    let seq = a.seq.min(head);
-                    out.to_conn(conn, encode(AckA { group: 0, seq }), None);
-                    self.ack(user, seq, out);
-                }
-                Frame::SyncR(s) if s.group == 0 => {
-                    self.ack(user, s.after, out);
-                    let page = self.page(user, s.after, s.limit);
-                    out.to_conn(conn, encode(page), None);
                 }
                 other => refuse(out, conn, &other),
             }
