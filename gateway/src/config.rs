@@ -149,7 +149,7 @@ impl Default for Config {
             durability: Durability::Fsync,
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9100))),
             log_format: LogFormat::Human,
-            log_level: "info".to_string(),
+            log_level: "info,fjall=warn,lsm_tree=warn".to_string(),
         }
     }
 }
@@ -268,6 +268,9 @@ impl Config {
         if self.secret.is_empty() {
             return invalid("secret", "must not be empty");
         }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return invalid("log_level", e.to_string());
+        }
         if self.workers > 1024 {
             return invalid("workers", "must be at most 1024");
         }
@@ -344,6 +347,10 @@ mod tests {
             ("backend_batch", Box::new(|c| c.backend_queue = 0)),
             ("secret", Box::new(|c| c.secret.clear())),
             ("workers", Box::new(|c| c.workers = 5000)),
+            (
+                "log_level",
+                Box::new(|c| c.log_level = "imgate=loud".into()),
+            ),
         ];
         for (key, f) in cases {
             let mut c = Config::default();

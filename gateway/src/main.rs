@@ -142,7 +142,7 @@ serve_args! {
     metrics_listen: SocketAddr, "IMGATE_METRICS_LISTEN";
     /// Log format: human or json [default: human].
     log_format: LogFormat, "IMGATE_LOG_FORMAT";
-    /// Log filter, e.g. info or imgate=debug [default: info].
+    /// Log filter, e.g. info or imgate=debug [default: info,fjall=warn,lsm_tree=warn].
     log_level: String, "IMGATE_LOG_LEVEL";
 }
 
