@@ -362,3 +362,65 @@ fn graceful_shutdown_kicks_everyone_with_server_shutdown() {
         );
     }
 }
+
+/// A backend that takes its time: its queue fills.
+struct Slow;
+
+impl imgate::backend::Backend for Slow {
+    fn handle(
+        &mut self,
+        batch: &mut Vec<imgate::backend::Inbound>,
+        out: &mut imgate::backend::Router,
+    ) {
+        for ev in batch.drain(..) {
+            if let imgate::backend::Inbound::Login { conn, .. } = ev {
+                out.login_ok(conn, 0);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_full_backend_queue_answers_overloaded_and_the_core_keeps_serving() {
+    for d in drivers() {
+        let mut cfg = config(d);
+        cfg.backend_batch = 1;
+        cfg.backend_queue = 1;
+        let gw = start_with(cfg, Box::new(Slow));
+        let mut c = Client::login(gw.addr(), 1, 1);
+        let mut burst = bytes::BytesMut::new();
+        for i in 0..20u64 {
+            Frame::from(MsgR {
+                msg_id: i + 1,
+                group: 0,
+                to: 2,
+                retry: false,
+                body: Bytes::from_static(b"x"),
+            })
+            .encode(&mut burst);
+        }
+        c.send_raw(&burst);
+        let mut overloaded = Vec::new();
+        while let Got::Frame(f) = c.next(Duration::from_millis(500)) {
+            if let Frame::Error(e) = &f {
+                assert_eq!(e.code(), ErrorCode::Overloaded, "{d:?}");
+                overloaded.push(e.ref_id);
+            }
+        }
+        assert!(!overloaded.is_empty(), "{d:?}: some msg:R were refused");
+        assert!(overloaded.iter().all(|id| (1..=20).contains(id)));
+        // The core itself still answers at once.
+        c.send(Ping { nonce: 5 });
+        assert!(matches!(c.frame(), Frame::Pong(p) if p.nonce == 5), "{d:?}");
+        assert!(
+            gw.metrics()
+                .cores
+                .iter()
+                .map(|m| m.overloaded.load(std::sync::atomic::Ordering::Relaxed))
+                .sum::<u64>()
+                > 0
+        );
+        assert!(gw.shutdown());
+    }
+}

@@ -397,3 +397,44 @@ fn users_cannot_touch_groups_they_are_not_in() {
         Got::Timeout
     ));
 }
+
+#[test]
+fn groups_over_the_size_limit_are_refused() {
+    let gw = gateway(Durability::Memory, |c| c.max_group_size = 3);
+    let mut a = Peer::login(gw.addr(), 1, 1);
+    let refused = |p: &Peer| {
+        p.events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Event::ServerError {
+                        code: ErrorCode::InvalidRequest,
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    // The creator and three more: four members, over the limit of three.
+    a.client
+        .group_request(GroupOp::Create, 0, &[2, 3, 4], std::time::Instant::now())
+        .expect("create");
+    a.wait(|e| matches!(e, Event::ServerError { .. }), "refusal");
+    assert_eq!(refused(&a), 1);
+    a.client
+        .group_request(GroupOp::Create, 0, &[2, 3], std::time::Instant::now())
+        .expect("create");
+    let Event::GroupAnswer(g) = a.wait(|e| matches!(e, Event::GroupAnswer(_)), "group:A") else {
+        unreachable!()
+    };
+    assert_eq!((g.group, g.total), (1, 3), "the refused create took no id");
+    a.client
+        .group_request(GroupOp::Add, g.group, &[4], std::time::Instant::now())
+        .expect("add");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while refused(&a) < 2 && std::time::Instant::now() < deadline {
+        a.pump(Duration::from_millis(20));
+    }
+    assert_eq!(refused(&a), 2, "{:?}", a.events);
+}

@@ -377,6 +377,15 @@ fn group(cx: &mut Ctx<'_>, r: GroupR) -> Result<(), StoreError> {
     let listed: Vec<u64> = r.members().filter(|&u| u != 0).collect();
     let max = cx.state.limits.max_group_size;
     if op == GroupOp::Create {
+        // The creator plus the listed users, each once.
+        let mut unique = listed.clone();
+        unique.push(cx.user);
+        unique.sort_unstable();
+        unique.dedup();
+        if unique.len() > max {
+            cx.refuse(ErrorCode::InvalidRequest, k, r.req, "group too large");
+            return Ok(());
+        }
         let id = if r.group == 0 {
             cx.state.alloc_group(cx.batch)
         } else {
@@ -391,10 +400,6 @@ fn group(cx: &mut Ctx<'_>, r: GroupR) -> Result<(), StoreError> {
         g.members.insert(cx.user, 0);
         for &u in &listed {
             g.members.insert(u, 0);
-        }
-        if g.members.len() > max {
-            cx.refuse(ErrorCode::InvalidRequest, k, r.req, "group too large");
-            return Ok(());
         }
         for &u in g.members.keys() {
             put_member(cx.batch, id, u, 0);
