@@ -12,11 +12,15 @@ use ahash::AHashMap;
 
 use crate::conn_id::ConnId;
 
-/// The devices of one online user. Most users have one, kept inline.
+/// The devices of one online user. Most users have one, kept inline; the
+/// list of several is boxed so that the common entry stays small.
 #[derive(Debug)]
 enum Devices {
     One(u32, ConnId),
-    Many(Vec<(u32, ConnId)>),
+    // Boxed on purpose: a `Vec` inline would make every one-device entry
+    // 8 bytes larger; several devices are rare and pay the extra pointer.
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<(u32, ConnId)>>),
 }
 
 impl Devices {
@@ -73,7 +77,7 @@ impl Registry {
                 let Devices::One(d, c) = *slot else {
                     unreachable!()
                 };
-                *slot = Devices::Many(vec![(d, c), (device, conn)]);
+                *slot = Devices::Many(Box::new(vec![(d, c), (device, conn)]));
                 None
             }
             Some(Devices::Many(v)) => {

@@ -15,6 +15,8 @@
 //!
 //! The wheel counts ticks and never reads a clock: the owner advances it.
 
+use std::num::NonZeroU32;
+
 use slab::Slab;
 
 /// Identifies a timer for cancel and reschedule. A key whose timer already
@@ -25,19 +27,36 @@ pub struct TimerKey {
     generation: u32,
 }
 
+/// A slab slot or none, in four bytes (slot + 1 in a `NonZeroU32`): the
+/// links are two of the few words every connection's timer costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Link(Option<NonZeroU32>);
+
+impl Link {
+    const NONE: Link = Link(None);
+
+    fn to(slot: u32) -> Link {
+        Link(NonZeroU32::new(slot.wrapping_add(1)))
+    }
+
+    fn get(self) -> Option<u32> {
+        self.0.map(|n| n.get() - 1)
+    }
+}
+
 #[derive(Debug)]
 struct Entry<T> {
     deadline: u64,
     generation: u32,
-    prev: Option<u32>,
-    next: Option<u32>,
+    prev: Link,
+    next: Link,
     value: T,
 }
 
 /// A hashed timing wheel of timers carrying `T`.
 #[derive(Debug)]
 pub struct Wheel<T> {
-    buckets: Box<[Option<u32>]>,
+    buckets: Box<[Link]>,
     mask: u64,
     entries: Slab<Entry<T>>,
     now: u64,
@@ -51,7 +70,7 @@ impl<T> Wheel<T> {
     pub fn new(slots: usize) -> Wheel<T> {
         let n = slots.max(1).next_power_of_two();
         Wheel {
-            buckets: vec![None; n].into_boxed_slice(),
+            buckets: vec![Link::NONE; n].into_boxed_slice(),
             mask: n as u64 - 1,
             entries: Slab::new(),
             now: 0,
@@ -84,8 +103,8 @@ impl<T> Wheel<T> {
         let slot = self.entries.insert(Entry {
             deadline,
             generation,
-            prev: None,
-            next: None,
+            prev: Link::NONE,
+            next: Link::NONE,
             value,
         });
         let slot = slot as u32;
@@ -137,12 +156,12 @@ impl<T> Wheel<T> {
             let tick = self.now;
             // Detach the due timers first, so `fire` may insert or cancel
             // freely without disturbing the walk.
-            let mut cur = self.buckets[(tick & self.mask) as usize];
+            let mut cur = self.buckets[(tick & self.mask) as usize].get();
             while let Some(i) = cur {
                 let Some(e) = self.entries.get(i as usize) else {
                     break;
                 };
-                cur = e.next;
+                cur = e.next.get();
                 if e.deadline <= tick {
                     self.unlink(i);
                     due.push(self.entries.remove(i as usize).value);
@@ -164,16 +183,16 @@ impl<T> Wheel<T> {
     fn link(&mut self, slot: u32, deadline: u64) {
         let b = (deadline & self.mask) as usize;
         let head = self.buckets[b];
-        if let Some(h) = head
+        if let Some(h) = head.get()
             && let Some(e) = self.entries.get_mut(h as usize)
         {
-            e.prev = Some(slot);
+            e.prev = Link::to(slot);
         }
         if let Some(e) = self.entries.get_mut(slot as usize) {
-            e.prev = None;
+            e.prev = Link::NONE;
             e.next = head;
         }
-        self.buckets[b] = Some(slot);
+        self.buckets[b] = Link::to(slot);
     }
 
     fn unlink(&mut self, slot: u32) {
@@ -181,7 +200,7 @@ impl<T> Wheel<T> {
             return;
         };
         let (prev, next, b) = (e.prev, e.next, (e.deadline & self.mask) as usize);
-        match prev {
+        match prev.get() {
             Some(p) => {
                 if let Some(pe) = self.entries.get_mut(p as usize) {
                     pe.next = next;
@@ -189,7 +208,7 @@ impl<T> Wheel<T> {
             }
             None => self.buckets[b] = next,
         }
-        if let Some(n) = next
+        if let Some(n) = next.get()
             && let Some(ne) = self.entries.get_mut(n as usize)
         {
             ne.prev = prev;
