@@ -90,6 +90,8 @@ pub(crate) struct Conn {
     out_bytes: Cell<usize>,
     /// The front of `out` was partly sent.
     front_started: Cell<bool>,
+    /// The socket buffer is full: the task waits for writability.
+    blocked: Cell<bool>,
     pub(crate) signal: Signal,
     closing: Cell<Option<Closing>>,
     tokens: Cell<f32>,
@@ -110,6 +112,7 @@ impl Conn {
             out: RefCell::new(VecDeque::new()),
             out_bytes: Cell::new(0),
             front_started: Cell::new(false),
+            blocked: Cell::new(false),
             signal: Signal::default(),
             closing: Cell::new(None),
             tokens: Cell::new(burst as f32),
@@ -150,6 +153,11 @@ impl Conn {
             self.closing.set(Some(how));
         }
         self.signal.raise(SIG_CLOSE);
+    }
+
+    /// Whether the socket buffer is full and the task waits to write.
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.blocked.get()
     }
 
     /// Queues encoded frames. Returns the queued byte count after.
@@ -389,6 +397,7 @@ async fn flush(
             Ok(false) => {}
             Err(()) => return false,
         }
+        conn.blocked.set(true);
         let writable = if interruptible {
             // A close request ends the wait: finish() decides what still
             // goes out.
@@ -402,6 +411,7 @@ async fn flush(
         } else {
             stream.writable(false).await.is_ok()
         };
+        conn.blocked.set(false);
         if !writable {
             return false;
         }

@@ -214,7 +214,10 @@ impl Core {
             return;
         }
         self.metrics().frames_out.fetch_add(1, Relaxed);
-        conn.queue(bytes);
+        // While the socket is full, whatever arrives is backlog.
+        if conn.queue(bytes) > self.shared.cfg.max_outbound_bytes && conn.is_blocked() {
+            conn.close(Closing::Kick(KickReason::SlowConsumer));
+        }
     }
 
     /// Kicks a connection on whichever core owns it.

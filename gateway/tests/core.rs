@@ -265,21 +265,44 @@ fn a_slow_consumer_is_kicked_and_fast_ones_are_not() {
             let mut buf = [0u8; 65536];
             while matches!(std::io::Read::read(&mut drain, &mut buf), Ok(n) if n > 0) {}
         });
-        let body = Bytes::from(vec![7u8; 2000]);
-        // Far more than the socket buffers hold: the queue must overflow.
-        for i in 0..8_000u64 {
-            sender.send(MsgR {
-                msg_id: i + 1,
-                group: 0,
-                to: 2,
-                retry: false,
-                body: body.clone(),
-            });
+        // A thread sends far more than socket buffers hold; this thread
+        // watches for the kick and reads at once, so the kick frame does
+        // not wait past the close grace period for its reader.
+        let metrics = gw.metrics().clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let sending = std::thread::spawn(move || {
+            let body = Bytes::from(vec![7u8; 2000]);
+            let mut sent = 0u64;
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) && sent < 50_000 {
+                sent += 1;
+                sender.send(MsgR {
+                    msg_id: sent,
+                    group: 0,
+                    to: 2,
+                    retry: false,
+                    body: body.clone(),
+                });
+            }
+            sent
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while metrics.kicks(KickReason::SlowConsumer) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{d:?}: no slow-consumer kick"
+            );
+            std::thread::sleep(Duration::from_millis(1));
         }
         let got = slow.closed();
         let last = got.last().expect("frames before the close");
         assert_eq!(kick_reason(last), KickReason::SlowConsumer, "{d:?}");
-        assert!(got.len() < 8_000, "the backlog was dropped, not delivered");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = sending.join().expect("sender");
+        assert!(
+            (got.len() as u64) < sent,
+            "the backlog was dropped, not delivered"
+        );
         assert_eq!(gw.metrics().kicks(KickReason::SlowConsumer), 1);
         assert!(gw.shutdown());
         drainer.join().expect("drainer");

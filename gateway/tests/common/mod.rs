@@ -138,7 +138,11 @@ impl Client {
             match self.next(Duration::from_secs(5)) {
                 Got::Frame(f) => frames.push(f),
                 Got::Closed => return frames,
-                Got::Timeout => panic!("connection not closed; frames so far: {frames:?}"),
+                Got::Timeout => panic!(
+                    "connection not closed; {} frames so far, the last {:?}",
+                    frames.len(),
+                    frames.last().map(|f| f.kind())
+                ),
             }
         }
     }
