@@ -106,6 +106,9 @@ pub struct Config {
     pub durability: Durability,
     /// Metrics and health endpoint; empty to disable.
     pub metrics_listen: Option<SocketAddr>,
+    /// Bearer token of the admin path on the metrics endpoint; empty (the
+    /// default) disables the admin path.
+    pub admin_token: String,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter, as `RUST_LOG` (e.g. `info`, `imgate=debug`).
@@ -148,6 +151,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./imgate-data"),
             durability: Durability::Fsync,
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9100))),
+            admin_token: String::new(),
             log_format: LogFormat::Human,
             log_level: "info,fjall=warn,lsm_tree=warn".to_string(),
         }

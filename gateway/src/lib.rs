@@ -23,6 +23,7 @@ pub mod config;
 mod conn;
 pub mod conn_id;
 pub mod delivery;
+pub mod http;
 pub mod mailbox;
 pub mod metrics;
 pub mod registry;

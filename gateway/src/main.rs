@@ -33,6 +33,19 @@ enum Command {
     Serve,
     /// Mint a login token with the configured secret and print it.
     Token(TokenArgs),
+    /// Kick a user's connections (reason admin) through the admin path of
+    /// a running gateway (its metrics address and admin token).
+    Kick(KickArgs),
+}
+
+#[derive(Args, Debug)]
+struct KickArgs {
+    /// User id.
+    #[arg(long)]
+    user: u64,
+    /// Only this device [default: every device of the user].
+    #[arg(long)]
+    device: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -140,6 +153,8 @@ serve_args! {
     durability: Durability, "IMGATE_DURABILITY";
     /// Metrics and health endpoint address [default: 127.0.0.1:9100].
     metrics_listen: SocketAddr, "IMGATE_METRICS_LISTEN";
+    /// Bearer token enabling the admin path (/admin/kick, /admin/sessions) [default: off].
+    admin_token: String, "IMGATE_ADMIN_TOKEN";
     /// Log format: human or json [default: human].
     log_format: LogFormat, "IMGATE_LOG_FORMAT";
     /// Log filter, e.g. info or imgate=debug [default: info,fjall=warn,lsm_tree=warn].
@@ -187,7 +202,35 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Some(Command::Kick(k)) => kick(&cfg, &k),
         Some(Command::Serve) | None => serve(cfg),
+    }
+}
+
+fn kick(cfg: &Config, k: &KickArgs) -> ExitCode {
+    let Some(addr) = cfg.metrics_listen else {
+        return usage_error("the metrics endpoint is disabled; the admin path is served on it");
+    };
+    if cfg.admin_token.is_empty() {
+        return usage_error("admin_token is not set; the admin path needs it");
+    }
+    let mut target = format!("/admin/kick?user={}", k.user);
+    if let Some(d) = k.device {
+        target.push_str(&format!("&device={d}"));
+    }
+    match imgate::http::request(addr, "POST", &target, Some(&cfg.admin_token)) {
+        Ok((200, body)) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!("imgate: error: {addr} answered {status}: {}", body.trim());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("imgate: error: cannot reach the gateway at {addr}: {e}");
+            ExitCode::from(3)
+        }
     }
 }
 

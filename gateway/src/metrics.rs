@@ -1,20 +1,13 @@
-//! Counters and the `/metrics` + `/healthz` endpoint.
+//! Counters, and their Prometheus text for the `/metrics` endpoint
+//! (served by [`crate::http`]).
 //!
 //! Each core owns one [`CoreMetrics`] and is its only writer (relaxed
 //! atomics on a cache line of their own: no contention, no locks); the HTTP
-//! thread reads them all when scraped. The endpoint is a tiny blocking
-//! HTTP/1.0 responder on its own thread: it serves a scrape every few seconds
-//! and must never run on a core.
+//! thread reads them all when scraped.
 
 use std::{
     fmt::Write as _,
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener},
-    sync::{
-        Arc,
-        atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
-    },
-    time::Duration,
+    sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
 };
 
 use imgate_codec::KickReason;
@@ -212,33 +205,4 @@ pub fn cpu_seconds() -> f64 {
     }
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     t(ru.ru_utime) + t(ru.ru_stime)
-}
-
-/// Serves `/metrics` and `/healthz` on `addr` from a thread of its own.
-pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
-    let local = listener.local_addr()?;
-    std::thread::Builder::new()
-        .name("imgate-metrics".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut req = [0u8; 1024];
-                let n = stream.read(&mut req).unwrap_or(0);
-                let line = std::str::from_utf8(&req[..n]).unwrap_or("");
-                let path = line.split_whitespace().nth(1).unwrap_or("");
-                let (status, ctype, body) = match path {
-                    "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-                    "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                    _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-                };
-                let _ = write!(
-                    stream,
-                    "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        })?;
-    Ok(local)
 }

@@ -127,6 +127,13 @@ impl Registry {
         }
     }
 
+    /// Appends `user`'s (device, connection) pairs to `out`.
+    pub fn devices_of(&self, user: u64, out: &mut Vec<(u32, ConnId)>) {
+        if let Some(d) = self.shard(user).get(&user) {
+            out.extend(d.iter());
+        }
+    }
+
     /// The connection of `user`'s `device`, if online.
     pub fn conn_of(&self, user: u64, device: u32) -> Option<ConnId> {
         self.shard(user)

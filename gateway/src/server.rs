@@ -3,7 +3,7 @@
 //! ```text
 //!   main ── start() ──► N core threads (monoio runtime each, SO_REUSEPORT listener each)
 //!                  └──► backend thread (Backend::handle in batches)
-//!                  └──► metrics thread (HTTP /metrics, /healthz)
+//!                  └──► HTTP thread (/metrics, /healthz, /admin)
 //!   shutdown(): cores stop accepting, kick everyone (server_shutdown), flush,
 //!               exit; then the backend sees its channel close, finishes its
 //!               durable writes, exits. All within the shutdown deadline.
@@ -22,8 +22,9 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use crate::{
     backend::{self, Backend, CoreMsg, Router},
     config::{Config, DriverKind},
+    http,
     mailbox::{MailboxRx, mailbox},
-    metrics::{self, Metrics},
+    metrics::Metrics,
     registry::Registry,
     token::Verifier,
     worker::{self, Core, Shared},
@@ -117,13 +118,6 @@ pub fn start(
             .push(bind(addr, cfg.backlog).map_err(|source| StartError::Listen { addr, source })?);
     }
     let metrics = Arc::new(Metrics::new(n));
-    let metrics_addr = match cfg.metrics_listen {
-        Some(a) => Some(
-            metrics::serve(a, metrics.clone())
-                .map_err(|source| StartError::Metrics { addr: a, source })?,
-        ),
-        None => None,
-    };
     let registry = Arc::new(Registry::default());
     let (backend_tx, backend_rx) = crossbeam_channel::bounded(cfg.backend_queue);
     let mut txs = Vec::with_capacity(n);
@@ -133,6 +127,24 @@ pub fn start(
         txs.push(tx);
         rxs.push(rx);
     }
+    let metrics_addr = match cfg.metrics_listen {
+        Some(a) => {
+            let admin = (!cfg.admin_token.is_empty()).then(|| http::Admin {
+                token: cfg.admin_token.clone(),
+                registry: registry.clone(),
+                cores: txs.clone(),
+            });
+            let endpoint = http::Endpoint {
+                metrics: metrics.clone(),
+                admin,
+            };
+            Some(
+                http::serve(a, endpoint)
+                    .map_err(|source| StartError::Metrics { addr: a, source })?,
+            )
+        }
+        None => None,
+    };
     let router = Router::new(txs.clone(), registry.clone());
     let tick = cfg.tick().min(Duration::from_millis(100));
     let (backend_done_tx, backend_done) = crossbeam_channel::bounded(1);

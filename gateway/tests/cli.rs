@@ -38,6 +38,7 @@ fn help_lists_every_option() {
         "--durability",
         "--metrics-listen",
         "--no-metrics",
+        "--admin-token",
         "--log-format",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}");
@@ -216,4 +217,60 @@ fn the_binary_serves_logins_and_shuts_down_on_sigterm() {
     );
     let status = child.0.take().expect("child").wait().expect("wait");
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn imgate_kick_reaches_a_running_gateway_and_explains_what_is_missing() {
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let child = imgate()
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--metrics-listen", &metrics, "--admin-token", "tk"])
+        .args(["--durability", "memory", "--workers", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let _child = Reap(Some(child));
+
+    // Without a token, or with the endpoint off: a usage error, exit 2.
+    let out = imgate()
+        .args(["--metrics-listen", &metrics, "kick", "--user", "1"])
+        .output()
+        .expect("kick");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin_token"));
+    let out = imgate()
+        .args(["--no-metrics", "--admin-token", "tk", "kick", "--user", "1"])
+        .output()
+        .expect("kick");
+    assert_eq!(out.status.code(), Some(2));
+
+    // Against the running gateway (retrying until it listens).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = imgate()
+            .args(["--metrics-listen", &metrics, "--admin-token", "tk"])
+            .args(["kick", "--user", "1", "--device", "3"])
+            .output()
+            .expect("kick");
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"kicked\":0}\n");
+            break;
+        }
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        assert!(Instant::now() < deadline, "gateway never answered: {out:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A wrong token is refused by the gateway: exit 1 with its answer.
+    let out = imgate()
+        .args(["--metrics-listen", &metrics, "--admin-token", "nope"])
+        .args(["kick", "--user", "1"])
+        .output()
+        .expect("kick");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{out:?}"
+    );
 }

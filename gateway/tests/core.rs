@@ -447,3 +447,63 @@ fn a_full_backend_queue_answers_overloaded_and_the_core_keeps_serving() {
         assert!(gw.shutdown());
     }
 }
+
+#[test]
+fn the_admin_path_kicks_a_device_or_a_user_and_needs_its_token() {
+    use imgate::http::request;
+    for d in drivers() {
+        let mut cfg = config(d);
+        cfg.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        cfg.admin_token = "adm1n".into();
+        let gw = start(cfg);
+        let http = gw.metrics_addr().expect("metrics endpoint");
+        let mut phone = Client::login(gw.addr(), 5, 1);
+        let mut laptop = Client::login(gw.addr(), 5, 2);
+        let mut bystander = Client::login(gw.addr(), 6, 1);
+
+        let (status, _) = request(http, "POST", "/admin/kick?user=5", Some("wrong")).expect("http");
+        assert_eq!(status, 401, "{d:?}");
+        let (status, body) =
+            request(http, "GET", "/admin/sessions?user=5", Some("adm1n")).expect("http");
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("\"device\":1") && body.contains("\"device\":2"),
+            "{body}"
+        );
+
+        let (status, body) =
+            request(http, "POST", "/admin/kick?user=5&device=1", Some("adm1n")).expect("http");
+        assert_eq!((status, body.as_str()), (200, "{\"kicked\":1}\n"), "{d:?}");
+        let got = phone.closed();
+        assert_eq!(kick_reason(&got[0]), KickReason::Admin, "{d:?}");
+        laptop.send(Ping { nonce: 1 });
+        assert!(matches!(laptop.frame(), Frame::Pong(_)), "{d:?}");
+
+        let (status, body) =
+            request(http, "POST", "/admin/kick?user=5", Some("adm1n")).expect("http");
+        assert_eq!((status, body.as_str()), (200, "{\"kicked\":1}\n"), "{d:?}");
+        assert_eq!(kick_reason(&laptop.closed()[0]), KickReason::Admin);
+        bystander.send(Ping { nonce: 2 });
+        assert!(matches!(bystander.frame(), Frame::Pong(_)), "{d:?}");
+
+        // Nobody left to kick: an honest zero.
+        let (_, body) = request(http, "POST", "/admin/kick?user=5", Some("adm1n")).expect("http");
+        assert_eq!(body, "{\"kicked\":0}\n");
+        assert_eq!(gw.metrics().kicks(KickReason::Admin), 2, "{d:?}");
+        assert!(gw.shutdown());
+    }
+}
+
+#[test]
+fn the_admin_path_is_off_without_a_token() {
+    let mut cfg = config(drivers()[0]);
+    cfg.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let gw = start(cfg);
+    let _c = Client::login(gw.addr(), 5, 1);
+    let http = gw.metrics_addr().expect("metrics endpoint");
+    let (status, body) =
+        imgate::http::request(http, "POST", "/admin/kick?user=5", Some("")).expect("http");
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(gw.metrics().kicks(KickReason::Admin), 0);
+    assert!(gw.shutdown());
+}
