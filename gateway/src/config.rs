@@ -96,6 +96,14 @@ pub struct Config {
     pub backend_batch: usize,
     /// Batches queued towards the backend before cores shed load.
     pub backend_queue: usize,
+    /// Delete messages once every device (every member's device, for a
+    /// group) acknowledged them.
+    pub purge_acked: bool,
+    /// Delete messages older than this, acknowledged or not, ms; 0 keeps
+    /// them whatever their age.
+    pub retention_ms: u64,
+    /// Most messages deleted per backend tick.
+    pub purge_per_tick: usize,
     /// Grace period for a graceful shutdown, ms.
     pub shutdown_timeout_ms: u64,
     /// Secret for HMAC login tokens.
@@ -146,6 +154,9 @@ impl Default for Config {
             unread_scan_limit: 100_000,
             backend_batch: 512,
             backend_queue: 4096,
+            purge_acked: true,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            purge_per_tick: 10_000,
             shutdown_timeout_ms: 10_000,
             secret: DEV_SECRET.to_string(),
             data_dir: PathBuf::from("./imgate-data"),
@@ -257,6 +268,9 @@ impl Config {
         if self.max_group_size == 0 {
             return invalid("max_group_size", "must be at least 1");
         }
+        if self.purge_per_tick == 0 {
+            return invalid("purge_per_tick", "must be at least 1");
+        }
         if self.unread_scan_limit == 0 {
             return invalid("unread_scan_limit", "must be at least 1");
         }
@@ -335,6 +349,7 @@ mod tests {
             ("sync_page_max", Box::new(|c| c.sync_page_max = 5)),
             ("max_group_size", Box::new(|c| c.max_group_size = 0)),
             ("unread_scan_limit", Box::new(|c| c.unread_scan_limit = 0)),
+            ("purge_per_tick", Box::new(|c| c.purge_per_tick = 0)),
             ("max_connections", Box::new(|c| c.max_connections = 0)),
             ("tick_ms", Box::new(|c| c.tick_ms = 0)),
             ("heartbeat_ms", Box::new(|c| c.heartbeat_ms = 1)),

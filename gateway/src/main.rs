@@ -139,6 +139,12 @@ serve_args! {
     max_group_size: usize, "IMGATE_MAX_GROUP_SIZE";
     /// Inbox entries read for one unread summary [default: 100000].
     unread_scan_limit: usize, "IMGATE_UNREAD_SCAN_LIMIT";
+    /// Delete messages once every device acknowledged them [default: true].
+    purge_acked: bool, "IMGATE_PURGE_ACKED";
+    /// Delete messages older than this, acknowledged or not, ms; 0 = never [default: 604800000, 7 days].
+    retention_ms: u64, "IMGATE_RETENTION_MS";
+    /// Most messages deleted per backend tick [default: 10000].
+    purge_per_tick: usize, "IMGATE_PURGE_PER_TICK";
     /// Events per batch to the backend [default: 512].
     backend_batch: usize, "IMGATE_BACKEND_BATCH";
     /// Batches queued to the backend before requests are refused [default: 4096].

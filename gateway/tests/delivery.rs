@@ -141,7 +141,8 @@ fn an_offline_receiver_pages_everything_in_order() {
 #[test]
 fn a_retransmitted_msg_r_gets_the_same_answer_and_one_copy() {
     for d in both() {
-        let gw = gateway(d, |_| {});
+        // Kept after the ack, so that a second device can page it below.
+        let gw = gateway(d, |c| c.purge_acked = false);
         let mut raw = Client::login(gw.addr(), 1, 1);
         let mut b = Peer::login(gw.addr(), 2, 1);
         let m = MsgR {
@@ -205,7 +206,9 @@ fn unacked_pushes_are_resent_then_the_device_syncs() {
 
 #[test]
 fn devices_of_one_user_sync_and_ack_on_their_own() {
-    let gw = gateway(Durability::Fsync, |_| {});
+    // History is kept after the phone's ack, so that devices logging in for
+    // the first time (unknown to the server until then) can page it.
+    let gw = gateway(Durability::Fsync, |c| c.purge_acked = false);
     let mut a = Peer::login(gw.addr(), 1, 1);
     let mut phone = Peer::login(gw.addr(), 2, 1);
     for i in 0..3u8 {
@@ -437,4 +440,116 @@ fn groups_over_the_size_limit_are_refused() {
         a.pump(Duration::from_millis(20));
     }
     assert_eq!(refused(&a), 2, "{:?}", a.events);
+}
+
+/// Pages the inbox from `after` on a raw connection: (first seq, count, head).
+fn page_from(c: &mut Client, after: u64) -> (Option<u64>, u16, u64) {
+    c.send(SyncR {
+        group: 0,
+        after,
+        limit: 100,
+    });
+    match c.frame() {
+        Frame::SyncPage(p) => {
+            let first = p.entries().next().map(|e| e.seq);
+            (first, p.count, p.head)
+        }
+        other => panic!("expected a page, got {other:?}"),
+    }
+}
+
+/// Pages until `want` holds, for up to 5 s (the purge sweep runs on the
+/// backend's tick).
+fn page_until(
+    c: &mut Client,
+    want: impl Fn((Option<u64>, u16, u64)) -> bool,
+) -> (Option<u64>, u16, u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let p = page_from(c, 0);
+        if want(p) || std::time::Instant::now() > deadline {
+            return p;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ack(c: &mut Client, seq: u64) {
+    c.send(imgate_codec::frame::AckR { group: 0, seq });
+    loop {
+        if let Frame::AckA(a) = c.frame() {
+            assert_eq!(a.seq, seq);
+            return;
+        }
+    }
+}
+
+#[test]
+fn messages_every_device_acked_are_deleted_and_the_rest_kept() {
+    let dir;
+    {
+        let mut gw = gateway(Durability::Fsync, |c| c.retention_ms = 0);
+        // Kept past the gateway, to look at the store after it stopped.
+        dir = gw._dir.take().expect("dir");
+        let mut phone = Client::login(gw.addr(), 2, 1);
+        let mut laptop = Client::login(gw.addr(), 2, 2);
+        let mut a = Peer::login(gw.addr(), 1, 1);
+        for i in 0..5u8 {
+            a.send_to(2, &[i]);
+        }
+        a.wait(|e| matches!(e, Event::Acked { seq: 5, .. }), "msg:A 5");
+        ack(&mut phone, 5);
+        ack(&mut laptop, 3);
+        // The laptop has not acked 4 and 5: they stay, 1..=3 go.
+        assert_eq!(page_until(&mut phone, |p| p.0 == Some(4)), (Some(4), 2, 5));
+        ack(&mut laptop, 5);
+        // Now nothing is left; the head says where history resumes.
+        assert_eq!(page_until(&mut phone, |p| p.1 == 0), (None, 0, 5));
+        // A device new to the server starts where history starts, and the
+        // next message reaches it without a gap to fill.
+        let mut tablet = Peer::login(gw.addr(), 2, 3);
+        tablet.wait(|e| matches!(e, Event::SyncDone { group: 0 }), "tablet pull");
+        a.send_to(2, b"six");
+        tablet.wait(|e| matches!(e, Event::Message { seq: 6, .. }), "msg:N 6");
+        assert_eq!(
+            tablet.messages(),
+            vec![(0, 6, 1, Bytes::from_static(b"six"))]
+        );
+    }
+    // Deleted on disk, not just hidden: user 2's inbox holds only seq 6.
+    let store = imgate::store::open(&dir.0, Durability::Fsync).expect("reopen");
+    let s = imgate::delivery::keys::StreamId::inbox(2);
+    let mut left = Vec::new();
+    store
+        .scan(
+            imgate::store::Table::Log,
+            &imgate::delivery::keys::log_key(s, 0),
+            &imgate::delivery::keys::log_key(s, u64::MAX),
+            &mut |k, _| {
+                left.extend(imgate::delivery::keys::log_key_seq(k));
+                true
+            },
+        )
+        .expect("scan");
+    assert_eq!(left, vec![6]);
+}
+
+#[test]
+fn messages_past_the_retention_period_are_deleted_unacked() {
+    let gw = gateway(Durability::Memory, |c| {
+        c.purge_acked = false;
+        c.retention_ms = 800;
+    });
+    let mut a = Peer::login(gw.addr(), 1, 1);
+    let before_send = std::time::Instant::now();
+    for i in 0..3u8 {
+        a.send_to(2, &[i]);
+    }
+    a.wait(|e| matches!(e, Event::Acked { seq: 3, .. }), "msg:A 3");
+    let mut b = Client::login(gw.addr(), 2, 1);
+    let fresh = page_from(&mut b, 0);
+    assert_eq!(fresh, (Some(1), 3, 3), "kept while young");
+    assert_eq!(page_until(&mut b, |p| p.1 == 0), (None, 0, 3));
+    // Not before their time (a little slack for the two clocks).
+    assert!(before_send.elapsed() >= Duration::from_millis(750));
 }

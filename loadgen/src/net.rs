@@ -61,6 +61,13 @@ pub(crate) async fn connect(target: SocketAddr, source: Option<IpAddr>) -> io::R
     sock.set_nonblocking(true)?;
     sock.set_nodelay(true)?;
     if let Some(ip) = source {
+        // Without this, bind() picks a port on its own, scanning the bound
+        // ports of the address (costly with tens of thousands open) and
+        // reserving it for every destination; with it, the port is chosen
+        // at connect() from the free (source, target) pairs.
+        if matches!(target, SocketAddr::V4(_)) {
+            set_bind_no_port(&sock);
+        }
         sock.bind(&SocketAddr::new(ip, 0).into())?;
     }
     match sock.connect(&target.into()) {
@@ -74,6 +81,23 @@ pub(crate) async fn connect(target: SocketAddr, source: Option<IpAddr>) -> io::R
         return Err(e);
     }
     Ok(stream)
+}
+
+/// Sets `IP_BIND_ADDRESS_NO_PORT`; without it binding still works, only
+/// slower, so a failure is ignored.
+fn set_bind_no_port(sock: &Socket) {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live local
+    // on a socket this function borrows.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Runs `f` on the socket `fd` names.

@@ -144,10 +144,12 @@ pub(crate) fn apply(
 
 /// A login's `resume` acknowledges the inbox up to it.
 fn login(cx: &mut Ctx<'_>, resume: u64) -> Result<(), StoreError> {
+    let s = StreamId::inbox(cx.user);
+    cx.state
+        .register_device(cx.store, cx.batch, s, cx.user, cx.device)?;
     if resume == 0 {
         return Ok(());
     }
-    let s = StreamId::inbox(cx.user);
     let head = cx.state.head(cx.store, s)?;
     advance_inbox(cx, resume.min(head))
 }

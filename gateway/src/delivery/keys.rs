@@ -127,6 +127,18 @@ pub fn key_tail_u64(k: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(k.get(n..)?.try_into().ok()?))
 }
 
+/// The (user, device) of a Cursor key.
+pub fn cursor_key_owner(k: &[u8]) -> Option<(u64, u32)> {
+    let user = u64::from_be_bytes(k.get(8..16)?.try_into().ok()?);
+    let device = u32::from_be_bytes(k.get(16..20)?.try_into().ok()?);
+    Some((user, device))
+}
+
+/// The server time of a stored record, read without decoding the rest.
+pub fn record_time(v: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(v.get(24..32)?.try_into().ok()?))
+}
+
 /// Reads a u64 value.
 pub fn u64_value(v: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?))

@@ -34,6 +34,7 @@
 mod apply;
 mod emit;
 pub mod keys;
+mod purge;
 mod state;
 
 use std::time::Instant;
@@ -44,6 +45,7 @@ use crate::{
     store::{Store, StoreError, WriteBatch},
 };
 
+pub use purge::Retention;
 pub use state::Limits;
 use state::State;
 
@@ -54,6 +56,8 @@ pub struct Delivery {
     batch: WriteBatch,
     deferred: Vec<emit::Deferred>,
     failed: Option<String>,
+    retention: Retention,
+    sweep: purge::Sweep,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -74,6 +78,12 @@ impl Delivery {
             batch: WriteBatch::default(),
             deferred: Vec::new(),
             failed: None,
+            retention: Retention {
+                purge_acked: cfg.purge_acked,
+                retention_ms: cfg.retention_ms,
+                per_step: cfg.purge_per_tick,
+            },
+            sweep: purge::Sweep::default(),
         })
     }
 
@@ -129,11 +139,20 @@ impl Backend for Delivery {
     }
 
     fn tick(&mut self, _now: Instant, out: &mut Router) {
-        // Writes that emitting produced (receipt marks) and expiry of old
-        // dedup entries ride on the next commit; make sure one happens.
+        // Writes that emitting produced (receipt marks), expiry of old
+        // dedup entries and purged messages ride on the next commit; make
+        // sure one happens.
         if self.failed.is_none() {
             let now = crate::unix_time().as_millis() as u64;
             self.state.expire_dedup(&*self.store, now, &mut self.batch);
+            match self
+                .sweep
+                .step(self.retention, &*self.store, now, &mut self.batch)
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(deleted = n, total = self.sweep.deleted, "purged"),
+                Err(e) => tracing::error!(error = %e, "store read failed while purging"),
+            }
             if !self.batch.is_empty() {
                 self.commit(out);
             }

@@ -159,6 +159,32 @@ impl State {
         Ok(c)
     }
 
+    /// Makes sure the device has a cursor in the stream (0 if it had none),
+    /// so that the purge sweep counts it as a reader.
+    pub(crate) fn register_device(
+        &mut self,
+        store: &dyn Store,
+        batch: &mut WriteBatch,
+        s: StreamId,
+        user: u64,
+        device: u32,
+    ) -> Result<(), StoreError> {
+        // A cached cursor was read from the store or written to it.
+        if self.cursors.contains_key(&(s, user, device)) {
+            return Ok(());
+        }
+        let key = keys::cursor_key(s, user, device);
+        let c = match get_u64(store, Table::Cursor, &key)? {
+            Some(c) => c,
+            None => {
+                batch.put(Table::Cursor, key, 0u64.to_be_bytes());
+                0
+            }
+        };
+        self.cursors.insert((s, user, device), c);
+        Ok(())
+    }
+
     /// Moves a device's cursor forward; returns the old value if it moved.
     pub(crate) fn advance_cursor(
         &mut self,
