@@ -308,6 +308,28 @@ mod tests {
     }
 
     #[test]
+    fn a_step_deletes_at_most_its_budget_and_the_next_resumes() {
+        let store = MemoryStore::default();
+        let inbox = StreamId::inbox(2);
+        let mut b = WriteBatch::default();
+        for seq in 1..=7 {
+            put_record(&mut b, inbox, seq, 1000);
+        }
+        b.put(Table::Cursor, keys::cursor_key(inbox, 2, 1), 7u64.to_be_bytes());
+        store.write(&b).expect("write");
+        let mut sw = Sweep::default();
+        let mut counts = Vec::new();
+        for _ in 0..4 {
+            let mut b = WriteBatch::default();
+            counts.push(sw.step(ACKED, &store, 2000, &mut b).expect("step"));
+            assert_eq!(b.len(), *counts.last().expect("count"));
+            store.write(&b).expect("write");
+        }
+        assert_eq!(counts, vec![3, 3, 1, 0]);
+        assert!(seqs(&store, inbox).is_empty());
+    }
+
+    #[test]
     fn retention_deletes_old_messages_acked_or_not() {
         let store = MemoryStore::default();
         let inbox = StreamId::inbox(2);
