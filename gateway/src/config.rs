@@ -102,7 +102,7 @@ pub struct Config {
     /// Delete messages older than this, acknowledged or not, ms; 0 keeps
     /// them whatever their age.
     pub retention_ms: u64,
-    /// Most messages deleted per backend tick.
+    /// Most messages deleted per purge step (one atomic batch).
     pub purge_per_tick: usize,
     /// Grace period for a graceful shutdown, ms.
     pub shutdown_timeout_ms: u64,

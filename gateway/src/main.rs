@@ -143,7 +143,7 @@ serve_args! {
     purge_acked: bool, "IMGATE_PURGE_ACKED";
     /// Delete messages older than this, acknowledged or not, ms; 0 = never [default: 604800000, 7 days].
     retention_ms: u64, "IMGATE_RETENTION_MS";
-    /// Most messages deleted per backend tick [default: 10000].
+    /// Most messages deleted per purge step [default: 10000].
     purge_per_tick: usize, "IMGATE_PURGE_PER_TICK";
     /// Events per batch to the backend [default: 512].
     backend_batch: usize, "IMGATE_BACKEND_BATCH";

@@ -8,6 +8,7 @@
 //! | Cursor | stream u64, user u64, device u32      | acked seq u64                           |
 //! | Dedup  | epoch u64, sender u64, msg_id u64     | group u64, seq u64, own_seq u64, time u64 |
 //! | Meta   | b'h', stream u64                      | head seq u64                            |
+//! | Meta   | b'f', stream u64                      | lowest seq not purged u64               |
 //! | Meta   | b'r', sender u64, peer u64            | delivered u64, read u64                 |
 //! | Meta   | b'g', group u64, user u64             | read seq u64                            |
 //! | Meta   | b"next_group"                         | next group id u64                       |
@@ -83,6 +84,37 @@ pub fn head_key(s: StreamId) -> [u8; 9] {
     let mut k = [b'h'; 9];
     k[1..].copy_from_slice(&s.0.to_be_bytes());
     k
+}
+
+/// The end (exclusive) of all head keys in Meta.
+pub const HEAD_KEYS_END: &[u8] = b"i";
+
+/// The stream of a head key.
+pub fn head_key_stream(k: &[u8]) -> Option<StreamId> {
+    if k.first() != Some(&b'h') {
+        return None;
+    }
+    Some(StreamId(u64::from_be_bytes(k.get(1..9)?.try_into().ok()?)))
+}
+
+/// A purge-floor key in Meta: every seq below its value was purged.
+pub fn floor_key(s: StreamId) -> [u8; 9] {
+    let mut k = [b'f'; 9];
+    k[1..].copy_from_slice(&s.0.to_be_bytes());
+    k
+}
+
+/// The least key above every key that starts with `prefix` (None if there
+/// is none: the prefix is all 0xff).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }
 
 /// A receipt-mark key in Meta: what `peer` received and read of `sender`'s
@@ -232,6 +264,21 @@ impl Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_ends_bound_exactly_their_prefix() {
+        assert_eq!(prefix_end(b"h"), Some(b"i".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        let k = cursor_key(StreamId::inbox(u64::MAX), u64::MAX, u32::MAX);
+        let end = prefix_end(&k[..16]).expect("end");
+        assert!(k.as_slice() < end.as_slice());
+        assert_eq!(
+            head_key_stream(&head_key(StreamId::group(5))),
+            Some(StreamId::group(5))
+        );
+        assert_eq!(head_key_stream(&floor_key(StreamId::group(5))), None);
+    }
 
     #[test]
     fn inbox_and_group_streams_never_collide_and_keys_sort_numerically() {

@@ -37,7 +37,7 @@ pub mod keys;
 mod purge;
 mod state;
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use crate::{
     backend::{Backend, Inbound, Router},
@@ -51,13 +51,13 @@ use state::State;
 
 /// The reliable-delivery backend.
 pub struct Delivery {
-    store: Box<dyn Store>,
+    store: Arc<dyn Store>,
     state: State,
     batch: WriteBatch,
     deferred: Vec<emit::Deferred>,
     failed: Option<String>,
-    retention: Retention,
-    sweep: purge::Sweep,
+    // Stopped when the backend is dropped.
+    _purger: Option<purge::Purger>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -72,18 +72,22 @@ impl Delivery {
     /// A backend over `store` with the limits of `cfg`.
     pub fn new(store: Box<dyn Store>, cfg: &Config) -> Result<Delivery, StoreError> {
         let state = State::load(&*store, Limits::from_config(cfg))?;
+        let store: Arc<dyn Store> = Arc::from(store);
+        let retention = Retention {
+            purge_acked: cfg.purge_acked,
+            retention_ms: cfg.retention_ms,
+            per_step: cfg.purge_per_tick,
+        };
+        let interval = cfg.tick().min(std::time::Duration::from_millis(100));
+        let purger = purge::Purger::start(store.clone(), retention, interval)
+            .map_err(|e| StoreError::Engine(format!("cannot start the purge thread: {e}")))?;
         Ok(Delivery {
             store,
             state,
             batch: WriteBatch::default(),
             deferred: Vec::new(),
             failed: None,
-            retention: Retention {
-                purge_acked: cfg.purge_acked,
-                retention_ms: cfg.retention_ms,
-                per_step: cfg.purge_per_tick,
-            },
-            sweep: purge::Sweep::default(),
+            _purger: purger,
         })
     }
 
@@ -139,20 +143,11 @@ impl Backend for Delivery {
     }
 
     fn tick(&mut self, _now: Instant, out: &mut Router) {
-        // Writes that emitting produced (receipt marks), expiry of old
-        // dedup entries and purged messages ride on the next commit; make
-        // sure one happens.
+        // Writes that emitting produced (receipt marks) and expiry of old
+        // dedup entries ride on the next commit; make sure one happens.
         if self.failed.is_none() {
             let now = crate::unix_time().as_millis() as u64;
             self.state.expire_dedup(&*self.store, now, &mut self.batch);
-            match self
-                .sweep
-                .step(self.retention, &*self.store, now, &mut self.batch)
-            {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(deleted = n, total = self.sweep.deleted, "purged"),
-                Err(e) => tracing::error!(error = %e, "store read failed while purging"),
-            }
             if !self.batch.is_empty() {
                 self.commit(out);
             }

@@ -1,9 +1,16 @@
 //! Deleting what no device will ask for again: messages every device
 //! acknowledged, and messages older than the retention period.
 //!
-//! A sweep walks the log one stream at a time, a bounded amount per backend
-//! tick, so it never holds the backend thread for long and its deletes ride
-//! on an ordinary group commit. For each stream it works out the highest
+//! A sweep walks the streams on a thread of its own (`imgate-purge`), a
+//! bounded number of deletes per step, each step one atomic batch written
+//! without waiting for the disk (a crash may undo a step; the next sweep
+//! redoes it). It runs
+//! beside the backend rather than on it: deleting costs about as much as
+//! writing, and on the backend thread every step was a stall that every
+//! message behind it waited out (docs/benchmarks.md). Both only ever
+//! delete what every reader acknowledged or what is past retention, which
+//! the backend never reads back for anyone, so they need no coordination
+//! beyond the store's own. For each stream it works out the highest
 //! seq every reader has acknowledged (the *acked floor*) and deletes from
 //! the stream's oldest record up, while a record is at or below the floor or
 //! older than the retention cut-off. Records within a stream are in seq
@@ -25,14 +32,82 @@
 //! below the oldest kept message sees where its history starts (protocol
 //! section 5.8).
 
+use std::{sync::Arc, thread::JoinHandle, time::Duration};
+
+use crossbeam_channel::{Sender, bounded};
+
 use super::keys::{self, StreamId};
 use crate::store::{Store, StoreError, Table, WriteBatch};
 
 /// Streams looked at per step, whatever they hold.
 const STREAMS_PER_STEP: usize = 256;
 
-/// The end of the whole Log table (longer than any key, all 0xff).
-const LOG_END: [u8; 17] = [0xff; 17];
+/// The purge thread; stopped and joined on drop.
+#[derive(Debug)]
+pub(crate) struct Purger {
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Purger {
+    /// Starts sweeping `store` every `interval`, or back to back while
+    /// steps come back full; None if the settings delete nothing.
+    pub(crate) fn start(
+        store: Arc<dyn Store>,
+        r: Retention,
+        interval: Duration,
+    ) -> std::io::Result<Option<Purger>> {
+        if !r.purge_acked && r.retention_ms == 0 {
+            return Ok(None);
+        }
+        let (stop, stopped) = bounded::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("imgate-purge".into())
+            .spawn(move || {
+                let mut sweep = Sweep::default();
+                let mut batch = WriteBatch::default();
+                let mut wait = interval;
+                // Both a stop message and a dropped sender end the loop.
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(wait)
+                {
+                    batch.clear();
+                    let now = crate::unix_time().as_millis() as u64;
+                    let n = match sweep
+                        .step(r, &*store, now, &mut batch)
+                        .and_then(|n| store.write_lazy(&batch).map(|()| n))
+                    {
+                        Ok(n) => n,
+                        Err(e) => {
+                            tracing::error!(error = %e, "purge step failed");
+                            0
+                        }
+                    };
+                    if n > 0 {
+                        tracing::debug!(deleted = n, total = sweep.deleted, "purged");
+                    }
+                    wait = if n >= r.per_step {
+                        Duration::ZERO
+                    } else {
+                        interval
+                    };
+                }
+            })?;
+        Ok(Some(Purger {
+            stop: Some(stop),
+            thread: Some(thread),
+        }))
+    }
+}
+
+impl Drop for Purger {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
 
 /// The retention settings.
 #[derive(Debug, Clone, Copy)]
@@ -51,12 +126,19 @@ pub struct Retention {
 pub(crate) struct Sweep {
     /// The next stream id to look at.
     pos: u64,
+    /// Streams of the current step (kept to reuse the allocation).
+    streams: Vec<(StreamId, u64)>,
     /// Messages deleted since start.
     pub(crate) deleted: u64,
 }
 
 impl Sweep {
     /// One bounded step: queues deletes on `batch`; returns how many.
+    ///
+    /// Streams are found through their head keys in Meta, which are never
+    /// deleted, rather than through the log, whose deleted records linger as
+    /// tombstones until compaction; each stream is read from its purge
+    /// floor up for the same reason.
     pub(crate) fn step(
         &mut self,
         r: Retention,
@@ -72,84 +154,93 @@ impl Sweep {
         } else {
             now.saturating_sub(r.retention_ms)
         };
+        self.streams.clear();
+        let streams = &mut self.streams;
+        store.scan(
+            Table::Meta,
+            &keys::head_key(StreamId(self.pos)),
+            keys::HEAD_KEYS_END,
+            &mut |k, v| {
+                if let (Some(s), Some(h)) = (keys::head_key_stream(k), keys::u64_value(v)) {
+                    streams.push((s, h));
+                }
+                streams.len() < STREAMS_PER_STEP
+            },
+        )?;
+        // Fewer than asked for: this step ends the pass.
+        let mut next_pos = if self.streams.len() < STREAMS_PER_STEP {
+            0
+        } else {
+            self.streams
+                .last()
+                .map_or(0, |(s, _)| s.0.saturating_add(1))
+        };
         let mut deleted = 0;
-        for _ in 0..STREAMS_PER_STEP {
-            let Some(s) = next_stream(store, self.pos)? else {
-                // A pass is over; the next step starts the next one.
-                self.pos = 0;
+        for &(s, head) in &self.streams {
+            if deleted >= r.per_step {
+                // Resume with this stream next time.
+                next_pos = s.0;
                 break;
-            };
-            let floor = if r.purge_acked {
+            }
+            let from = store
+                .get(Table::Meta, &keys::floor_key(s))?
+                .as_deref()
+                .and_then(keys::u64_value)
+                .unwrap_or(1);
+            if from > head {
+                continue;
+            }
+            let acked = if r.purge_acked {
                 acked_floor(store, s)?
             } else {
                 0
             };
-            let budget = r.per_step - deleted;
-            let n = purge_stream(store, s, floor, cutoff, budget, batch)?;
-            deleted += n;
-            if deleted >= r.per_step {
-                // This stream may hold more: resume with it.
-                self.pos = s.0;
-                break;
+            if acked < from && cutoff == 0 {
+                continue;
             }
-            match s.0.checked_add(1) {
-                Some(p) => self.pos = p,
-                None => {
-                    self.pos = 0;
-                    break;
-                }
+            let budget = r.per_step - deleted;
+            let (n, new_from) = purge_stream(store, s, from, acked, cutoff, budget, batch)?;
+            if n > 0 {
+                batch.put(Table::Meta, keys::floor_key(s), new_from.to_be_bytes());
+                deleted += n;
             }
         }
+        self.pos = next_pos;
         self.deleted += deleted as u64;
         Ok(deleted)
     }
 }
 
-/// The first stream with a record at or after stream id `pos`.
-fn next_stream(store: &dyn Store, pos: u64) -> Result<Option<StreamId>, StoreError> {
-    let mut found = None;
-    store.scan(
-        Table::Log,
-        &keys::log_key(StreamId(pos), 0),
-        &LOG_END,
-        &mut |k, _| {
-            found = k
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(|b| StreamId(u64::from_be_bytes(b)));
-            false
-        },
-    )?;
-    Ok(found)
-}
-
-/// Deletes the stream's records from the oldest up while they are at or
-/// below `floor` or older than `cutoff`, at most `budget` of them.
+/// Deletes the stream's records from seq `from` up while they are at or
+/// below `acked` or older than `cutoff`, at most `budget` of them. Returns
+/// how many, and the seq above the last one deleted.
 fn purge_stream(
     store: &dyn Store,
     s: StreamId,
-    floor: u64,
+    from: u64,
+    acked: u64,
     cutoff: u64,
     budget: usize,
     batch: &mut WriteBatch,
-) -> Result<usize, StoreError> {
-    let mut n = 0;
+) -> Result<(usize, u64), StoreError> {
+    let (mut n, mut next) = (0, from);
     store.scan(
         Table::Log,
-        &keys::log_key(s, 0),
+        &keys::log_key(s, from),
         &keys::log_key(s, u64::MAX),
         &mut |k, v| {
             let seq = keys::log_key_seq(k).unwrap_or(u64::MAX);
             let time = keys::record_time(v).unwrap_or(u64::MAX);
-            if seq > floor && time >= cutoff {
+            if seq > acked && time >= cutoff {
                 return false;
             }
             batch.delete(Table::Log, k);
             n += 1;
+            next = seq.saturating_add(1);
             n < budget
         },
     )?;
-    Ok(n)
+    Ok((n, next))
 }
 
 /// The highest seq of `s` that every reader acknowledged.
@@ -157,75 +248,78 @@ fn acked_floor(store: &dyn Store, s: StreamId) -> Result<u64, StoreError> {
     let g = s.wire_group();
     if g == 0 {
         let mut floor: Option<u64> = None;
-        cursors(store, s, None, &mut |_, _, c| {
+        cursors(store, &s.0.to_be_bytes(), &mut |_, _, c| {
             floor = Some(floor.map_or(c, |f| f.min(c)));
         })?;
         return Ok(floor.unwrap_or(0));
     }
+    // Members in user order, and the group's cursors in the same order:
+    // one pass over each.
     let mut members = Vec::new();
-    store.scan(
-        Table::Member,
-        &keys::member_key(g, 0),
-        &keys::member_key(g.saturating_add(1), 0),
-        &mut |k, v| {
-            if let (Some(u), Some(join)) = (keys::key_tail_u64(k), keys::u64_value(v)) {
-                members.push((u, join));
-            }
-            true
-        },
-    )?;
+    let member_prefix = keys::member_key(g, 0);
+    scan_prefix(store, Table::Member, &member_prefix[..9], &mut |k, v| {
+        if let (Some(u), Some(join)) = (keys::key_tail_u64(k), keys::u64_value(v)) {
+            members.push((u, join));
+        }
+    })?;
+    let mut group_cursors: Vec<(u64, u32, u64)> = Vec::new();
+    cursors(store, &s.0.to_be_bytes(), &mut |u, d, c| {
+        group_cursors.push((u, d, c));
+    })?;
     let mut floor = u64::MAX;
-    let mut devices: Vec<(u32, u64)> = Vec::new();
+    let mut gc = group_cursors.iter().peekable();
     for (user, join) in members {
-        // The member's devices are those with an inbox cursor.
-        devices.clear();
-        cursors(store, StreamId::inbox(user), Some(user), &mut |_, d, _| {
-            devices.push((d, join));
-        })?;
-        cursors(
-            store,
-            s,
-            Some(user),
-            &mut |_, d, c| match devices.iter_mut().find(|e| e.0 == d) {
-                Some(e) => e.1 = e.1.max(c),
-                None => devices.push((d, join.max(c))),
-            },
-        )?;
-        let member_floor = devices.iter().map(|e| e.1).min().unwrap_or(join);
+        while gc.next_if(|c| c.0 < user).is_some() {}
+        // The member's devices: those with an inbox cursor. Each counts at
+        // its group cursor, or at the join point if it has none (or a
+        // lower one: nothing before the join is visible to it).
+        let mut devices = 0usize;
+        let inbox = keys::cursor_key(StreamId::inbox(user), user, 0);
+        cursors(store, &inbox[..16], &mut |_, _, _| devices += 1)?;
+        let mut counted = 0usize;
+        let mut member_floor = u64::MAX;
+        while let Some(&(_, _, c)) = gc.next_if(|c| c.0 == user) {
+            counted += 1;
+            member_floor = member_floor.min(c.max(join));
+        }
+        if counted < devices || counted == 0 {
+            member_floor = member_floor.min(join);
+        }
         floor = floor.min(member_floor);
     }
     Ok(floor)
 }
 
-/// Calls `f(user, device, cursor)` for each cursor of `s` (of one user if
-/// given).
+/// Calls `f(user, device, cursor)` for each Cursor key starting with
+/// `prefix` (a stream, or a stream and a user).
 fn cursors(
     store: &dyn Store,
-    s: StreamId,
-    user: Option<u64>,
+    prefix: &[u8],
     f: &mut dyn FnMut(u64, u32, u64),
 ) -> Result<(), StoreError> {
-    let (from, to) = match user {
-        Some(u) => (keys::cursor_key(s, u, 0), keys::cursor_key(s, u, u32::MAX)),
-        None => (
-            keys::cursor_key(s, 0, 0),
-            keys::cursor_key(s, u64::MAX, u32::MAX),
-        ),
-    };
-    let mut visit = |k: &[u8], v: &[u8]| {
+    scan_prefix(store, Table::Cursor, prefix, &mut |k, v| {
         if let (Some((u, d)), Some(c)) = (keys::cursor_key_owner(k), keys::u64_value(v)) {
             f(u, d, c);
         }
+    })
+}
+
+/// Calls `f` with every entry of `t` whose key starts with `prefix`.
+fn scan_prefix(
+    store: &dyn Store,
+    t: Table,
+    prefix: &[u8],
+    f: &mut dyn FnMut(&[u8], &[u8]),
+) -> Result<(), StoreError> {
+    let end = keys::prefix_end(prefix);
+    // An all-0xff prefix has no end key: scan to the end of the table.
+    let end = end.as_deref().unwrap_or(&[0xff; 32]);
+    store.scan(t, prefix, end, &mut |k, v| {
+        if k.starts_with(prefix) {
+            f(k, v);
+        }
         true
-    };
-    store.scan(Table::Cursor, &from, &to, &mut visit)?;
-    // The end bound is exclusive: the last possible key on its own.
-    if let Some(v) = store.get(Table::Cursor, &to)?
-        && let (Some((u, d)), Some(c)) = (keys::cursor_key_owner(&to), keys::u64_value(&v))
-    {
-        f(u, d, c);
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -244,6 +338,7 @@ mod tests {
         }
         .encode_into(&mut v);
         b.put(Table::Log, keys::log_key(s, seq), v);
+        b.put(Table::Meta, keys::head_key(s), seq.to_be_bytes());
     }
 
     fn seqs(store: &dyn Store, s: StreamId) -> Vec<u64> {
@@ -315,18 +410,28 @@ mod tests {
         for seq in 1..=7 {
             put_record(&mut b, inbox, seq, 1000);
         }
-        b.put(Table::Cursor, keys::cursor_key(inbox, 2, 1), 7u64.to_be_bytes());
+        b.put(
+            Table::Cursor,
+            keys::cursor_key(inbox, 2, 1),
+            7u64.to_be_bytes(),
+        );
         store.write(&b).expect("write");
         let mut sw = Sweep::default();
         let mut counts = Vec::new();
         for _ in 0..4 {
             let mut b = WriteBatch::default();
             counts.push(sw.step(ACKED, &store, 2000, &mut b).expect("step"));
-            assert_eq!(b.len(), *counts.last().expect("count"));
+            // The deletes, and the stream's new floor with them.
+            let n = *counts.last().expect("count");
+            assert_eq!(b.len(), n + usize::from(n > 0));
             store.write(&b).expect("write");
         }
         assert_eq!(counts, vec![3, 3, 1, 0]);
         assert!(seqs(&store, inbox).is_empty());
+        let floor = store
+            .get(Table::Meta, &keys::floor_key(inbox))
+            .expect("get");
+        assert_eq!(floor.as_deref().and_then(keys::u64_value), Some(8));
     }
 
     #[test]

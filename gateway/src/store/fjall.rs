@@ -128,6 +128,27 @@ impl FjallStore {
             describe(e)
         ))
     }
+
+    /// Commits `batch`, persisted as `persist` says (None: left to the
+    /// journal's buffer and the OS).
+    fn commit(&self, batch: &WriteBatch, persist: Option<PersistMode>) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // fjall copies each key and value into its own slice (the memtable
+        // keeps them): up to 20 bytes inline, longer ones one allocation
+        // each (a message's two records and its dedup answer). Besides that,
+        // one vector of items per batch; nothing per op on our side.
+        let mut b = ::fjall::OwnedWriteBatch::with_capacity(self.db.clone(), batch.len())
+            .durability(persist);
+        for op in batch.iter() {
+            match op {
+                Op::Put(t, k, v) => b.insert(self.table(t), k, v),
+                Op::Delete(t, k) => b.remove(self.table(t), k),
+            }
+        }
+        b.commit().map_err(|e| self.err("write", &e))
+    }
 }
 
 /// fjall's Display is its Debug; say what the common cases mean.
@@ -144,22 +165,11 @@ fn describe(e: &::fjall::Error) -> String {
 
 impl Store for FjallStore {
     fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        // fjall copies each key and value into its own slice (the memtable
-        // keeps them): up to 20 bytes inline, longer ones one allocation
-        // each (a message's two records and its dedup answer). Besides that,
-        // one vector of items per batch; nothing per op on our side.
-        let mut b = ::fjall::OwnedWriteBatch::with_capacity(self.db.clone(), batch.len())
-            .durability(Some(self.persist));
-        for op in batch.iter() {
-            match op {
-                Op::Put(t, k, v) => b.insert(self.table(t), k, v),
-                Op::Delete(t, k) => b.remove(self.table(t), k),
-            }
-        }
-        b.commit().map_err(|e| self.err("write", &e))
+        self.commit(batch, Some(self.persist))
+    }
+
+    fn write_lazy(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        self.commit(batch, None)
     }
 
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {

@@ -226,6 +226,14 @@ pub trait Store: Send + Sync + 'static {
     /// not be stored, and the engine may refuse every later write.
     fn write(&self, batch: &WriteBatch) -> Result<(), StoreError>;
 
+    /// Applies `batch` atomically without waiting for the disk: for writes
+    /// a crash may take back because they are redone after a restart (the
+    /// purge sweep's deletes). An engine without the distinction writes as
+    /// [`Store::write`] does.
+    fn write_lazy(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        self.write(batch)
+    }
+
     /// The value of `key`.
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
