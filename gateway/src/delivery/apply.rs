@@ -145,8 +145,10 @@ pub(crate) fn apply(
 /// A login's `resume` acknowledges the inbox up to it.
 fn login(cx: &mut Ctx<'_>, resume: u64) -> Result<(), StoreError> {
     let s = StreamId::inbox(cx.user);
-    cx.state
-        .register_device(cx.store, cx.batch, s, cx.user, cx.device)?;
+    if cx.state.limits.purge_acked {
+        cx.state
+            .register_device(cx.store, cx.batch, s, cx.user, cx.device)?;
+    }
     if resume == 0 {
         return Ok(());
     }

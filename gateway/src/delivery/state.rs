@@ -31,6 +31,9 @@ pub struct Limits {
     pub max_frame: usize,
     /// Most inbox entries read for one unread summary.
     pub unread_scan_limit: usize,
+    /// Whether acknowledged messages are purged (devices then register
+    /// at login, to count as readers).
+    pub purge_acked: bool,
 }
 
 impl Limits {
@@ -45,6 +48,7 @@ impl Limits {
             max_body: cfg.max_frame.saturating_sub(78),
             max_frame: cfg.max_frame,
             unread_scan_limit: cfg.unread_scan_limit,
+            purge_acked: cfg.purge_acked,
         }
     }
 }
@@ -161,6 +165,10 @@ impl State {
 
     /// Makes sure the device has a cursor in the stream (0 if it had none),
     /// so that the purge sweep counts it as a reader.
+    ///
+    /// Nothing is cached: most logins are of known devices (one lookup),
+    /// and a cache entry per idle connection would cost more memory than
+    /// the lookup costs time.
     pub(crate) fn register_device(
         &mut self,
         store: &dyn Store,
@@ -169,19 +177,17 @@ impl State {
         user: u64,
         device: u32,
     ) -> Result<(), StoreError> {
-        // A cached cursor was read from the store or written to it.
+        // A cached cursor was read from the store or is in this batch; an
+        // uncached one may still be in the store.
         if self.cursors.contains_key(&(s, user, device)) {
             return Ok(());
         }
         let key = keys::cursor_key(s, user, device);
-        let c = match get_u64(store, Table::Cursor, &key)? {
-            Some(c) => c,
-            None => {
-                batch.put(Table::Cursor, key, 0u64.to_be_bytes());
-                0
-            }
-        };
-        self.cursors.insert((s, user, device), c);
+        if store.get(Table::Cursor, &key)?.is_none() {
+            // Written before any advance of this batch could be (those
+            // fill the cache first), so it never lowers a cursor.
+            batch.put(Table::Cursor, key, 0u64.to_be_bytes());
+        }
         Ok(())
     }
 
