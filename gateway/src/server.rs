@@ -166,16 +166,25 @@ pub fn start(
         shutting_down: Default::default(),
     });
     let (done_tx, cores_done) = crossbeam_channel::unbounded();
+    let allowed = if shared.cfg.pin_cores {
+        allowed_cpus()
+    } else {
+        Vec::new()
+    };
     let mut cores = Vec::with_capacity(n);
     for (i, (listener, rx)) in listeners.into_iter().zip(rxs).enumerate() {
         let shared = shared.clone();
         let done = done_tx.clone();
-        let pin = shared.cfg.pin_cores;
+        // Core i on the i-th CPU this process may use (wrapping around
+        // when there are more workers than CPUs).
+        let pin = (shared.cfg.pin_cores && !allowed.is_empty()).then(|| allowed[i % allowed.len()]);
         let h = std::thread::Builder::new()
             .name(format!("imgate-core-{i}"))
             .spawn(move || {
-                if pin {
-                    let _ = monoio::utils::bind_to_cpu_set([i]);
+                if let Some(cpu) = pin
+                    && let Err(e) = monoio::utils::bind_to_cpu_set([cpu])
+                {
+                    tracing::warn!(core = i, cpu, error = %e, "cannot pin the core");
                 }
                 let id = u16::try_from(i).unwrap_or(u16::MAX);
                 let fut = async move {
@@ -270,4 +279,21 @@ impl Running {
         }
         true
     }
+}
+
+/// The CPUs this process may run on, in order (empty if unknown).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity
+    // writes at most its size into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is this thread; the size is that of the set passed.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read the CPU affinity; cores are not pinned");
+        return Vec::new();
+    }
+    // SAFETY: CPU_ISSET reads the set within its fixed size.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
 }
