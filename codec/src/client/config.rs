@@ -27,7 +27,8 @@ use crate::{
 /// | `max_rto` | 30 s | cap of the backed-off wait |
 /// | `max_retries` | 5 | retransmissions before a send fails |
 /// | `ack_every` | 32 | deliveries per stream that trigger an ack:R at once |
-/// | `ack_delay` | 10 ms | longest an ack:R waits after the first unacked delivery |
+/// | `ack_delay` | 10 ms | longest an inbox ack:R waits after the first unacked delivery |
+/// | `group_ack_delay` | 200 ms | the same for a group |
 /// | `gap_timeout` | 200 ms | how long a gap may stay open before a sync |
 /// | `max_held` | 1024 | out-of-order messages held per stream |
 /// | `sync_limit` | 200 | page size asked for in sync:R (0: server default) |
@@ -69,8 +70,14 @@ pub struct Config {
     pub max_retries: u32,
     /// Newly delivered messages of a stream that trigger an ack:R at once.
     pub ack_every: u32,
-    /// Longest time an ack:R is held back after the first delivery it covers.
+    /// Longest time an inbox ack:R is held back after the first delivery
+    /// it covers. It is what the sender waits for its delivered receipt.
     pub ack_delay: Duration,
+    /// The same for group streams. Group acks feed no live receipt (group
+    /// receipts are pulled), so they wait longer: in a busy group one ack
+    /// then covers several messages, and a server with thousands of members
+    /// per message sees that many fewer acks.
+    pub group_ack_delay: Duration,
     /// How long a gap in a stream may stay open before the client pulls the
     /// missing messages with sync:R.
     pub gap_timeout: Duration,
@@ -118,6 +125,7 @@ impl Config {
             max_retries: 5,
             ack_every: 32,
             ack_delay: Duration::from_millis(10),
+            group_ack_delay: Duration::from_millis(200),
             gap_timeout: Duration::from_millis(200),
             max_held: 1024,
             sync_limit: 200,

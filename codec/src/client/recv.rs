@@ -340,7 +340,12 @@ impl Client {
         if connected && s.unacked() >= u64::from(self.config.ack_every) {
             self.send_ack(group, now);
         } else if s.ack_deadline.is_none() {
-            let at = now + self.config.ack_delay;
+            let delay = if group == 0 {
+                self.config.ack_delay
+            } else {
+                self.config.group_ack_delay
+            };
+            let at = now + delay;
             s.ack_deadline = Some(at);
             self.timers.push(at, group, TimerKind::Ack);
         }
