@@ -32,6 +32,7 @@ impl Peer {
         let mut cfg = Config::new(user, device, token(user, device));
         cfg.first_msg_id = (u64::from(device) << 44) | 1;
         cfg.ack_delay = Duration::from_millis(5);
+        cfg.group_ack_delay = Duration::from_millis(5);
         f(&mut cfg);
         let client = Client::new(cfg).expect("client config");
         let mut p = Peer {
