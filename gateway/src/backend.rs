@@ -202,6 +202,9 @@ impl Router {
     }
 }
 
+/// Core batches gathered into one [`Backend::handle`] call at most.
+const MAX_GATHER: usize = 256;
+
 /// The backend thread's loop: until every core has dropped its sender.
 pub(crate) fn run(
     mut backend: Box<dyn Backend>,
@@ -213,15 +216,17 @@ pub(crate) fn run(
     loop {
         match rx.recv_timeout(tick) {
             Ok(mut batch) => {
-                backend.handle(&mut batch, &mut router);
-                // Take whatever else is already queued before flushing, so a
-                // busy backend answers in large batches.
-                for _ in 0..64 {
+                // Whatever else is already queued joins this call, in
+                // arrival order: one `handle` is one group commit, so a busy
+                // backend pays one commit (one fsync) for everything that
+                // waited, instead of one per core batch.
+                for _ in 0..MAX_GATHER {
                     match rx.try_recv() {
-                        Ok(mut more) => backend.handle(&mut more, &mut router),
+                        Ok(mut more) => batch.append(&mut more),
                         Err(_) => break,
                     }
                 }
+                backend.handle(&mut batch, &mut router);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
