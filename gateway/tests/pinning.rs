@@ -59,7 +59,15 @@ fn pinned_cores_each_run_on_one_cpu_of_their_own() {
 
     // Unpinned, a core may run anywhere.
     let gw = start(config(drivers()[0]));
-    let free = thread_cpus("imgate-core-0").expect("core thread");
+    // The thread names itself as it starts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let free = loop {
+        if let Some(c) = thread_cpus("imgate-core-0") {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "no core thread");
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert!(free.contains(['-', ',']), "unpinned core limited to {free}");
     assert!(gw.shutdown());
 }
