@@ -248,6 +248,10 @@ impl Running {
     /// `server_shutdown`, flush, let the backend finish. Returns false if
     /// the deadline passed first.
     pub fn shutdown(mut self) -> bool {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> bool {
         let Some(shared) = self.shared.take() else {
             return true;
         };
@@ -278,6 +282,16 @@ impl Running {
             let _ = h.join();
         }
         true
+    }
+}
+
+/// A gateway dropped without [`Running::shutdown`] shuts down the same way
+/// (its threads would otherwise keep serving with nobody holding them).
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.shared.is_some() && !self.stop() {
+            tracing::warn!("shutdown deadline passed while dropping the gateway");
+        }
     }
 }
 

@@ -507,3 +507,17 @@ fn the_admin_path_is_off_without_a_token() {
     assert_eq!(gw.metrics().kicks(KickReason::Admin), 0);
     assert!(gw.shutdown());
 }
+
+#[test]
+fn a_gateway_dropped_without_shutdown_still_shuts_down() {
+    let gw = start(config(drivers()[0]));
+    let addr = gw.addr();
+    let mut c = Client::login(addr, 1, 1);
+    drop(gw);
+    let got = c.closed();
+    assert_eq!(kick_reason(&got[got.len() - 1]), KickReason::ServerShutdown);
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still accepting after drop"
+    );
+}
