@@ -176,8 +176,8 @@ pub fn start(
         let shared = shared.clone();
         let done = done_tx.clone();
         // Core i on the i-th CPU this process may use (wrapping around
-        // when there are more workers than CPUs).
-        let pin = (shared.cfg.pin_cores && !allowed.is_empty()).then(|| allowed[i % allowed.len()]);
+        // when there are more workers than CPUs); none when not pinning.
+        let pin = (!allowed.is_empty()).then(|| allowed[i % allowed.len()]);
         let h = std::thread::Builder::new()
             .name(format!("imgate-core-{i}"))
             .spawn(move || {

@@ -73,13 +73,8 @@ impl Delivery {
     pub fn new(store: Box<dyn Store>, cfg: &Config) -> Result<Delivery, StoreError> {
         let state = State::load(&*store, Limits::from_config(cfg))?;
         let store: Arc<dyn Store> = Arc::from(store);
-        let retention = Retention {
-            purge_acked: cfg.purge_acked,
-            retention_ms: cfg.retention_ms,
-            per_step: cfg.purge_per_tick,
-        };
         let interval = cfg.tick().min(std::time::Duration::from_millis(100));
-        let purger = purge::Purger::start(store.clone(), retention, interval)
+        let purger = purge::Purger::start(store.clone(), Retention::from_config(cfg), interval)
             .map_err(|e| StoreError::Engine(format!("cannot start the purge thread: {e}")))?;
         Ok(Delivery {
             store,

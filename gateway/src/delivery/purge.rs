@@ -4,13 +4,12 @@
 //! A sweep walks the streams on a thread of its own (`imgate-purge`), a
 //! bounded number of deletes per step, each step one atomic batch written
 //! without waiting for the disk (a crash may undo a step; the next sweep
-//! redoes it). It runs
-//! beside the backend rather than on it: deleting costs about as much as
-//! writing, and on the backend thread every step was a stall that every
-//! message behind it waited out (docs/benchmarks.md). Both only ever
-//! delete what every reader acknowledged or what is past retention, which
-//! the backend never reads back for anyone, so they need no coordination
-//! beyond the store's own. For each stream it works out the highest
+//! redoes it). It runs beside the backend rather than on it: deleting costs
+//! about as much as writing, and on the backend thread every step was a
+//! stall that every message behind it waited out (docs/benchmarks.md). It
+//! only deletes what every reader acknowledged or what is past retention,
+//! which the backend never reads back for anyone, so the two need no
+//! coordination beyond the store's own. For each stream it works out the highest
 //! seq every reader has acknowledged (the *acked floor*) and deletes from
 //! the stream's oldest record up, while a record is at or below the floor or
 //! older than the retention cut-off. Records within a stream are in seq
@@ -57,7 +56,7 @@ impl Purger {
         r: Retention,
         interval: Duration,
     ) -> std::io::Result<Option<Purger>> {
-        if !r.purge_acked && r.retention_ms == 0 {
+        if r.keeps_everything() {
             return Ok(None);
         }
         let (stop, stopped) = bounded::<()>(1);
@@ -121,6 +120,22 @@ pub struct Retention {
     pub per_step: usize,
 }
 
+impl Retention {
+    /// The settings of a configuration.
+    pub fn from_config(cfg: &crate::config::Config) -> Retention {
+        Retention {
+            purge_acked: cfg.purge_acked,
+            retention_ms: cfg.retention_ms,
+            per_step: cfg.purge_per_tick,
+        }
+    }
+
+    /// True if these settings delete nothing.
+    pub fn keeps_everything(&self) -> bool {
+        !self.purge_acked && self.retention_ms == 0
+    }
+}
+
 /// Where the sweep is.
 #[derive(Debug, Default)]
 pub(crate) struct Sweep {
@@ -146,7 +161,7 @@ impl Sweep {
         now: u64,
         batch: &mut WriteBatch,
     ) -> Result<usize, StoreError> {
-        if !r.purge_acked && r.retention_ms == 0 {
+        if r.keeps_everything() {
             return Ok(0);
         }
         let cutoff = if r.retention_ms == 0 {
