@@ -243,9 +243,9 @@ impl Admin {
             Ok(t) => t,
             Err(r) => return r,
         };
-        let sessions = self.sessions(user, device);
         match (method, path) {
             ("POST", "/admin/kick") => {
+                let sessions = self.sessions(user, device);
                 for &(_, conn) in &sessions {
                     if let Some(core) = self.cores.get(usize::from(conn.core)) {
                         core.send(CoreMsg::Out(vec![Outbound::Kick {
@@ -258,7 +258,8 @@ impl Admin {
                 Response::json(format!("{{\"kicked\":{}}}\n", sessions.len()))
             }
             ("GET", "/admin/sessions") => {
-                let list: Vec<String> = sessions
+                let list: Vec<String> = self
+                    .sessions(user, device)
                     .iter()
                     .map(|(d, c)| format!("{{\"device\":{d},\"core\":{}}}", c.core))
                     .collect();
