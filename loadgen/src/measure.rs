@@ -44,6 +44,16 @@ pub struct Window {
 }
 
 impl Window {
+    /// The window that opens `lead` after `start_ns` (a warm-up or a
+    /// settling time, not measured) and stays open for `len`.
+    pub fn after(start_ns: u64, lead: std::time::Duration, len: std::time::Duration) -> Window {
+        let from_ns = start_ns + lead.as_nanos() as u64;
+        Window {
+            from_ns,
+            until_ns: from_ns + len.as_nanos() as u64,
+        }
+    }
+
     /// Whether a message scheduled at `ns` belongs to this window.
     pub fn contains(&self, ns: u64) -> bool {
         (self.from_ns..self.until_ns).contains(&ns)

@@ -46,12 +46,7 @@ pub(crate) fn run(mut ctx: Ctx, a: &CapacityArgs) -> Result<Report, RunError> {
     loop {
         let period = period_ns(u64::from(a.pairs), rate);
         let start = ctx.soon();
-        let settle = a.settle.0.as_nanos() as u64;
-        let dur = a.step_duration.0.as_nanos() as u64;
-        let window = Window {
-            from_ns: start + settle,
-            until_ns: start + settle + dur,
-        };
+        let window = Window::after(start, a.settle.0, a.step_duration.0);
         let plans = plan(&senders, period, |id| Dest::User(ctx.user(id + 1)));
         ctx.engine.progress.phase("capacity");
         let n = ctx.start_traffic(plans, start, period, window.until_ns, Some(window))?;

@@ -63,12 +63,7 @@ pub(crate) fn run(mut ctx: Ctx, a: &ChatArgs) -> Result<Report, RunError> {
     }
     let g0 = ctx.sample("before");
     let start = ctx.soon();
-    let warm = t.warmup.0.as_nanos() as u64;
-    let dur = t.duration.0.as_nanos() as u64;
-    let window = Window {
-        from_ns: start + warm,
-        until_ns: start + warm + dur,
-    };
+    let window = Window::after(start, t.warmup.0, t.duration.0);
     let plans = plan(&senders, period, |id| Dest::User(ctx.user(id + 1)));
     ctx.engine.progress.phase("chat");
     let n = ctx.start_traffic(plans, start, period, window.until_ns, Some(window))?;

@@ -81,12 +81,7 @@ pub(crate) fn run(mut ctx: Ctx, a: &GroupArgs) -> Result<Report, RunError> {
     let local_rate = t.rate * groups.len() as f64 / f64::from(a.groups);
     let g0 = ctx.sample("before");
     let start = ctx.soon();
-    let warm = t.warmup.0.as_nanos() as u64;
-    let dur = t.duration.0.as_nanos() as u64;
-    let window = Window {
-        from_ns: start + warm,
-        until_ns: start + warm + dur,
-    };
+    let window = Window::after(start, t.warmup.0, t.duration.0);
     let plans = plan(&senders, period, |id| {
         Dest::Group(ids.get(&(id / s)).copied().unwrap_or(0))
     });
