@@ -89,6 +89,29 @@ pub fn uses_uring(driver: DriverKind) -> bool {
     }
 }
 
+/// Runs `fut` to completion on a new monoio runtime of this thread, with
+/// the io_uring driver (`entries` submission slots) or the epoll one, timers
+/// on. Shared with the load generator, whose threads are built the same
+/// way.
+pub fn block_on<F: std::future::Future>(
+    uring: bool,
+    entries: u32,
+    fut: F,
+) -> std::io::Result<F::Output> {
+    if uring {
+        RuntimeBuilder::<IoUringDriver>::new()
+            .with_entries(entries)
+            .enable_timer()
+            .build()
+            .map(|mut rt| rt.block_on(fut))
+    } else {
+        RuntimeBuilder::<LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .map(|mut rt| rt.block_on(fut))
+    }
+}
+
 /// Starts the gateway with `backend` and `verifier`.
 pub fn start(
     cfg: Config,
@@ -193,19 +216,7 @@ pub fn start(
                         Err(e) => tracing::error!(core = id, error = %e, "listener failed"),
                     }
                 };
-                let built = if uring {
-                    RuntimeBuilder::<IoUringDriver>::new()
-                        .with_entries(16384)
-                        .enable_timer()
-                        .build()
-                        .map(|mut rt| rt.block_on(fut))
-                } else {
-                    RuntimeBuilder::<LegacyDriver>::new()
-                        .enable_timer()
-                        .build()
-                        .map(|mut rt| rt.block_on(fut))
-                };
-                if let Err(e) = built {
+                if let Err(e) = block_on(uring, 16384, fut) {
                     tracing::error!(core = id, error = %e, "cannot start the runtime");
                 }
                 let _ = done.send(id);

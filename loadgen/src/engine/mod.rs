@@ -39,7 +39,6 @@ use std::{
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use imgate_codec::client::Dest;
-use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::{
     clock::Clock,
@@ -433,19 +432,7 @@ fn run_thread(
 ) {
     let uring = opts.uring;
     let fut = player::run(index, opts, progress, rx, tx);
-    let built = if uring {
-        RuntimeBuilder::<IoUringDriver>::new()
-            .with_entries(4096)
-            .enable_timer()
-            .build()
-            .map(|mut rt| rt.block_on(fut))
-    } else {
-        RuntimeBuilder::<LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .map(|mut rt| rt.block_on(fut))
-    };
-    if let Err(e) = built {
+    if let Err(e) = imgate::server::block_on(uring, 4096, fut) {
         tracing::error!(thread = index, error = %e, "cannot start the runtime");
     }
 }
