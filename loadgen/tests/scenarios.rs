@@ -10,11 +10,7 @@ use imgate_loadgen::RunError;
 #[test]
 fn idle_connections_log_in_and_hold() {
     let gw = relay();
-    let r = loadgen(
-        gw.addr(),
-        &["idle", "-n", "200", "--hold", "1s", "--settle", "100ms"],
-    )
-    .expect("runs");
+    let r = loadgen(gw.addr(), "idle -n 200 --hold 1s --settle 100ms").expect("runs");
     assert!(r.passed(), "{:?}", r.failures);
     assert_eq!(r.connections.opened, 200);
     assert_eq!(r.connections.failed, 0);
@@ -29,19 +25,7 @@ fn chat_on_the_relay_delivers_everything_once() {
     let gw = relay();
     let r = loadgen(
         gw.addr(),
-        &[
-            "chat",
-            "--pairs",
-            "4",
-            "--rate",
-            "400",
-            "--duration",
-            "1s",
-            "--warmup",
-            "200ms",
-            "--drain",
-            "3s",
-        ],
+        "chat --pairs 4 --rate 400 --duration 1s --warmup 200ms --drain 3s",
     )
     .expect("runs");
     assert!(r.passed(), "{:?}", r.failures);
@@ -69,19 +53,7 @@ fn chat_with_a_storing_backend_measures_receipts() {
     let gw = delivery();
     let r = loadgen(
         gw.addr(),
-        &[
-            "chat",
-            "--pairs",
-            "4",
-            "--rate",
-            "400",
-            "--duration",
-            "1s",
-            "--warmup",
-            "200ms",
-            "--drain",
-            "3s",
-        ],
+        "chat --pairs 4 --rate 400 --duration 1s --warmup 200ms --drain 3s",
     )
     .expect("runs");
     assert!(r.passed(), "{:?}", r.failures);
@@ -96,19 +68,7 @@ fn a_backend_that_drops_pushes_is_caught() {
     let gw = start_with(Box::new(Broken::new(Fault::DropEvery(10))));
     let r = loadgen(
         gw.addr(),
-        &[
-            "chat",
-            "--pairs",
-            "4",
-            "--rate",
-            "400",
-            "--duration",
-            "1s",
-            "--warmup",
-            "0s",
-            "--drain",
-            "2s",
-        ],
+        "chat --pairs 4 --rate 400 --duration 1s --warmup 0s --drain 2s",
     )
     .expect("runs");
     assert!(!r.passed());
@@ -129,19 +89,7 @@ fn a_backend_that_pushes_twice_is_caught() {
     let gw = start_with(Box::new(Broken::new(Fault::DuplicateEvery(10))));
     let r = loadgen(
         gw.addr(),
-        &[
-            "chat",
-            "--pairs",
-            "4",
-            "--rate",
-            "400",
-            "--duration",
-            "1s",
-            "--warmup",
-            "0s",
-            "--drain",
-            "2s",
-        ],
+        "chat --pairs 4 --rate 400 --duration 1s --warmup 0s --drain 2s",
     )
     .expect("runs");
     assert!(!r.passed());
@@ -160,7 +108,7 @@ fn a_backend_that_pushes_twice_is_caught() {
 #[test]
 fn storm_everyone_logs_in_again() {
     let gw = relay();
-    let r = loadgen(gw.addr(), &["storm", "-n", "100", "--pause", "200ms"]).expect("runs");
+    let r = loadgen(gw.addr(), "storm -n 100 --pause 200ms").expect("runs");
     assert!(r.passed(), "{:?}", r.failures);
     assert_eq!(figure(&r, "storm 1: re-logged in"), 100);
     assert_eq!(r.connections.relogin.count, 100);
@@ -171,13 +119,7 @@ fn storm_everyone_logs_in_again() {
 #[test]
 fn storm_with_traffic_loses_nothing_on_a_storing_backend() {
     let gw = delivery();
-    let r = loadgen(
-        gw.addr(),
-        &[
-            "storm", "-n", "40", "--rate", "400", "--pause", "400ms", "--drain", "8s",
-        ],
-    )
-    .expect("runs");
+    let r = loadgen(gw.addr(), "storm -n 40 --rate 400 --pause 400ms --drain 8s").expect("runs");
     assert!(r.passed(), "{:?}", r.failures);
     let v = r.verdict.as_ref().expect("a verdict");
     assert!(v.sent > 100, "{v:?}");
@@ -188,28 +130,7 @@ fn storm_with_traffic_loses_nothing_on_a_storing_backend() {
 #[test]
 fn chaos_loses_and_duplicates_nothing_on_a_storing_backend() {
     let gw = delivery();
-    let r = loadgen(
-        gw.addr(),
-        &[
-            "chaos",
-            "--pairs",
-            "10",
-            "--rate",
-            "500",
-            "--duration",
-            "2s",
-            "--warmup",
-            "200ms",
-            "--cut-fraction",
-            "0.2",
-            "--cut-every",
-            "300ms",
-            "--reconnect-max",
-            "100ms",
-            "--drain",
-            "10s",
-        ],
-    )
+    let r = loadgen(gw.addr(), "chaos --pairs 10 --rate 500 --duration 2s --warmup 200ms --cut-fraction 0.2 --cut-every 300ms --reconnect-max 100ms --drain 10s")
     .expect("runs");
     assert!(r.passed(), "{:?}", r.failures);
     assert!(r.counters.cuts > 5, "{:?}", r.counters);
@@ -226,13 +147,7 @@ fn chaos_loses_and_duplicates_nothing_on_a_storing_backend() {
 fn offline_on_the_relay_reports_that_nothing_was_kept() {
     let gw = relay();
     let t = std::time::Instant::now();
-    let r = loadgen(
-        gw.addr(),
-        &[
-            "offline", "-u", "5", "-m", "20", "--rate", "500", "--drain", "2s",
-        ],
-    )
-    .expect("runs");
+    let r = loadgen(gw.addr(), "offline -u 5 -m 20 --rate 500 --drain 2s").expect("runs");
     assert!(t.elapsed() < std::time::Duration::from_secs(30));
     assert!(!r.passed());
     assert_eq!(r.verdict.as_ref().map(|v| v.lost), Some(100));
@@ -247,11 +162,7 @@ fn offline_on_the_relay_reports_that_nothing_was_kept() {
 #[test]
 fn offline_users_pull_everything_from_a_storing_backend() {
     let gw = delivery();
-    let r = loadgen(
-        gw.addr(),
-        &["offline", "-u", "5", "-m", "300", "--rate", "3000"],
-    )
-    .expect("runs");
+    let r = loadgen(gw.addr(), "offline -u 5 -m 300 --rate 3000").expect("runs");
     assert!(r.passed(), "{:?}", r.failures);
     assert_eq!(r.counters.pulled, 1500);
     assert_eq!(figure(&r, "receivers done pulling"), 5);
@@ -263,21 +174,8 @@ fn offline_users_pull_everything_from_a_storing_backend() {
 fn group_on_the_relay_reports_the_refusal() {
     let gw = relay();
     let t = std::time::Instant::now();
-    let e = loadgen(
-        gw.addr(),
-        &[
-            "group",
-            "-g",
-            "2",
-            "-s",
-            "3",
-            "--rate",
-            "100",
-            "--duration",
-            "1s",
-        ],
-    )
-    .expect_err("the relay has no groups");
+    let e = loadgen(gw.addr(), "group -g 2 -s 3 --rate 100 --duration 1s")
+        .expect_err("the relay has no groups");
     assert!(t.elapsed() < std::time::Duration::from_secs(30));
     match e {
         RunError::Failed(m) => {
@@ -292,26 +190,7 @@ fn group_on_the_relay_reports_the_refusal() {
 #[test]
 fn capacity_steps_up_and_reports_the_best_rate() {
     let gw = relay();
-    let r = loadgen(
-        gw.addr(),
-        &[
-            "capacity",
-            "--pairs",
-            "4",
-            "--start",
-            "200",
-            "--step",
-            "200",
-            "--max",
-            "600",
-            "--step-duration",
-            "500ms",
-            "--settle",
-            "200ms",
-            "--objective",
-            "1s",
-        ],
-    )
+    let r = loadgen(gw.addr(), "capacity --pairs 4 --start 200 --step 200 --max 600 --step-duration 500ms --settle 200ms --objective 1s")
     .expect("runs");
     assert!(r.passed(), "{:?}", r.failures);
     assert_eq!(r.windows.len(), 3);
@@ -326,7 +205,7 @@ fn capacity_steps_up_and_reports_the_best_rate() {
 fn a_gateway_that_is_not_there_is_reported() {
     let e = loadgen(
         "127.0.0.1:1".parse().expect("addr"),
-        &["idle", "-n", "3", "--connect-retries", "0"],
+        "idle -n 3 --connect-retries 0",
     )
     .expect_err("nothing listens");
     match e {
@@ -340,19 +219,7 @@ fn chat_runs_on_the_epoll_driver_too() {
     let gw = relay();
     let r = loadgen(
         gw.addr(),
-        &[
-            "chat",
-            "--pairs",
-            "4",
-            "--rate",
-            "200",
-            "--duration",
-            "1s",
-            "--warmup",
-            "0s",
-            "--driver",
-            "epoll",
-        ],
+        "chat --pairs 4 --rate 200 --duration 1s --warmup 0s --driver epoll",
     )
     .expect("runs");
     assert!(r.passed(), "{:?}", r.failures);
@@ -371,19 +238,7 @@ fn shards_split_the_users_without_overlap() {
             std::thread::spawn(move || {
                 loadgen(
                     addr,
-                    &[
-                        "chat",
-                        "--pairs",
-                        "6",
-                        "--rate",
-                        "300",
-                        "--duration",
-                        "1s",
-                        "--warmup",
-                        "0s",
-                        "--shard",
-                        shard,
-                    ],
+                    &format!("chat --pairs 6 --rate 300 --duration 1s --warmup 0s --shard {shard}"),
                 )
             })
         })
@@ -397,5 +252,25 @@ fn shards_split_the_users_without_overlap() {
         assert!((120..=180).contains(&w.sent), "{w:?}");
         assert_eq!(r.counters.foreign, 0);
     }
+    gw.shutdown();
+}
+
+#[test]
+fn group_messages_reach_every_member() {
+    let gw = delivery();
+    let r = loadgen(
+        gw.addr(),
+        "group -g 3 -s 4 --rate 300 --duration 1s --warmup 200ms --drain 3s",
+    )
+    .expect("runs");
+    assert!(r.passed(), "{:?}", r.failures);
+    let v = r.verdict.as_ref().expect("a verdict");
+    assert!(v.sent >= 300, "{v:?}");
+    assert_eq!(v.expected, v.acked * 3);
+    assert_eq!(v.lost, 0);
+    let w = &r.windows[0];
+    assert_eq!(w.delivery.count, w.sent * 3);
+    assert_eq!(w.group_last.count, w.sent);
+    assert!(w.group_last.p50_ms >= w.delivery.p50_ms);
     gw.shutdown();
 }

@@ -65,12 +65,13 @@ pub fn relay() -> Running {
     start_with(Box::new(Relay::default()))
 }
 
-/// Runs the load generator in-process: `args` start with the scenario
-/// name; the target, secret and quiet flags are added.
-pub fn loadgen(addr: SocketAddr, args: &[&str]) -> Result<Report, RunError> {
+/// Runs the load generator in-process: `cmd` is the scenario and its flags,
+/// split on whitespace; the target, secret, thread and quiet flags are
+/// added.
+pub fn loadgen(addr: SocketAddr, cmd: &str) -> Result<Report, RunError> {
     let target = addr.to_string();
     let mut argv = vec!["imgate-loadgen"];
-    argv.extend_from_slice(args);
+    argv.extend(cmd.split_whitespace());
     argv.extend_from_slice(&[
         "--target",
         &target,
