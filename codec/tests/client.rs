@@ -159,6 +159,16 @@ fn page(group: u64, after: u64, head: u64, seqs: impl IntoIterator<Item = u64>) 
     p.finish(buf)
 }
 
+/// The login frame of `Config::new(ME, DEVICE, "tok")` resuming at `resume`.
+fn login_r(resume: u64) -> Frame {
+    Frame::Login(Login {
+        user: ME,
+        device: DEVICE,
+        resume,
+        token: Bytes::from_static(b"tok"),
+    })
+}
+
 fn sync_r(group: u64, after: u64) -> Frame {
     Frame::SyncR(SyncR {
         group,
@@ -199,15 +209,7 @@ fn login_then_automatic_inbox_pull_in_pages() {
     assert_eq!(h.c.state(), State::Disconnected);
     h.c.connect(h.now);
     assert_eq!(h.c.state(), State::LoggingIn);
-    assert_eq!(
-        h.frames(),
-        vec![Frame::Login(Login {
-            user: ME,
-            device: DEVICE,
-            resume: 0,
-            token: Bytes::from_static(b"tok"),
-        })]
-    );
+    assert_eq!(h.frames(), vec![login_r(0)]);
     // Before login:ok only the dead-connection check runs (3 heartbeats).
     assert_eq!(h.c.poll_timeout(), Some(h.t0 + Duration::from_secs(90)));
 
@@ -266,15 +268,7 @@ fn no_inbox_pull_when_the_device_is_up_to_date_or_it_is_off() {
     let mut h = Harness::new(Config::new(ME, DEVICE, "tok"));
     h.c.set_stream_mark(0, 8, h.now);
     h.c.connect(h.now);
-    assert_eq!(
-        h.frames(),
-        vec![Frame::Login(Login {
-            user: ME,
-            device: DEVICE,
-            resume: 8,
-            token: Bytes::from_static(b"tok"),
-        })]
-    );
+    assert_eq!(h.frames(), vec![login_r(8)]);
     h.feed(login_ok(8, 30_000));
     assert_eq!(h.frames(), vec![]);
 
@@ -1030,15 +1024,7 @@ fn reconnect_resends_unacked_messages_and_interrupted_pulls() {
     h.run_until(5000);
 
     h.c.connect(h.now);
-    assert_eq!(
-        h.frames(),
-        vec![Frame::Login(Login {
-            user: ME,
-            device: DEVICE,
-            resume: 2,
-            token: Bytes::from_static(b"tok"),
-        })]
-    );
+    assert_eq!(h.frames(), vec![login_r(2)]);
     h.feed(login_ok(2, 30_000));
     assert_eq!(
         h.frames(),
