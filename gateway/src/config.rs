@@ -56,6 +56,10 @@ pub struct Config {
     pub driver: DriverKind,
     /// Listen backlog per core.
     pub backlog: u32,
+    /// How long start waits for another socket listening on the port (a
+    /// killed instance's, still being torn down) to close before sharing
+    /// the port with it, ms.
+    pub bind_wait_ms: u64,
     /// Connections accepted at once, over all cores; more are refused.
     pub max_connections: usize,
     /// Largest frame accepted, header included, bytes.
@@ -135,6 +139,7 @@ impl Default for Config {
             pin_cores: false,
             driver: DriverKind::Auto,
             backlog: 4096,
+            bind_wait_ms: 2000,
             max_connections: 1_000_000,
             max_frame: imgate_codec::DEFAULT_MAX_FRAME,
             login_timeout_ms: 10_000,

@@ -295,11 +295,13 @@ pub(crate) async fn serve(core: Rc<Core>, conn: Rc<Conn>, mut stream: TcpStream)
             let done = match send_now(&core, &conn, &stream) {
                 Ok(done) => done,
                 Err(()) => {
+                    tracing::debug!(conn = %conn.id, "write failed; closing");
                     conn.close(Closing::Now);
                     break;
                 }
             };
             if !done && !Box::pin(flush(&core, &conn, &mut stream, true)).await {
+                tracing::debug!(conn = %conn.id, "write failed; closing");
                 conn.close(Closing::Now);
                 break;
             }
@@ -312,11 +314,13 @@ pub(crate) async fn serve(core: Rc<Core>, conn: Rc<Conn>, mut stream: TcpStream)
         match readable {
             None => continue,
             Some(false) => {
+                tracing::debug!(conn = %conn.id, "socket failed; closing");
                 conn.close(Closing::Now);
                 break;
             }
             Some(true) => {
                 if let ReadEnd::Gone = read_once(&core, &conn, &stream, &decoder, &mut partial) {
+                    tracing::debug!(conn = %conn.id, "peer gone; closing");
                     conn.close(Closing::Now);
                     break;
                 }

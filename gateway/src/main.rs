@@ -105,6 +105,8 @@ serve_args! {
     driver: DriverKind, "IMGATE_DRIVER";
     /// Listen backlog per core [default: 4096].
     backlog: u32, "IMGATE_BACKLOG";
+    /// Wait at start for a previous listener on the port to close, ms [default: 2000].
+    bind_wait_ms: u64, "IMGATE_BIND_WAIT_MS";
     /// Maximum connections over all cores [default: 1000000].
     max_connections: usize, "IMGATE_MAX_CONNECTIONS";
     /// Largest frame accepted, header included, bytes [default: 65536].

@@ -80,6 +80,54 @@ fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener
     Ok(s.into())
 }
 
+/// Waits up to `wait` for the port of `addr` to have no listening socket.
+///
+/// The gateway's listeners share their port (SO_REUSEPORT), so they would
+/// also join the listeners of a gateway that was just killed: with io_uring
+/// those close only when the kernel tears down the dead process's rings,
+/// and every connection the kernel hands them meanwhile is reset. A probe
+/// socket without SO_REUSEPORT cannot bind while any socket listens on the
+/// port, so it tells when they are gone. After `wait` the gateway binds
+/// anyway, with a warning: another live process may share the port on
+/// purpose, or refuse it (then binding fails with a clear error).
+fn wait_for_port(addr: SocketAddr, wait: Duration) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() == 0 || wait.is_zero() {
+        return Ok(());
+    }
+    let deadline = Instant::now() + wait;
+    let mut told = false;
+    loop {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        // Connections of the old instance in TIME_WAIT do not count.
+        s.set_reuse_address(true)?;
+        match s.bind(&addr.into()) {
+            Ok(()) => {
+                if told {
+                    tracing::info!(%addr, "the port's earlier listeners are gone");
+                }
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if Instant::now() >= deadline {
+                    tracing::warn!(
+                        %addr,
+                        waited_ms = wait.as_millis() as u64,
+                        "another socket still listens on the port; sharing it"
+                    );
+                    return Ok(());
+                }
+                if !told {
+                    tracing::info!(%addr, "another socket listens on the port; waiting for it to close");
+                    told = true;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Whether the cores will run io_uring under this setting.
 pub fn uses_uring(driver: DriverKind) -> bool {
     match driver {
@@ -126,6 +174,12 @@ pub fn start(
     if cfg.driver == DriverKind::Auto && !uring {
         tracing::info!("io_uring unavailable, cores use epoll");
     }
+    wait_for_port(cfg.listen, Duration::from_millis(cfg.bind_wait_ms)).map_err(|source| {
+        StartError::Listen {
+            addr: cfg.listen,
+            source,
+        }
+    })?;
     // The first listener resolves port 0; the others share its port.
     let first = bind(cfg.listen, cfg.backlog).map_err(|source| StartError::Listen {
         addr: cfg.listen,

@@ -24,21 +24,48 @@ fn free_port() -> u16 {
 
 /// The gateway process; killed when dropped, so a failing test leaves no
 /// server behind on a port the next test may reuse.
-struct Gateway(Option<Child>);
+struct Gateway {
+    child: Option<Child>,
+    port: u16,
+}
 
 impl Gateway {
+    /// Kills the gateway and waits until its listeners are closed.
+    ///
+    /// A reaped process's io_uring listeners linger until the kernel has
+    /// torn down its rings, and accept (then reset) connections meanwhile:
+    /// a readiness probe right after the kill would be answered by them,
+    /// not by the restarted gateway. A plain bind succeeds once no socket
+    /// listens on the port.
     fn kill9(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            // SAFETY: kill with the pid of a child not yet reaped.
-            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
-            let _ = c.wait();
+        if !self.kill() {
+            return;
         }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpListener::bind(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the killed gateway's port stays taken"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// SIGKILL and reap; false if it was already gone.
+    fn kill(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        // SAFETY: kill with the pid of a child not yet reaped.
+        unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+        let _ = c.wait();
+        true
     }
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        self.kill9();
+        self.kill();
     }
 }
 
@@ -72,7 +99,10 @@ fn spawn(port: u16, dir: &std::path::Path) -> Gateway {
         assert!(Instant::now() < deadline, "gateway did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Gateway(Some(child))
+    Gateway {
+        child: Some(child),
+        port,
+    }
 }
 
 #[test]

@@ -1,9 +1,10 @@
-//! Three configurable limits, each shrunk to test size and checked over real
+//! Four configurable limits, each shrunk to test size and checked over real
 //! sockets: `dedup_window_ms` (a retransmitted msg:R gets the first answer
 //! within the window and is stored anew after it), `shutdown_timeout_ms`
 //! (`Running::shutdown` gives up on a backend that cannot finish instead of
-//! hanging) and `unread_scan_limit` (the unread summary reads at most that
-//! many inbox records).
+//! hanging), `unread_scan_limit` (the unread summary reads at most that
+//! many inbox records) and `bind_wait_ms` (start waits for another listener
+//! on the port to close, then shares the port once the wait is over).
 //!
 //! Each had a config key, a `validate` check and a line in the operations
 //! table, but no test that the gateway obeys it. The de-duplication tests
@@ -519,4 +520,72 @@ fn the_unread_scan_limit_is_exact_at_the_boundary() {
     assert_eq!(unread(&mut two), vec![entry(1, 50, 50)]);
     let (_gw, mut two) = offline_inbox(Some(51));
     assert_eq!(unread(&mut two), vec![entry(3, 1, 51), entry(1, 50, 50)]);
+}
+
+/// A listener on its own port with SO_REUSEPORT, as a killed gateway's
+/// listener is until the kernel has torn down the dead process's io_uring.
+fn other_listener() -> (socket2::Socket, std::net::SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    s.set_reuse_address(true).expect("reuseaddr");
+    s.set_reuse_port(true).expect("reuseport");
+    s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    s.listen(16).expect("listen");
+    let addr = s
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("address");
+    (s, addr)
+}
+
+#[test]
+fn start_waits_for_another_listener_on_the_port_to_close() {
+    let (other, addr) = other_listener();
+    let (tx, rx) = mpsc::channel();
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = tx.send(Instant::now());
+        drop(other);
+    });
+    let t0 = Instant::now();
+    let gw = Gw::start(|c| {
+        c.listen = addr;
+        c.bind_wait_ms = 10_000;
+    });
+    let started = Instant::now();
+    let closing = rx.recv().expect("closed");
+    closer.join().expect("closer");
+    assert!(
+        started >= closing,
+        "started {:?} before the other listener closed",
+        closing - started
+    );
+    assert!(
+        started - t0 < Duration::from_secs(5),
+        "took {:?}",
+        started - t0
+    );
+    assert_eq!(gw.addr(), addr);
+    // Every connection reaches the gateway's own listeners.
+    for user in 1..=20 {
+        Client::login(gw.addr(), user, 1);
+    }
+}
+
+#[test]
+fn start_shares_the_port_once_bind_wait_ms_is_over() {
+    let (_other, addr) = other_listener();
+    let t0 = Instant::now();
+    let gw = Gw::start(|c| {
+        c.listen = addr;
+        c.bind_wait_ms = 200;
+    });
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_secs(5),
+        "waited {waited:?}"
+    );
+    assert_eq!(gw.addr(), addr);
 }

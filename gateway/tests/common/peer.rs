@@ -47,40 +47,33 @@ impl Peer {
         p
     }
 
-    /// Opens a new connection (after a disconnect) and logs in again,
-    /// retrying a connection that drops before login:ok as a real client
-    /// does (with a short backoff, at most three times).
+    /// Opens a new connection (after a disconnect) and logs in again.
     pub fn reconnect(&mut self) {
-        for attempt in 0..3 {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(50 * attempt));
-            }
-            let s = TcpStream::connect(self.addr).expect("connect");
-            s.set_nodelay(true).expect("nodelay");
-            self.stream = Some(s);
-            self.rbuf.clear();
-            self.client.connect(Instant::now());
-            // A new login:ok, not one from an earlier connection.
-            let before = self.events.len();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while self.stream.is_some()
-                && !self.events[before..]
-                    .iter()
-                    .any(|e| matches!(e, Event::LoggedIn { .. }))
-            {
-                assert!(
-                    Instant::now() < deadline,
-                    "no login:ok; state {:?}, events {:?}",
-                    self.client.state(),
-                    &self.events[before..]
-                );
-                self.pump(Duration::from_millis(20));
-            }
-            if self.stream.is_some() {
-                return;
-            }
+        let s = TcpStream::connect(self.addr).expect("connect");
+        s.set_nodelay(true).expect("nodelay");
+        self.stream = Some(s);
+        self.rbuf.clear();
+        self.client.connect(Instant::now());
+        // A new login:ok, not one from an earlier connection.
+        let before = self.events.len();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.events[before..]
+            .iter()
+            .any(|e| matches!(e, Event::LoggedIn { .. }))
+        {
+            assert!(
+                self.stream.is_some(),
+                "the connection dropped before login:ok; events {:?}",
+                &self.events[before..]
+            );
+            assert!(
+                Instant::now() < deadline,
+                "no login:ok; state {:?}, events {:?}",
+                self.client.state(),
+                &self.events[before..]
+            );
+            self.pump(Duration::from_millis(20));
         }
-        panic!("the connection dropped before login:ok three times");
     }
 
     /// Drops the connection without a goodbye.
