@@ -22,7 +22,7 @@ use bytes::BytesMut;
 
 use crate::{
     DecodeError, Decoder, Frame,
-    header::{DEFAULT_MAX_FRAME, FLAG_RETRY, Header, LEN_FIELD},
+    header::{DEFAULT_MAX_FRAME, FLAG_PARTIAL, FLAG_RETRY, Header, LEN_FIELD},
 };
 
 /// Bytes before the stream in a fuzz input.
@@ -125,10 +125,12 @@ fn check_frame(dec: &Decoder, frame: &Frame, wire: &[u8]) {
     assert_eq!(frame.to_bytes(), enc, "to_bytes differs from encode");
 
     // The encoding is canonical: the same bytes, except for flag bits that
-    // the frame does not keep (only msg:R and msg:N keep RETRY).
+    // the frame does not keep (only msg:R and msg:N keep RETRY, and
+    // unread:A keeps PARTIAL).
     let flags = u16::from_be_bytes([wire[6], wire[7]]);
     let kept = match frame {
         Frame::MsgR(_) | Frame::MsgN(_) => flags & FLAG_RETRY,
+        Frame::UnreadA(_) => flags & FLAG_PARTIAL,
         _ => 0,
     };
     let mut expect = wire.to_vec();
@@ -162,7 +164,9 @@ fn rebuild(frame: &Frame) {
         }
         Frame::UnreadA(u) => {
             let entries: Vec<_> = u.iter().collect();
-            assert_eq!(&crate::frame::UnreadA::from_entries(&entries), u);
+            let mut again = crate::frame::UnreadA::from_entries(&entries);
+            again.partial = u.partial;
+            assert_eq!(&again, u);
         }
         Frame::GroupR(g) => {
             let ids: Vec<_> = g.members().collect();

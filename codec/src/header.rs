@@ -32,6 +32,11 @@ pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
 /// Informational: receivers de-duplicate by id whether or not it is set.
 pub const FLAG_RETRY: u16 = 0x0001;
 
+/// Header flag of unread:A: the summary is incomplete. The server read only
+/// part of the inbox (`unread_scan_limit`) or cut the list to fit one frame;
+/// the counts cover what it read, and a pull still brings everything.
+pub const FLAG_PARTIAL: u16 = 0x0002;
+
 macro_rules! kinds {
     ($($(#[$doc:meta])* $name:ident = $val:literal => $text:literal,)*) => {
         /// Every frame kind on the wire.

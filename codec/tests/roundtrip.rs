@@ -13,7 +13,7 @@ use imgate_codec::{
         MAX_TEXT, MAX_TOKEN, MsgA, MsgN, MsgR, Ping, Pong, ReadA, ReadN, ReadR, ReceiptsA,
         ReceiptsR, SyncPage, SyncR, UnreadA, UnreadEntry, UnreadR,
     },
-    header::FLAG_RETRY,
+    header::{FLAG_PARTIAL, FLAG_RETRY},
 };
 
 const MAX: u64 = u64::MAX;
@@ -398,7 +398,27 @@ fn unread_entries_read_back() {
         panic!("not unread:A");
     };
     assert_eq!(back.iter().collect::<Vec<_>>(), unread_entries());
+    assert!(!back.partial);
     assert_eq!(UnreadA::from_entries(&[]).iter().len(), 0);
+}
+
+#[test]
+fn partial_flag_is_the_header_flag_on_unread_a() {
+    let mut u = UnreadA::from_entries(&unread_entries());
+    u.partial = true;
+    let b = Frame::from(u.clone()).to_bytes();
+    assert_eq!(b[5], 0x23);
+    assert_eq!(u16::from_be_bytes([b[6], b[7]]), FLAG_PARTIAL);
+    let Frame::UnreadA(back) = round_trip(&u.clone().into()) else {
+        panic!("not unread:A");
+    };
+    assert!(back.partial);
+    assert_eq!(back.iter().collect::<Vec<_>>(), unread_entries());
+    // Without it the frames differ only in the flag.
+    u.partial = false;
+    let plain = Frame::from(u).to_bytes();
+    assert_eq!(&plain[6..8], &[0, 0]);
+    assert_eq!(plain[8..], b[8..]);
 }
 
 #[test]

@@ -451,10 +451,11 @@ fn send_many(c: &mut Client, to: u64, first_id: u64, n: u64) {
     }
 }
 
-fn unread(c: &mut Client) -> Vec<UnreadEntry> {
+/// The summary's entries, and whether it says it is partial.
+fn unread(c: &mut Client) -> (Vec<UnreadEntry>, bool) {
     c.send(UnreadR {});
     match c.frame() {
-        Frame::UnreadA(u) => u.iter().collect(),
+        Frame::UnreadA(u) => (u.iter().collect(), u.partial),
         other => panic!("expected unread:A, got {other:?}"),
     }
 }
@@ -490,17 +491,20 @@ fn the_unread_summary_counts_everything_under_the_default_scan_limit() {
     assert_eq!(Config::default().unread_scan_limit, 100_000);
     let (_gw, mut two) = offline_inbox(None);
     // Newest conversation first.
-    assert_eq!(unread(&mut two), vec![entry(3, 1, 51), entry(1, 50, 50)]);
+    assert_eq!(
+        unread(&mut two),
+        (vec![entry(3, 1, 51), entry(1, 50, 50)], false)
+    );
 }
 
 #[test]
 fn the_unread_summary_reads_at_most_unread_scan_limit_records() {
     // The scan starts at the device's cursor and stops after `limit`
-    // records. Nothing in unread:A says it stopped early: counts and
+    // records. unread:A says it stopped early (PARTIAL): counts and
     // last_seq are those of the records read, and a conversation whose
     // messages all lie beyond them is missing (user 3's here).
     let (gw, mut two) = offline_inbox(Some(10));
-    assert_eq!(unread(&mut two), vec![entry(1, 10, 10)]);
+    assert_eq!(unread(&mut two), (vec![entry(1, 10, 10)], true));
     // A second device logs in before the first acknowledges anything: its
     // cursor (0) keeps records 1..=45 needed, should the store delete what
     // every device acknowledged.
@@ -508,18 +512,52 @@ fn the_unread_summary_reads_at_most_unread_scan_limit_records() {
     // The scan starts at the cursor: after acking up to 45, records
     // 46..=51 are read, all of them.
     ack(&mut two, 45);
-    assert_eq!(unread(&mut two), vec![entry(3, 1, 51), entry(1, 5, 50)]);
+    assert_eq!(
+        unread(&mut two),
+        (vec![entry(3, 1, 51), entry(1, 5, 50)], false)
+    );
     // The other device's cursor is still at 0.
-    assert_eq!(unread(&mut tablet), vec![entry(1, 10, 10)]);
+    assert_eq!(unread(&mut tablet), (vec![entry(1, 10, 10)], true));
 }
 
 #[test]
 fn the_unread_scan_limit_is_exact_at_the_boundary() {
-    // 51 records: a limit of 50 leaves out exactly the last one, 51 reads all.
+    // 51 records: a limit of 50 leaves out exactly the last one (partial),
+    // 51 reads all (complete, though the scan stopped at the limit).
     let (_gw, mut two) = offline_inbox(Some(50));
-    assert_eq!(unread(&mut two), vec![entry(1, 50, 50)]);
+    assert_eq!(unread(&mut two), (vec![entry(1, 50, 50)], true));
     let (_gw, mut two) = offline_inbox(Some(51));
-    assert_eq!(unread(&mut two), vec![entry(3, 1, 51), entry(1, 50, 50)]);
+    assert_eq!(
+        unread(&mut two),
+        (vec![entry(3, 1, 51), entry(1, 50, 50)], false)
+    );
+}
+
+#[test]
+fn an_unread_summary_cut_to_fit_one_frame_says_it_is_partial() {
+    // max_frame 1024: (1024 - 8) / 28 = 36 entries fit.
+    let gw = Gw::start(|c| c.max_frame = 1024);
+    let senders = 37;
+    for from in 0..senders {
+        let mut c = Client::login(gw.addr(), 100 + from, 1);
+        send_many(&mut c, 2, 1, 1);
+    }
+    let mut two = Client::login(gw.addr(), 2, 1);
+    let (entries, partial) = unread(&mut two);
+    assert!(partial);
+    // The newest 36 conversations: every sender but the first.
+    assert_eq!(entries.len(), 36);
+    assert_eq!(entries[0], entry(100 + senders - 1, 1, senders));
+    assert_eq!(entries[35], entry(101, 1, 2));
+    // One conversation fewer fits whole.
+    let gw = Gw::start(|c| c.max_frame = 1024);
+    for from in 0..36 {
+        let mut c = Client::login(gw.addr(), 100 + from, 1);
+        send_many(&mut c, 2, 1, 1);
+    }
+    let mut two = Client::login(gw.addr(), 2, 1);
+    let (entries, partial) = unread(&mut two);
+    assert_eq!((entries.len(), partial), (36, false));
 }
 
 /// A listener on its own port with SO_REUSEPORT, as a killed gateway's

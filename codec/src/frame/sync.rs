@@ -9,7 +9,11 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::{Body, fixed_frame};
-use crate::{error::DecodeError, header::Kind, wire::Reader};
+use crate::{
+    error::DecodeError,
+    header::{FLAG_PARTIAL, Kind},
+    wire::Reader,
+};
 
 fixed_frame! {
     /// sync:R: `group u64, after u64, limit u16`.
@@ -214,12 +218,41 @@ fn check_unread(r: &Reader<'_>, len: usize) -> Result<(), DecodeError> {
     Ok(())
 }
 
-fixed_frame! {
-    /// unread:A: entries of `group u64, peer u64, unread u32, last_seq u64`.
-    UnreadA: UnreadA {}
-    tail
+/// unread:A: entries of `group u64, peer u64, unread u32, last_seq u64`,
+/// and the header flag [`FLAG_PARTIAL`](crate::header::FLAG_PARTIAL) when
+/// the summary is incomplete.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UnreadA {
     /// Packed entries; read them with [`UnreadA::iter`].
-    entries, check check_unread
+    pub entries: Bytes,
+    /// The server did not read everything, or could not send everything it
+    /// read: conversations may be missing and counts may be low.
+    pub partial: bool,
+}
+
+impl Body for UnreadA {
+    const KIND: Kind = Kind::UnreadA;
+
+    fn load(flags: u16, body: Bytes) -> Result<Self, DecodeError> {
+        let r = Reader::new(Self::KIND, &body);
+        check_unread(&r, body.len())?;
+        Ok(UnreadA {
+            entries: body,
+            partial: flags & FLAG_PARTIAL != 0,
+        })
+    }
+
+    fn flags(&self) -> u16 {
+        if self.partial { FLAG_PARTIAL } else { 0 }
+    }
+
+    fn body_len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn put_body(&self, dst: &mut BytesMut) {
+        dst.extend_from_slice(&self.entries);
+    }
 }
 
 /// One conversation in the unread summary.
@@ -236,7 +269,7 @@ pub struct UnreadEntry {
 }
 
 impl UnreadA {
-    /// A summary of these conversations.
+    /// A complete summary of these conversations.
     pub fn from_entries(entries: &[UnreadEntry]) -> UnreadA {
         let mut b = BytesMut::with_capacity(entries.len() * UNREAD_ENTRY);
         for e in entries {
@@ -247,6 +280,7 @@ impl UnreadA {
         }
         UnreadA {
             entries: b.freeze(),
+            partial: false,
         }
     }
 

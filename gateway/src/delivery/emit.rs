@@ -476,6 +476,7 @@ fn unread(
     let s = StreamId::inbox(user);
     let cursor = state.cursor(store, s, user, device)?;
     let mut scanned = 0usize;
+    let mut last = cursor;
     let limit = state.limits.unread_scan_limit;
     store.scan(
         Table::Log,
@@ -489,11 +490,14 @@ fn unread(
                     e.0 += 1;
                 }
                 e.1 = seq;
+                last = seq;
             }
             scanned += 1;
             scanned < limit
         },
     )?;
+    // The scan stopped at the limit with inbox entries left unread.
+    let mut partial = scanned >= limit && last < state.head(store, s)?;
     let mut entries: Vec<UnreadEntry> = by_peer
         .into_iter()
         .map(|(peer, (unread, last_seq))| UnreadEntry {
@@ -536,8 +540,13 @@ fn unread(
         .max_frame
         .saturating_sub(imgate_codec::HEADER_LEN)
         / imgate_codec::frame::UNREAD_ENTRY;
-    entries.truncate(fit);
-    out.to_conn(conn, encode(UnreadA::from_entries(&entries)), None);
+    if entries.len() > fit {
+        partial = true;
+        entries.truncate(fit);
+    }
+    let mut summary = UnreadA::from_entries(&entries);
+    summary.partial = partial;
+    out.to_conn(conn, encode(summary), None);
     Ok(())
 }
 
