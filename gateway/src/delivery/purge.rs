@@ -41,6 +41,9 @@ use crate::store::{Store, StoreError, Table, WriteBatch};
 /// Streams looked at per step, whatever they hold.
 const STREAMS_PER_STEP: usize = 256;
 
+/// Members from which a group's acked floor is worth remembering.
+const BIG_GROUP: usize = 1000;
+
 /// The purge thread; stopped and joined on drop.
 #[derive(Debug)]
 pub(crate) struct Purger {
@@ -143,6 +146,18 @@ pub(crate) struct Sweep {
     pos: u64,
     /// Streams of the current step (kept to reuse the allocation).
     streams: Vec<(StreamId, u64)>,
+    /// Acked floors of big groups: (floor, unix ms until which it is used
+    /// instead of being worked out again).
+    ///
+    /// Working out a group's floor reads one cursor range per member, so a
+    /// group of 9,000 members visited on every pass (every 100 ms while
+    /// its members keep acking) kept this thread at a quarter of a core. A
+    /// group of n members is worked out at most every n ms (1,000 members:
+    /// every second), so the cost stays near one read per millisecond per
+    /// big group. A remembered floor is never too high: cursors only rise,
+    /// and a device that appears later reads from where history starts, as
+    /// it would after any purge.
+    floors: ahash::AHashMap<StreamId, (u64, u64)>,
     /// Messages deleted since start.
     pub(crate) deleted: u64,
 }
@@ -206,7 +221,7 @@ impl Sweep {
                 continue;
             }
             let acked = if r.purge_acked {
-                acked_floor(store, s)?
+                remembered_floor(&mut self.floors, store, s, now)?
             } else {
                 0
             };
@@ -222,8 +237,34 @@ impl Sweep {
         }
         self.pos = next_pos;
         self.deleted += deleted as u64;
+        if next_pos == 0 {
+            // A pass ended: forget the floors that are due anyway.
+            self.floors.retain(|_, &mut (_, until)| until > now);
+        }
         Ok(deleted)
     }
+}
+
+/// The acked floor of `s`, remembered in `floors` for a while if `s` is a
+/// big group (see [`Sweep::floors`]).
+fn remembered_floor(
+    floors: &mut ahash::AHashMap<StreamId, (u64, u64)>,
+    store: &dyn Store,
+    s: StreamId,
+    now: u64,
+) -> Result<u64, StoreError> {
+    if let Some(&(floor, until)) = floors.get(&s)
+        && now < until
+    {
+        return Ok(floor);
+    }
+    let (floor, members) = acked_floor(store, s)?;
+    if members >= BIG_GROUP {
+        floors.insert(s, (floor, now.saturating_add(members as u64)));
+    } else {
+        floors.remove(&s);
+    }
+    Ok(floor)
 }
 
 /// Deletes the stream's records from seq `from` up while they are at or
@@ -258,15 +299,16 @@ fn purge_stream(
     Ok((n, next))
 }
 
-/// The highest seq of `s` that every reader acknowledged.
-fn acked_floor(store: &dyn Store, s: StreamId) -> Result<u64, StoreError> {
+/// The highest seq of `s` that every reader acknowledged, and the members
+/// read to work it out (0 for an inbox).
+fn acked_floor(store: &dyn Store, s: StreamId) -> Result<(u64, usize), StoreError> {
     let g = s.wire_group();
     if g == 0 {
         let mut floor: Option<u64> = None;
         cursors(store, &s.0.to_be_bytes(), &mut |_, _, c| {
             floor = Some(floor.map_or(c, |f| f.min(c)));
         })?;
-        return Ok(floor.unwrap_or(0));
+        return Ok((floor.unwrap_or(0), 0));
     }
     // Members in user order, and the group's cursors in the same order:
     // one pass over each.
@@ -283,6 +325,7 @@ fn acked_floor(store: &dyn Store, s: StreamId) -> Result<u64, StoreError> {
     })?;
     let mut floor = u64::MAX;
     let mut gc = group_cursors.iter().peekable();
+    let n = members.len();
     for (user, join) in members {
         while gc.next_if(|c| c.0 < user).is_some() {}
         // The member's devices: those with an inbox cursor. Each counts at
@@ -302,7 +345,7 @@ fn acked_floor(store: &dyn Store, s: StreamId) -> Result<u64, StoreError> {
         }
         floor = floor.min(member_floor);
     }
-    Ok(floor)
+    Ok((floor, n))
 }
 
 /// Calls `f(user, device, cursor)` for each Cursor key starting with
@@ -504,7 +547,7 @@ mod tests {
         // Member 2 joined at 12 and never acked: counts at 12.
         b.put(Table::Member, keys::member_key(g, 2), 12u64.to_be_bytes());
         store.write(&b).expect("write");
-        assert_eq!(acked_floor(&store, log).expect("floor"), 0);
+        assert_eq!(acked_floor(&store, log).expect("floor"), (0, 2));
 
         let mut b = WriteBatch::default();
         b.put(
@@ -513,7 +556,7 @@ mod tests {
             18u64.to_be_bytes(),
         );
         store.write(&b).expect("write");
-        assert_eq!(acked_floor(&store, log).expect("floor"), 12);
+        assert_eq!(acked_floor(&store, log).expect("floor"), (12, 2));
         assert_eq!(sweep_all(&store, ACKED, 2000), 12);
         assert_eq!(seqs(&store, log), (13..=20).collect::<Vec<_>>());
 
@@ -524,5 +567,78 @@ mod tests {
         store.write(&b).expect("write");
         assert_eq!(sweep_all(&store, ACKED, 2000), 8);
         assert!(seqs(&store, log).is_empty());
+    }
+
+    /// A group of `members` users (1..=members, joined at 0, one device
+    /// each) whose group cursors are all at `acked`, with records 1..=10.
+    fn big_group(store: &dyn Store, g: u64, members: u64, acked: u64) {
+        let log = StreamId::group(g);
+        let mut b = WriteBatch::default();
+        for seq in 1..=10 {
+            put_record(&mut b, log, seq, 1000);
+        }
+        for u in 1..=members {
+            b.put(Table::Member, keys::member_key(g, u), 0u64.to_be_bytes());
+            b.put(
+                Table::Cursor,
+                keys::cursor_key(StreamId::inbox(u), u, 1),
+                0u64.to_be_bytes(),
+            );
+        }
+        store.write(&b).expect("write");
+        ack_all(store, g, members, acked);
+    }
+
+    fn ack_all(store: &dyn Store, g: u64, members: u64, to: u64) {
+        let mut b = WriteBatch::default();
+        for u in 1..=members {
+            b.put(
+                Table::Cursor,
+                keys::cursor_key(StreamId::group(g), u, 1),
+                to.to_be_bytes(),
+            );
+        }
+        store.write(&b).expect("write");
+    }
+
+    fn step_at(sw: &mut Sweep, store: &dyn Store, now: u64) -> usize {
+        let r = Retention {
+            purge_acked: true,
+            retention_ms: 0,
+            per_step: 100,
+        };
+        let mut b = WriteBatch::default();
+        let n = sw.step(r, store, now, &mut b).expect("step");
+        store.write(&b).expect("write");
+        n
+    }
+
+    #[test]
+    fn a_big_groups_floor_is_worked_out_at_most_every_member_count_ms() {
+        let store = MemoryStore::default();
+        let (g, members) = (9, BIG_GROUP as u64);
+        big_group(&store, g, members, 3);
+        let mut sw = Sweep::default();
+        assert_eq!(step_at(&mut sw, &store, 10_000), 3);
+        // Everyone acks everything; within 1,000 ms (one per member) the
+        // remembered floor, 3, still holds.
+        ack_all(&store, g, members, 10);
+        assert_eq!(step_at(&mut sw, &store, 10_500), 0);
+        assert_eq!(step_at(&mut sw, &store, 10_999), 0);
+        assert_eq!(seqs(&store, StreamId::group(g)).len(), 7);
+        // Then it is worked out again.
+        assert_eq!(step_at(&mut sw, &store, 11_000), 7);
+        assert!(seqs(&store, StreamId::group(g)).is_empty());
+    }
+
+    #[test]
+    fn a_small_groups_floor_is_worked_out_on_every_visit() {
+        let store = MemoryStore::default();
+        let (g, members) = (9, BIG_GROUP as u64 - 1);
+        big_group(&store, g, members, 3);
+        let mut sw = Sweep::default();
+        assert_eq!(step_at(&mut sw, &store, 10_000), 3);
+        ack_all(&store, g, members, 10);
+        assert_eq!(step_at(&mut sw, &store, 10_001), 7);
     }
 }

@@ -356,7 +356,9 @@ impl Engine {
                 Ok(r) if is(&r.1) => out.push(r),
                 Ok(r) => self.stash.borrow_mut().push(r),
                 Err(RecvTimeoutError::Timeout) => {
-                    if self.joins.iter().any(JoinHandle::is_finished) {
+                    let finished: Vec<bool> =
+                        self.joins.iter().map(JoinHandle::is_finished).collect();
+                    if died(&finished, &out) {
                         return Err(EngineError::Died);
                     }
                 }
@@ -423,6 +425,17 @@ impl Engine {
     }
 }
 
+/// Whether a thread ended without answering: a thread ends normally only
+/// after its answer to `Finish`, so one that finished and is not among the
+/// answers so far died. (Checked when the reply channel is empty, and a
+/// thread sends its answer before it ends, so its answer is in `answers`.)
+fn died(finished: &[bool], answers: &[(usize, Reply)]) -> bool {
+    finished
+        .iter()
+        .enumerate()
+        .any(|(i, &f)| f && !answers.iter().any(|(t, _)| *t == i))
+}
+
 fn run_thread(
     index: usize,
     opts: Arc<EngineOpts>,
@@ -452,5 +465,25 @@ pub(crate) struct ThreadProgress {
 impl ThreadProgress {
     pub(crate) fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Reply, died};
+
+    #[test]
+    fn a_thread_that_answered_and_ended_is_not_dead() {
+        // Finish: thread 0 answered and ended, thread 1 is still closing
+        // its connections.
+        assert!(!died(&[true, false], &[(0, Reply::Stopped)]));
+        // Nobody ended.
+        assert!(!died(&[false, false], &[]));
+    }
+
+    #[test]
+    fn a_thread_that_ended_without_answering_is_dead() {
+        assert!(died(&[false, true], &[(0, Reply::Stopped)]));
+        assert!(died(&[true, false], &[]));
     }
 }
