@@ -79,17 +79,18 @@ pub(crate) fn run(mut ctx: Ctx, a: &ChatArgs) -> Result<Report, RunError> {
         0,
     );
     if let (Some(g0), Some(g1)) = (g0, g1) {
-        gateway_cpu(&mut ctx.report, &g0, &g1, local_rate);
+        gateway_cpu(&mut ctx.report, &g0, &g1, Some((local_rate, "msg/s")));
     }
     ctx.finish(&peer, opened)
 }
 
-/// Gateway CPU over a traffic phase, and per 1,000 messages/s.
+/// Gateway CPU over a traffic phase, and per 1,000 of `per` (a rate and
+/// its unit: messages/s for chat, deliveries/s for groups).
 pub(crate) fn gateway_cpu(
     r: &mut Report,
     g0: &crate::gwmetrics::GatewaySample,
     g1: &crate::gwmetrics::GatewaySample,
-    rate: f64,
+    per: Option<(f64, &str)>,
 ) {
     let (Some(a), Some(b)) = (g0.at, g1.at) else {
         return;
@@ -100,8 +101,13 @@ pub(crate) fn gateway_cpu(
     }
     let pct = 100.0 * (g1.cpu_seconds - g0.cpu_seconds) / secs;
     r.figure("gateway cpu % (phase)", pct);
-    if rate > 0.0 {
-        r.figure("gateway cpu % per 1k msg/s", pct / (rate / 1000.0));
+    if let Some((rate, unit)) = per
+        && rate > 0.0
+    {
+        r.figure(
+            &format!("gateway cpu % per 1k {unit}"),
+            pct / (rate / 1000.0),
+        );
     }
     r.figure("gateway rss MiB (after)", g1.rss_bytes / 1048576.0);
 }

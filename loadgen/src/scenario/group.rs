@@ -98,11 +98,16 @@ pub(crate) fn run(mut ctx: Ctx, a: &GroupArgs) -> Result<Report, RunError> {
         &snap,
         0,
     );
+    let deliveries = local_rate * f64::from(s - 1);
     if let (Some(g0), Some(g1)) = (g0, g1) {
-        super::chat::gateway_cpu(&mut ctx.report, &g0, &g1, local_rate);
+        super::chat::gateway_cpu(
+            &mut ctx.report,
+            &g0,
+            &g1,
+            Some((deliveries, "deliveries/s")),
+        );
     }
-    ctx.report
-        .figure("group fan-out deliveries/s", local_rate * f64::from(s - 1));
+    ctx.report.figure("group fan-out deliveries/s", deliveries);
     let audience = move |id: u32| {
         let g = id / s;
         (0..s).map(|m| g * s + m).filter(|&m| m != id).collect()

@@ -91,7 +91,7 @@ pub(crate) fn run(mut ctx: Ctx, a: &OfflineArgs) -> Result<Report, RunError> {
     ctx.report
         .figure("pull time per receiver", Summary::of(&snap.pull));
     if let (Some(g0), Some(g1)) = (g0, g1) {
-        super::chat::gateway_cpu(&mut ctx.report, &g0, &g1, 0.0);
+        super::chat::gateway_cpu(&mut ctx.report, &g0, &g1, None);
     }
     if p.syncs() < receivers && p.delivered() < acked {
         ctx.report.warnings.push(format!(
