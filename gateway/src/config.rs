@@ -96,6 +96,9 @@ pub struct Config {
     pub max_group_size: usize,
     /// Most inbox entries read to build one unread summary.
     pub unread_scan_limit: usize,
+    /// Most entries in each of the delivery backend's caches (stream heads,
+    /// cursors, receipt marks; cached groups count one per member).
+    pub cache_entries: usize,
     /// Inbound events per batch to the backend.
     pub backend_batch: usize,
     /// Batches queued towards the backend before cores shed load.
@@ -157,6 +160,7 @@ impl Default for Config {
             sync_page_max: 1000,
             max_group_size: 10_000,
             unread_scan_limit: 100_000,
+            cache_entries: 1_000_000,
             backend_batch: 512,
             backend_queue: 4096,
             purge_acked: true,
@@ -279,6 +283,9 @@ impl Config {
         if self.unread_scan_limit == 0 {
             return invalid("unread_scan_limit", "must be at least 1");
         }
+        if self.cache_entries < 2 {
+            return invalid("cache_entries", "must be at least 2");
+        }
         if self.max_frames_per_sec == 0 {
             return invalid("max_frames_per_sec", "must be at least 1");
         }
@@ -354,6 +361,7 @@ mod tests {
             ("sync_page_max", Box::new(|c| c.sync_page_max = 5)),
             ("max_group_size", Box::new(|c| c.max_group_size = 0)),
             ("unread_scan_limit", Box::new(|c| c.unread_scan_limit = 0)),
+            ("cache_entries", Box::new(|c| c.cache_entries = 1)),
             ("purge_per_tick", Box::new(|c| c.purge_per_tick = 0)),
             ("max_connections", Box::new(|c| c.max_connections = 0)),
             ("tick_ms", Box::new(|c| c.tick_ms = 0)),

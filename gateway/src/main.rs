@@ -141,6 +141,8 @@ serve_args! {
     max_group_size: usize, "IMGATE_MAX_GROUP_SIZE";
     /// Inbox entries read for one unread summary [default: 100000].
     unread_scan_limit: usize, "IMGATE_UNREAD_SCAN_LIMIT";
+    /// Most entries in each delivery cache (heads, cursors, marks; group members) [default: 1000000].
+    cache_entries: usize, "IMGATE_CACHE_ENTRIES";
     /// Delete messages once every device acknowledged them [default: true].
     purge_acked: bool, "IMGATE_PURGE_ACKED";
     /// Delete messages older than this, acknowledged or not, ms; 0 = never [default: 604800000, 7 days].

@@ -553,3 +553,107 @@ fn messages_past_the_retention_period_are_deleted_unacked() {
     // Not before their time (a little slack for the two clocks).
     assert!(before_send.elapsed() >= Duration::from_millis(750));
 }
+
+/// Pumps every peer until `done` holds for all of them (within 10 s).
+fn pump_all(peers: &mut [Peer], what: &str, done: impl Fn(&Peer) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !peers.iter().all(&done) {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        for p in peers.iter_mut() {
+            p.pump(Duration::from_millis(2));
+        }
+    }
+}
+
+fn acked(p: &Peer) -> Vec<(u64, u64, u64)> {
+    p.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Acked {
+                group,
+                seq,
+                own_seq,
+                ..
+            } => Some((*group, *seq, *own_seq)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn caches_of_two_entries_change_nothing_but_store_reads() {
+    // cache_entries = 2: the caches drop what they hold after nearly every
+    // commit, so heads, cursors, receipt marks and memberships are read
+    // back from the store over and over. Sequence ids must still be
+    // contiguous and never reused, and every message delivered once.
+    for d in both() {
+        let gw = gateway(d, |c| c.cache_entries = 2);
+        let n = 6u64;
+        let mut peers: Vec<Peer> = (1..=n).map(|u| Peer::login(gw.addr(), u, 1)).collect();
+        // A ring: u sends 0, 1, 2 to u + 1.
+        for round in 0..3u8 {
+            for u in 1..=n {
+                peers[(u - 1) as usize].send_to(u % n + 1, &[round]);
+            }
+        }
+        pump_all(&mut peers, "ring", |p| {
+            p.messages().len() == 3 && acked(p).len() == 3
+        });
+        for (i, p) in peers.iter().enumerate() {
+            let u = i as u64 + 1;
+            let from = (u + n - 2) % n + 1;
+            let got = p.messages();
+            assert!(got.iter().all(|m| m.0 == 0 && m.2 == from), "{d:?} {u}");
+            let bodies: Vec<u8> = got.iter().map(|m| m.3[0]).collect();
+            assert_eq!(bodies, vec![0, 1, 2], "{d:?} {u}");
+            // The inbox: 3 received and 3 own copies, seqs 1..=6 once each.
+            let mut seqs: Vec<u64> = got.iter().map(|m| m.1).collect();
+            seqs.extend(acked(p).iter().map(|a| a.2));
+            seqs.sort_unstable();
+            assert_eq!(seqs, (1..=6).collect::<Vec<_>>(), "{d:?} {u}");
+        }
+        // Receipts: every sender hears its 3 messages were delivered.
+        pump_all(&mut peers, "receipts", |p| {
+            p.events
+                .iter()
+                .filter(|e| matches!(e, Event::Delivered { .. }))
+                .count()
+                >= 3
+        });
+        // A group of everyone; each member sends one message.
+        let now = std::time::Instant::now();
+        let members: Vec<u64> = (2..=n).collect();
+        peers[0]
+            .client
+            .group_request(GroupOp::Create, 0, &members, now)
+            .expect("create");
+        let ans = peers[0].wait(|e| matches!(e, Event::GroupAnswer(_)), "group:A");
+        let Event::GroupAnswer(g) = ans else {
+            unreachable!()
+        };
+        for p in peers.iter_mut() {
+            p.send_group(g.group, b"g");
+        }
+        let group = g.group;
+        let in_group = |p: &Peer| {
+            let mut seqs: Vec<u64> = p
+                .messages()
+                .iter()
+                .filter(|m| m.0 == group)
+                .map(|m| m.1)
+                .collect();
+            seqs.extend(acked(p).iter().filter(|a| a.0 == group).map(|a| a.1));
+            seqs.sort_unstable();
+            seqs
+        };
+        pump_all(&mut peers, "group", |p| in_group(p).len() == n as usize);
+        for p in &peers {
+            assert_eq!(in_group(p), (1..=n).collect::<Vec<_>>(), "{d:?}");
+        }
+        // After all that, the next message takes the next seq.
+        peers[0].send_to(2, b"next");
+        pump_all(&mut peers[..1], "next", |p| acked(p).len() == 5);
+        let last = acked(&peers[0])[4];
+        assert_eq!((last.1, last.2), (7, 7), "{d:?}");
+    }
+}

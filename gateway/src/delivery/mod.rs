@@ -32,6 +32,7 @@
 //! key-value interface, so the embedded engine can be replaced.
 
 mod apply;
+mod cache;
 mod emit;
 pub mod keys;
 mod purge;

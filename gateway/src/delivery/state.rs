@@ -5,10 +5,16 @@
 //! Every cache is filled from the store on first use, so a restart needs no
 //! replay: the store is the truth and memory is a copy of the parts in use.
 //! If a commit fails, the caches are dropped and refilled from the store.
+//! Each cache holds at most `cache_entries` (see [`Cache`]): a gateway that
+//! has seen millions of users keeps only those in recent use, and drops the
+//! rest right after a commit, when nothing cached is ahead of the store.
 
 use ahash::{AHashMap, AHashSet};
 
-use super::keys::{self, Answer, StreamId};
+use super::{
+    cache::Cache,
+    keys::{self, Answer, StreamId},
+};
 use crate::{
     config::Config,
     store::{Store, StoreError, Table, WriteBatch},
@@ -34,6 +40,8 @@ pub struct Limits {
     /// Whether acknowledged messages are purged (devices then register
     /// at login, to count as readers).
     pub purge_acked: bool,
+    /// Most entries per cache.
+    pub cache_entries: usize,
 }
 
 impl Limits {
@@ -49,6 +57,7 @@ impl Limits {
             max_frame: cfg.max_frame,
             unread_scan_limit: cfg.unread_scan_limit,
             purge_acked: cfg.purge_acked,
+            cache_entries: cfg.cache_entries,
         }
     }
 }
@@ -62,13 +71,13 @@ pub(crate) struct Group {
 /// In-memory state of the delivery logic.
 pub(crate) struct State {
     pub(crate) limits: Limits,
-    heads: AHashMap<StreamId, u64>,
+    heads: Cache<StreamId, u64>,
     dirty_heads: AHashSet<StreamId>,
-    cursors: AHashMap<(StreamId, u64, u32), u64>,
-    delivered: AHashMap<u64, u64>,
-    marks: AHashMap<(u64, u64), (u64, u64)>,
-    group_reads: AHashMap<(u64, u64), u64>,
-    groups: AHashMap<u64, Option<Group>>,
+    cursors: Cache<(StreamId, u64, u32), u64>,
+    delivered: Cache<u64, u64>,
+    marks: Cache<(u64, u64), (u64, u64)>,
+    group_reads: Cache<(u64, u64), u64>,
+    groups: Cache<u64, Option<Group>>,
     next_group: u64,
     pending_dedup: AHashMap<(u64, u64), Answer>,
     expired_epoch: u64,
@@ -82,15 +91,16 @@ impl State {
     /// Loads what must be known before the first event.
     pub(crate) fn load(store: &dyn Store, limits: Limits) -> Result<State, StoreError> {
         let next_group = get_u64(store, Table::Meta, keys::NEXT_GROUP_KEY)?.unwrap_or(1);
+        let n = limits.cache_entries;
         Ok(State {
-            limits,
-            heads: AHashMap::new(),
+            heads: Cache::new(n),
             dirty_heads: AHashSet::new(),
-            cursors: AHashMap::new(),
-            delivered: AHashMap::new(),
-            marks: AHashMap::new(),
-            group_reads: AHashMap::new(),
-            groups: AHashMap::new(),
+            cursors: Cache::new(n),
+            delivered: Cache::new(n),
+            marks: Cache::new(n),
+            group_reads: Cache::new(n),
+            groups: Cache::weighted(n, |g| 1 + g.as_ref().map_or(0, |g| g.members.len())),
+            limits,
             next_group,
             pending_dedup: AHashMap::new(),
             expired_epoch: 0,
@@ -110,9 +120,27 @@ impl State {
         self.dirty_heads.clear();
     }
 
-    /// The batch is on disk.
+    /// The batch is on disk: every cached entry is also in the store, so
+    /// the caches may drop their least used half.
     pub(crate) fn committed(&mut self) {
         self.pending_dedup.clear();
+        self.heads.rotate_if_full();
+        self.cursors.rotate_if_full();
+        self.delivered.rotate_if_full();
+        self.marks.rotate_if_full();
+        self.group_reads.rotate_if_full();
+        self.groups.rotate_if_full();
+    }
+
+    /// Entries in the caches.
+    #[cfg(test)]
+    pub(crate) fn cached(&self) -> usize {
+        self.heads.len()
+            + self.cursors.len()
+            + self.delivered.len()
+            + self.marks.len()
+            + self.group_reads.len()
+            + self.groups.len()
     }
 
     /// The head of a stream (0 if empty).
@@ -421,5 +449,47 @@ impl State {
         if r.is_ok() && n < 10_000 {
             self.expired_epoch = keep_from;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[test]
+    fn the_caches_stay_within_cache_entries_and_refill_from_the_store() {
+        let store = MemoryStore::default();
+        let mut limits = Limits::from_config(&Config::default());
+        limits.cache_entries = 8;
+        let mut st = State::load(&store, limits).expect("load");
+        for u in 1..=200u64 {
+            let s = StreamId::inbox(u);
+            let mut b = WriteBatch::default();
+            assert_eq!(st.next_seq(&store, s).expect("seq"), 1);
+            st.write_heads(&mut b);
+            st.advance_cursor(&store, &mut b, s, u, 1, 1)
+                .expect("cursor");
+            st.raise_mark(&store, &mut b, u, u + 1, 1, 0).expect("mark");
+            st.raise_group_read(&store, &mut b, 7, u, 1).expect("read");
+            store.write(&b).expect("write");
+            st.committed();
+            // Six caches of at most about 8 entries each.
+            assert!(
+                st.cached() <= 6 * 8,
+                "{} cached after user {u}",
+                st.cached()
+            );
+        }
+        // What was dropped comes back from the store.
+        let s = StreamId::inbox(1);
+        assert_eq!(st.head(&store, s).expect("head"), 1);
+        assert_eq!(st.next_seq(&store, s).expect("seq"), 2);
+        assert_eq!(st.cursor(&store, s, 1, 1).expect("cursor"), 1);
+        assert_eq!(st.mark(&store, 1, 2).expect("mark"), (1, 0));
+        assert!(
+            !st.raise_group_read(&store, &mut WriteBatch::default(), 7, 1, 1)
+                .expect("read")
+        );
     }
 }
