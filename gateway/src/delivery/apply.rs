@@ -216,6 +216,8 @@ fn msg(cx: &mut Ctx<'_>, m: MsgR) -> Result<(), StoreError> {
             keys::log_key(StreamId::inbox(cx.user), own_seq),
             buf,
         );
+        cx.state.note_sender(m.to, seq, cx.user);
+        cx.state.note_sender(cx.user, own_seq, cx.user);
         let answer = Answer {
             group: 0,
             seq,

@@ -77,6 +77,11 @@ impl<K: Hash + Eq + Copy, V> Cache<K, V> {
         self.new.insert(k, v);
     }
 
+    pub(crate) fn remove(&mut self, k: &K) {
+        self.new.remove(k);
+        self.old.remove(k);
+    }
+
     /// Entries in both generations.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

@@ -285,22 +285,29 @@ fn emit(
         }
         Deferred::Delivered { user, from, to } => {
             // Who sent what was just delivered: they get a receipt.
-            let s = StreamId::inbox(user);
-            let mut senders = AHashSet::new();
-            store.scan(
-                Table::Log,
-                &keys::log_key(s, from.saturating_add(1)),
-                &keys::log_key(s, to.saturating_add(1)),
-                &mut |_, v| {
-                    // Only the sender is needed: the record starts with it.
-                    if let Some(from) = keys::u64_value(v)
-                        && from != user
-                    {
-                        senders.insert(from);
-                    }
-                    true
-                },
-            )?;
+            let senders = match state.delivered_senders(user, from, to) {
+                Some(s) => s,
+                None => {
+                    let s = StreamId::inbox(user);
+                    let mut senders = AHashSet::new();
+                    store.scan(
+                        Table::Log,
+                        &keys::log_key(s, from.saturating_add(1)),
+                        &keys::log_key(s, to.saturating_add(1)),
+                        &mut |_, v| {
+                            // Only the sender is needed: the record starts
+                            // with it.
+                            if let Some(from) = keys::u64_value(v)
+                                && from != user
+                            {
+                                senders.insert(from);
+                            }
+                            true
+                        },
+                    )?;
+                    senders.into_iter().collect()
+                }
+            };
             let receipt = encode(AckN {
                 peer: user,
                 group: 0,
