@@ -193,70 +193,62 @@ fn msg(cx: &mut Ctx<'_>, m: MsgR) -> Result<(), StoreError> {
         });
         return Ok(());
     }
-    let mut buf = Vec::new();
-    if m.group == 0 {
+    // A group message lands in the group's log; a one-to-one message in the
+    // receiver's inbox and in the sender's own (for its other devices).
+    let group_log = if m.group == 0 {
         if m.to == cx.user {
             cx.refuse(ErrorCode::InvalidRequest, k, m.msg_id, "to yourself");
             return Ok(());
         }
-        let seq = cx.state.next_seq(cx.store, StreamId::inbox(m.to))?;
-        let own_seq = cx.state.next_seq(cx.store, StreamId::inbox(cx.user))?;
-        let rec = Record {
-            from: cx.user,
-            to: m.to,
-            msg_id: m.msg_id,
-            time: cx.now,
-            body: m.body,
-        };
-        rec.encode_into(&mut buf);
-        cx.batch
-            .put(Table::Log, keys::log_key(StreamId::inbox(m.to), seq), &buf);
-        cx.batch.put(
-            Table::Log,
-            keys::log_key(StreamId::inbox(cx.user), own_seq),
-            buf,
-        );
-        cx.state.note_sender(m.to, seq, cx.user);
-        cx.state.note_sender(cx.user, own_seq, cx.user);
-        let answer = Answer {
-            group: 0,
-            seq,
-            own_seq,
-            time: cx.now,
-        };
-        cx.state.remember(cx.batch, cx.user, m.msg_id, answer);
-        cx.out.push(Deferred::Msg {
-            conn: cx.conn,
-            answer,
-            rec,
-        });
+        None
     } else {
         let Some((s, _)) = cx.stream(m.group, k, m.msg_id)? else {
             return Ok(());
         };
-        let seq = cx.state.next_seq(cx.store, s)?;
-        let rec = Record {
-            from: cx.user,
-            to: 0,
-            msg_id: m.msg_id,
-            time: cx.now,
-            body: m.body,
-        };
-        rec.encode_into(&mut buf);
-        cx.batch.put(Table::Log, keys::log_key(s, seq), buf);
-        let answer = Answer {
-            group: m.group,
-            seq,
-            own_seq: 0,
-            time: cx.now,
-        };
-        cx.state.remember(cx.batch, cx.user, m.msg_id, answer);
-        cx.out.push(Deferred::Msg {
-            conn: cx.conn,
-            answer,
-            rec,
-        });
-    }
+        Some(s)
+    };
+    let rec = Record {
+        from: cx.user,
+        to: if group_log.is_some() { 0 } else { m.to },
+        msg_id: m.msg_id,
+        time: cx.now,
+        body: m.body,
+    };
+    let mut buf = Vec::new();
+    rec.encode_into(&mut buf);
+    let answer = match group_log {
+        Some(s) => {
+            let seq = cx.state.next_seq(cx.store, s)?;
+            cx.batch.put(Table::Log, keys::log_key(s, seq), buf);
+            Answer {
+                group: m.group,
+                seq,
+                own_seq: 0,
+                time: cx.now,
+            }
+        }
+        None => {
+            let (inbox, own) = (StreamId::inbox(m.to), StreamId::inbox(cx.user));
+            let seq = cx.state.next_seq(cx.store, inbox)?;
+            let own_seq = cx.state.next_seq(cx.store, own)?;
+            cx.batch.put(Table::Log, keys::log_key(inbox, seq), &buf);
+            cx.batch.put(Table::Log, keys::log_key(own, own_seq), buf);
+            cx.state.note_sender(m.to, seq, cx.user);
+            cx.state.note_sender(cx.user, own_seq, cx.user);
+            Answer {
+                group: 0,
+                seq,
+                own_seq,
+                time: cx.now,
+            }
+        }
+    };
+    cx.state.remember(cx.batch, cx.user, m.msg_id, answer);
+    cx.out.push(Deferred::Msg {
+        conn: cx.conn,
+        answer,
+        rec,
+    });
     Ok(())
 }
 
