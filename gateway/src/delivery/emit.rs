@@ -287,26 +287,7 @@ fn emit(
             // Who sent what was just delivered: they get a receipt.
             let senders = match state.delivered_senders(user, from, to) {
                 Some(s) => s,
-                None => {
-                    let s = StreamId::inbox(user);
-                    let mut senders = AHashSet::new();
-                    store.scan(
-                        Table::Log,
-                        &keys::log_key(s, from.saturating_add(1)),
-                        &keys::log_key(s, to.saturating_add(1)),
-                        &mut |_, v| {
-                            // Only the sender is needed: the record starts
-                            // with it.
-                            if let Some(from) = keys::u64_value(v)
-                                && from != user
-                            {
-                                senders.insert(from);
-                            }
-                            true
-                        },
-                    )?;
-                    senders.into_iter().collect()
-                }
+                None => logged_senders(store, user, from, to)?,
             };
             let receipt = encode(AckN {
                 peer: user,
@@ -555,6 +536,33 @@ fn unread(
     summary.partial = partial;
     out.to_conn(conn, encode(summary), None);
     Ok(())
+}
+
+/// The senders, other than `user`, of seqs `after + 1 ..= to` of `user`'s
+/// inbox, read from the log (when memory no longer has them).
+fn logged_senders(
+    store: &dyn Store,
+    user: u64,
+    after: u64,
+    to: u64,
+) -> Result<Vec<u64>, StoreError> {
+    let s = StreamId::inbox(user);
+    let mut senders = AHashSet::new();
+    store.scan(
+        Table::Log,
+        &keys::log_key(s, after.saturating_add(1)),
+        &keys::log_key(s, to.saturating_add(1)),
+        &mut |_, v| {
+            // Only the sender is needed: the record starts with it.
+            if let Some(from) = keys::u64_value(v)
+                && from != user
+            {
+                senders.insert(from);
+            }
+            true
+        },
+    )?;
+    Ok(senders.into_iter().collect())
 }
 
 /// A commit failed: answer every request of the batch with `internal`.
