@@ -88,6 +88,9 @@ open_enum! {
         ShuttingDown = 15 => "shutting_down",
         /// An internal error; the request may be retried.
         Internal = 16 => "internal",
+        /// A msg:R reuses a msg id, within the de-duplication window, for
+        /// another message (another recipient or body): nothing was stored.
+        MsgIdReused = 17 => "msg_id_reused",
     }
 }
 

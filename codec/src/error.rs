@@ -54,6 +54,21 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// The kind of the offending frame, when its header could be read (the
+    /// body was wrong); None for errors in the header itself.
+    pub fn kind(&self) -> Option<Kind> {
+        match self {
+            DecodeError::Truncated { kind } => *kind,
+            DecodeError::TrailingBytes { kind, .. } | DecodeError::InvalidField { kind, .. } => {
+                Some(*kind)
+            }
+            DecodeError::FrameTooLarge { .. }
+            | DecodeError::FrameTooShort { .. }
+            | DecodeError::UnsupportedVersion(_)
+            | DecodeError::UnknownKind(_) => None,
+        }
+    }
+
     /// The error code the server sends back for this error.
     pub fn code(&self) -> ErrorCode {
         match self {

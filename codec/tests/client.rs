@@ -107,6 +107,9 @@ fn login_ok(inbox_head: u64, heartbeat_ms: u32) -> LoginOk {
         inbox_head,
         max_frame: 64 * 1024,
         session: 42,
+        frame_rate: 1000,
+        frame_burst: 2000,
+        rate_strikes: 10,
     }
 }
 
@@ -225,6 +228,8 @@ fn login_then_automatic_inbox_pull_in_pages() {
             inbox_head: 5,
             server_time: 1_700_000_000_000,
             max_frame: 64 * 1024,
+            frame_rate: 1000,
+            frame_burst: 2000,
         }]
     );
     assert_eq!(h.frames(), vec![sync_r(0, 0)]);

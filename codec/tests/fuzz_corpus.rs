@@ -45,6 +45,9 @@ fn sample(kind: Kind) -> Frame {
             inbox_head: 42,
             max_frame: 65_536,
             session: 9,
+            frame_rate: 1000,
+            frame_burst: 2000,
+            rate_strikes: 10,
         }
         .into(),
         Kind::Ping => Ping { nonce: 7 }.into(),

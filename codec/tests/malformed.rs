@@ -51,7 +51,7 @@ fn be(parts: &[u64]) -> Vec<u8> {
 fn fixed_len(kind: Kind) -> usize {
     match kind {
         Kind::Login => 8 + 4 + 8,
-        Kind::LoginOk => 8 + 4 + 4 + 8 + 8 + 4 + 8,
+        Kind::LoginOk => 8 + 4 + 4 + 8 + 8 + 4 + 8 + 3 * 4,
         Kind::Ping | Kind::Pong => 8,
         Kind::Kick => 1,
         Kind::Error => 2 + 1 + 8,

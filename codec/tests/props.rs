@@ -57,9 +57,15 @@ fn frame_of(kind: Kind, max: usize) -> BoxedStrategy<Frame> {
                 .into()
             })
             .boxed(),
-        Kind::LoginOk => (id(), u32e(), u32e(), id(), id(), u32e(), id())
+        Kind::LoginOk => (
+            (id(), u32e(), u32e(), id(), id(), u32e(), id()),
+            (u32e(), u32e(), u32e()),
+        )
             .prop_map(
-                |(user, device, heartbeat_ms, server_time, inbox_head, max_frame, session)| {
+                |(
+                    (user, device, heartbeat_ms, server_time, inbox_head, max_frame, session),
+                    (frame_rate, frame_burst, rate_strikes),
+                )| {
                     LoginOk {
                         user,
                         device,
@@ -68,6 +74,9 @@ fn frame_of(kind: Kind, max: usize) -> BoxedStrategy<Frame> {
                         inbox_head,
                         max_frame,
                         session,
+                        frame_rate,
+                        frame_burst,
+                        rate_strikes,
                     }
                     .into()
                 },

@@ -81,6 +81,9 @@ fn samples() -> Vec<Frame> {
             inbox_head: MAX,
             max_frame: u32::MAX,
             session: MAX,
+            frame_rate: u32::MAX,
+            frame_burst: 0,
+            rate_strikes: 7,
         }
         .into(),
         Ping { nonce: 0 }.into(),

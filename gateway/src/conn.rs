@@ -22,7 +22,7 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use imgate_codec::{
     Body, Decoder, ErrorCode, Frame, KickReason, Kind,
-    frame::{ErrorFrame, Kick, LoginOk, Pong},
+    frame::{ErrorFrame, Kick, LoginOk, MAX_LOGIN_FRAME, Pong},
     header::FLAG_RETRY,
 };
 use std::os::fd::AsRawFd;
@@ -72,7 +72,6 @@ pub(crate) enum Closing {
 #[derive(Debug, Default)]
 pub(crate) struct Pushes {
     frames: VecDeque<(Track, Bytes)>,
-    sent_tick: u64,
     retries: u32,
     timer: Option<TimerKey>,
 }
@@ -84,6 +83,7 @@ pub(crate) struct Conn {
     phase: Cell<Phase>,
     user: Cell<u64>,
     device: Cell<u32>,
+    /// When the last frame arrived, ms on the core's clock.
     last_seen: Cell<u64>,
     pub(crate) timer: Cell<Option<TimerKey>>,
     out: RefCell<VecDeque<Bytes>>,
@@ -101,13 +101,13 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(id: ConnId, now_tick: u64, burst: u32, now_ms: u64) -> Conn {
+    pub(crate) fn new(id: ConnId, burst: u32, now_ms: u64) -> Conn {
         Conn {
             id,
             phase: Cell::new(Phase::Login),
             user: Cell::new(0),
             device: Cell::new(0),
-            last_seen: Cell::new(now_tick),
+            last_seen: Cell::new(now_ms),
             timer: Cell::new(None),
             out: RefCell::new(VecDeque::new()),
             out_bytes: Cell::new(0),
@@ -202,12 +202,11 @@ impl Conn {
 
     /// Records a tracked push. Returns true when the push timer must be
     /// armed (nothing was pending before).
-    pub(crate) fn track_push(&self, track: Track, bytes: Bytes, now_tick: u64) -> bool {
+    pub(crate) fn track_push(&self, track: Track, bytes: Bytes) -> bool {
         let mut p = self.pushes.borrow_mut();
         let p = p.get_or_insert_with(Box::default);
         let first = p.frames.is_empty();
         if first {
-            p.sent_tick = now_tick;
             p.retries = 0;
         }
         p.frames.push_back((track, bytes));
@@ -238,7 +237,7 @@ impl Conn {
 
     /// The push timer fired: the frames to send again (flag RETRY set), or
     /// None when the retry limit is spent (the caller kicks).
-    pub(crate) fn repush(&self, now_tick: u64, limit: u32) -> Option<Vec<Bytes>> {
+    pub(crate) fn repush(&self, limit: u32) -> Option<Vec<Bytes>> {
         let mut slot = self.pushes.borrow_mut();
         let p = slot.as_mut()?;
         p.timer = None;
@@ -249,7 +248,6 @@ impl Conn {
             return None;
         }
         p.retries += 1;
-        p.sent_tick = now_tick;
         Some(p.frames.iter().map(|(_, b)| with_retry_flag(b)).collect())
     }
 
@@ -272,6 +270,30 @@ fn with_retry_flag(b: &Bytes) -> Bytes {
     m.freeze()
 }
 
+/// The frame decoders of one connection: before login, the first frame can
+/// only be a login, so a length above the largest login frame is refused as
+/// soon as it arrives, not waited on for the whole login deadline.
+struct Decoders {
+    first: Decoder,
+    session: Decoder,
+}
+
+impl Decoders {
+    fn new(max_frame: usize) -> Decoders {
+        Decoders {
+            first: Decoder::new(max_frame.min(MAX_LOGIN_FRAME)),
+            session: Decoder::new(max_frame),
+        }
+    }
+
+    fn for_conn(&self, conn: &Conn) -> &Decoder {
+        match conn.phase() {
+            Phase::Login => &self.first,
+            Phase::Pending | Phase::Active => &self.session,
+        }
+    }
+}
+
 /// Why the read side stopped.
 enum ReadEnd {
     /// Keep going.
@@ -282,7 +304,7 @@ enum ReadEnd {
 
 /// Runs a connection until it closes, then unregisters it.
 pub(crate) async fn serve(core: Rc<Core>, conn: Rc<Conn>, mut stream: TcpStream) {
-    let decoder = Decoder::new(core.shared.cfg.max_frame);
+    let decoders = Decoders::new(core.shared.cfg.max_frame);
     let mut partial = BytesMut::new();
     loop {
         if conn.signal.is_set(SIG_CLOSE) {
@@ -319,7 +341,7 @@ pub(crate) async fn serve(core: Rc<Core>, conn: Rc<Conn>, mut stream: TcpStream)
                 break;
             }
             Some(true) => {
-                if let ReadEnd::Gone = read_once(&core, &conn, &stream, &decoder, &mut partial) {
+                if let ReadEnd::Gone = read_once(&core, &conn, &stream, &decoders, &mut partial) {
                     tracing::debug!(conn = %conn.id, "peer gone; closing");
                     conn.close(Closing::Now);
                     break;
@@ -432,12 +454,12 @@ fn read_once(
     core: &Rc<Core>,
     conn: &Rc<Conn>,
     stream: &TcpStream,
-    decoder: &Decoder,
+    decoders: &Decoders,
     partial: &mut BytesMut,
 ) -> ReadEnd {
     let own = !partial.is_empty();
     let mut buf = if own {
-        let want = decoder.needed(partial).max(4096);
+        let want = decoders.for_conn(conn).needed(partial).max(4096);
         partial.reserve(want);
         std::mem::take(partial)
     } else {
@@ -482,7 +504,7 @@ fn read_once(
         if conn.is_closing() {
             break;
         }
-        match decoder.decode(&mut data) {
+        match decoders.for_conn(conn).decode(&mut data) {
             Ok(Some(frame)) => handle(core, conn, frame, now_ms),
             Ok(None) => break,
             Err(e) => {
@@ -490,7 +512,7 @@ fn read_once(
                 core.metrics()
                     .protocol_errors
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                conn.queue(ErrorFrame::new(e.code(), None, 0, &e.to_string()).into_bytes());
+                conn.queue(ErrorFrame::new(e.code(), e.kind(), 0, &e.to_string()).into_bytes());
                 conn.close(Closing::Kick(KickReason::ProtocolError));
                 data.clear();
                 break;
@@ -504,7 +526,8 @@ fn read_once(
         *partial = if own {
             data
         } else {
-            let mut p = BytesMut::with_capacity(decoder.needed(&data) + data.len());
+            let needed = decoders.for_conn(conn).needed(&data);
+            let mut p = BytesMut::with_capacity(needed + data.len());
             p.extend_from_slice(&data);
             p
         };
@@ -518,7 +541,7 @@ fn handle(core: &Rc<Core>, conn: &Rc<Conn>, frame: Frame, now_ms: u64) {
     let m = core.metrics();
     m.frames_in
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    conn.last_seen.set(core.now_tick());
+    conn.last_seen.set(now_ms);
     if !conn.take_token(now_ms, cfg.max_frames_per_sec, cfg.frame_burst) {
         // Dropped, and said so; a client that keeps going is kicked.
         let strikes = conn.strikes.get().saturating_add(1);
@@ -539,7 +562,7 @@ fn handle(core: &Rc<Core>, conn: &Rc<Conn>, frame: Frame, now_ms: u64) {
     }
     conn.strikes.set(0);
     match conn.phase() {
-        Phase::Login => login(core, conn, frame),
+        Phase::Login => login(core, conn, frame, now_ms),
         Phase::Pending | Phase::Active => active(core, conn, frame),
     }
 }
@@ -548,7 +571,7 @@ fn refuse(conn: &Conn, code: ErrorCode, kind: Option<Kind>, id: u64, text: &str)
     conn.queue(ErrorFrame::new(code, kind, id, text).into_bytes());
 }
 
-fn login(core: &Rc<Core>, conn: &Rc<Conn>, frame: Frame) {
+fn login(core: &Rc<Core>, conn: &Rc<Conn>, frame: Frame, now_ms: u64) {
     let m = core.metrics();
     let Frame::Login(login) = frame else {
         m.login_failures
@@ -557,25 +580,30 @@ fn login(core: &Rc<Core>, conn: &Rc<Conn>, frame: Frame) {
             conn,
             ErrorCode::NotLoggedIn,
             Some(frame.kind()),
-            0,
+            request_id(&frame),
             "log in first",
         );
         conn.close(Closing::Kick(KickReason::ProtocolError));
         return;
     };
     let now = crate::unix_time().as_secs();
-    if let Err(e) = core
-        .shared
-        .verifier
-        .verify(login.user, login.device, &login.token, now)
-    {
+    // User ids are never 0 (0 means "none" in the fields that hold users),
+    // whatever a verifier would say of the token.
+    let verdict = if login.user == 0 {
+        Err(TokenError::NoUser)
+    } else {
+        core.shared
+            .verifier
+            .verify(login.user, login.device, &login.token, now)
+    };
+    if let Err(e) = verdict {
         m.login_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let code = match e {
             TokenError::Expired => ErrorCode::TokenExpired,
             _ => ErrorCode::BadToken,
         };
-        refuse(conn, code, Some(Kind::Login), login.user, &e.to_string());
+        refuse(conn, code, Some(Kind::Login), 0, &e.to_string());
         conn.close(Closing::Flush);
         return;
     }
@@ -590,7 +618,7 @@ fn login(core: &Rc<Core>, conn: &Rc<Conn>, frame: Frame) {
     {
         core.kick_anywhere(old, KickReason::Replaced);
     }
-    core.arm_liveness(conn, core.now_tick() + core.heartbeat_ticks);
+    core.arm_liveness(conn, core.deadline(now_ms, core.heartbeat_timeout_ms));
     core.to_backend(Inbound::Login {
         conn: conn.id,
         user: login.user,

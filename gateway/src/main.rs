@@ -50,8 +50,8 @@ struct KickArgs {
 
 #[derive(Args, Debug)]
 struct TokenArgs {
-    /// User id.
-    #[arg(long)]
+    /// User id (1 or more: 0 names no user).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     user: u64,
     /// Device id.
     #[arg(long)]

@@ -27,6 +27,9 @@ pub enum TokenError {
     /// The token has expired.
     #[error("token expired")]
     Expired,
+    /// The user id is 0, which names no user.
+    #[error("user id 0 names no user")]
+    NoUser,
 }
 
 /// Checks a login's token. Runs on the accepting core: keep it fast and
@@ -83,11 +86,19 @@ fn unhex(s: &[u8]) -> Option<[u8; 32]> {
     }
     let mut out = [0u8; 32];
     for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        *o = (hi * 16 + lo) as u8;
+        *o = (lower_hex_digit(pair[0])? << 4) | lower_hex_digit(pair[1])?;
     }
     Some(out)
+}
+
+/// One digit of lowercase hex: a token has one spelling, so two tokens are
+/// equal exactly when their bytes are.
+fn lower_hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
 }
 
 impl Verifier for HmacVerifier {
@@ -117,6 +128,9 @@ impl Verifier for HmacVerifier {
         let u: u64 = u.parse().map_err(|_| TokenError::Malformed)?;
         let d: u32 = d.parse().map_err(|_| TokenError::Malformed)?;
         let e: u64 = e.parse().map_err(|_| TokenError::Malformed)?;
+        if u == 0 {
+            return Err(TokenError::NoUser);
+        }
         if u != user || d != device {
             return Err(TokenError::Mismatch);
         }
@@ -157,5 +171,26 @@ mod tests {
         for junk in [&b""[..], b"v1", b"....", b"v1.1.1.1.zz", &[0xff; 80]] {
             assert_eq!(v.verify(1, 1, junk, 1), Err(TokenError::Malformed));
         }
+    }
+
+    #[test]
+    fn the_mac_is_lowercase_hex_only() {
+        let v = HmacVerifier::new(b"secret");
+        let t = v.mint(42, 7, 1000);
+        let dot = t.rfind('.').expect("a mac");
+        let upper = format!("{}{}", &t[..=dot], t[dot + 1..].to_ascii_uppercase());
+        assert_ne!(upper, t, "the mac has letters");
+        assert_eq!(
+            v.verify(42, 7, upper.as_bytes(), 1),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(v.verify(42, 7, t.as_bytes(), 1), Ok(()));
+    }
+
+    #[test]
+    fn a_token_for_user_0_is_refused() {
+        let v = HmacVerifier::new(b"secret");
+        let t = v.mint(0, 1, 1000);
+        assert_eq!(v.verify(0, 1, t.as_bytes(), 1), Err(TokenError::NoUser));
     }
 }

@@ -16,7 +16,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use bytes::BytesMut;
@@ -80,39 +80,39 @@ pub(crate) struct Core {
     conns: RefCell<Slab<Rc<Conn>>>,
     next_generation: Cell<u32>,
     pub(crate) wheel: RefCell<Wheel<Timer>>,
-    tick: Cell<u64>,
     start: Instant,
     pending: RefCell<Vec<Inbound>>,
     flusher: Signal,
     backlogged: Cell<bool>,
     blocks: RefCell<Vec<BytesMut>>,
     stop: Signal,
-    pub(crate) heartbeat_ticks: u64,
-    login_ticks: u64,
-    push_ticks: u64,
+    tick_ms: u64,
+    pub(crate) heartbeat_timeout_ms: u64,
+    login_timeout_ms: u64,
+    push_timeout_ms: u64,
 }
 
 impl Core {
     pub(crate) fn new(id: u16, shared: Arc<Shared>) -> Core {
         let cfg = &shared.cfg;
-        let heartbeat_ticks = cfg.ticks(cfg.heartbeat_ms * u64::from(cfg.heartbeat_timeout_factor));
-        let login_ticks = cfg.ticks(cfg.login_timeout_ms);
-        let push_ticks = cfg.ticks(cfg.push_timeout_ms);
+        let tick_ms = cfg.tick_ms.max(1);
+        let heartbeat_timeout_ms = cfg.heartbeat_ms * u64::from(cfg.heartbeat_timeout_factor);
+        let (login_timeout_ms, push_timeout_ms) = (cfg.login_timeout_ms, cfg.push_timeout_ms);
         Core {
             id,
             conns: RefCell::new(Slab::new()),
             next_generation: Cell::new(0),
             wheel: RefCell::new(Wheel::new(1024)),
-            tick: Cell::new(0),
             start: Instant::now(),
             pending: RefCell::new(Vec::new()),
             flusher: Signal::default(),
             backlogged: Cell::new(false),
             blocks: RefCell::new(Vec::new()),
             stop: Signal::default(),
-            heartbeat_ticks,
-            login_ticks,
-            push_ticks,
+            tick_ms,
+            heartbeat_timeout_ms,
+            login_timeout_ms,
+            push_timeout_ms,
             shared,
         }
     }
@@ -121,12 +121,16 @@ impl Core {
         &self.shared.metrics.cores[usize::from(self.id)]
     }
 
-    pub(crate) fn now_tick(&self) -> u64 {
-        self.tick.get()
-    }
-
+    /// The core's clock: ms since the core started.
     pub(crate) fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    /// The wheel tick of a deadline `after_ms` past `at_ms`: the first tick
+    /// that starts at or after it, so a timer never fires early. Tick `t`
+    /// is reached when the clock reads `t × tick_ms`.
+    pub(crate) fn deadline(&self, at_ms: u64, after_ms: u64) -> u64 {
+        at_ms.saturating_add(after_ms).div_ceil(self.tick_ms)
     }
 
     pub(crate) fn backlogged(&self) -> bool {
@@ -302,7 +306,7 @@ impl Core {
                         conn.close(Closing::Kick(KickReason::LoginTimeout));
                     }
                     Phase::Pending | Phase::Active => {
-                        let due = conn.last_seen() + self.heartbeat_ticks;
+                        let due = self.deadline(conn.last_seen(), self.heartbeat_timeout_ms);
                         if due <= now {
                             conn.close(Closing::Kick(KickReason::HeartbeatTimeout));
                         } else {
@@ -314,7 +318,7 @@ impl Core {
                     }
                 }
             }
-            TimerKind::Push => match conn.repush(now, self.shared.cfg.push_retries) {
+            TimerKind::Push => match conn.repush(self.shared.cfg.push_retries) {
                 None => conn.close(Closing::Kick(KickReason::PushUnacked)),
                 Some(frames) if frames.is_empty() => {}
                 Some(frames) => {
@@ -324,7 +328,7 @@ impl Core {
                     for f in frames {
                         self.deliver(&conn, f);
                     }
-                    let key = w.insert(now + self.push_ticks, t);
+                    let key = w.insert(self.deadline(self.now_ms(), self.push_timeout_ms), t);
                     conn.set_push_timer(Some(key));
                 }
             },
@@ -344,10 +348,10 @@ impl Core {
                                     continue;
                                 }
                                 if let Some(track) = track
-                                    && c.track_push(track, bytes.clone(), self.now_tick())
+                                    && c.track_push(track, bytes.clone())
                                 {
                                     let key = self.wheel.borrow_mut().insert(
-                                        self.now_tick() + self.push_ticks,
+                                        self.deadline(self.now_ms(), self.push_timeout_ms),
                                         Timer {
                                             slot: conn.slot,
                                             generation: conn.generation,
@@ -371,6 +375,9 @@ impl Core {
                                     inbox_head,
                                     max_frame: u32::try_from(cfg.max_frame).unwrap_or(u32::MAX),
                                     session: conn.to_u64(),
+                                    frame_rate: cfg.max_frames_per_sec,
+                                    frame_burst: cfg.frame_burst,
+                                    rate_strikes: cfg.rate_limit_strikes,
                                 });
                             }
                             Outbound::Kick { conn, reason } => {
@@ -421,16 +428,11 @@ impl Core {
             let mut conns = self.conns.borrow_mut();
             let entry = conns.vacant_entry();
             let id = ConnId::new(self.id, entry.key() as u32, generation);
-            let conn = Rc::new(Conn::new(
-                id,
-                self.now_tick(),
-                self.shared.cfg.frame_burst,
-                self.now_ms(),
-            ));
+            let conn = Rc::new(Conn::new(id, self.shared.cfg.frame_burst, self.now_ms()));
             entry.insert(conn.clone());
             conn
         };
-        self.arm_liveness(&conn, self.now_tick() + self.login_ticks);
+        self.arm_liveness(&conn, self.deadline(self.now_ms(), self.login_timeout_ms));
         monoio::spawn(serve(self.clone(), conn, stream));
     }
 }
@@ -449,13 +451,20 @@ async fn refuse(mut stream: TcpStream, code: ErrorCode) {
 /// (and through it the backend's channel) alive forever.
 pub(crate) async fn run(core: Rc<Core>, listener: TcpListener, mailbox: MailboxRx<CoreMsg>) {
     let ticks = async {
-        let tick = core.shared.cfg.tick();
+        // The wheel follows the clock, not a count of sleeps: a late wake-up
+        // catches up on the ticks it missed, and no drift accumulates.
+        let tick_ms = core.tick_ms;
         loop {
-            monoio::time::sleep(tick).await;
-            let to = core.tick.get() + 1;
-            core.tick.set(to);
+            let next = (core.now_ms() / tick_ms + 1) * tick_ms;
+            monoio::time::sleep_until(
+                monoio::time::Instant::from_std(core.start) + Duration::from_millis(next),
+            )
+            .await;
+            let to = core.now_ms() / tick_ms;
             let mut w = core.wheel.borrow_mut();
-            w.advance(to, |w, t| core.fire(w, t));
+            if to > w.now() {
+                w.advance(to, |w, t| core.fire(w, t));
+            }
             drop(w);
             // A backlogged batch is retried every tick too.
             core.flush_backend();

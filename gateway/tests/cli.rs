@@ -82,6 +82,18 @@ fn bad_flags_and_configs_exit_2_with_one_line() {
 }
 
 #[test]
+fn a_token_for_user_0_is_a_usage_error() {
+    let out = imgate()
+        .args(["token", "--user", "0", "--device", "1"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stdout.is_empty(), "no token printed: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--user"), "{err}");
+}
+
+#[test]
 fn flags_override_env_which_overrides_the_file() {
     let dir = std::env::temp_dir().join(format!("imgate-prec-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");

@@ -35,6 +35,11 @@ pub enum Event {
         server_time: u64,
         /// Largest frame the server accepts.
         max_frame: u32,
+        /// Frames per second the server lets this connection send on
+        /// average, every frame counted.
+        frame_rate: u32,
+        /// Frames the connection may send at once after a quiet spell.
+        frame_burst: u32,
     },
     /// msg:A: the server stored a message this client sent.
     Acked {

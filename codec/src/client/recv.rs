@@ -41,6 +41,8 @@ impl Client {
             inbox_head: ok.inbox_head,
             server_time: ok.server_time,
             max_frame: ok.max_frame,
+            frame_rate: ok.frame_rate,
+            frame_burst: ok.frame_burst,
         });
         // The server recorded `resume` as the inbox cursor (capped at its
         // head). A head below the device's mark means the server's inbox is

@@ -11,6 +11,10 @@ use crate::{error::DecodeError, wire::Reader};
 /// Largest token, in bytes.
 pub const MAX_TOKEN: usize = 1024;
 
+/// Largest login frame, header included: the header, the fixed fields and
+/// the longest token. A server refuses a longer first frame at once.
+pub const MAX_LOGIN_FRAME: usize = crate::header::HEADER_LEN + 20 + MAX_TOKEN;
+
 fn check_token(r: &Reader<'_>, len: usize) -> Result<(), DecodeError> {
     if len == 0 || len > MAX_TOKEN {
         return Err(r.invalid("token length"));
@@ -36,7 +40,8 @@ fixed_frame! {
 
 fixed_frame! {
     /// login:ok: `user u64, device u32, heartbeat_ms u32, server_time u64,
-    /// inbox_head u64, max_frame u32, session u64`.
+    /// inbox_head u64, max_frame u32, session u64, frame_rate u32,
+    /// frame_burst u32, rate_strikes u32`.
     LoginOk: LoginOk {
         /// The authenticated user.
         user: u64,
@@ -52,5 +57,12 @@ fixed_frame! {
         max_frame: u32,
         /// An id of this connection, for logs on both sides.
         session: u64,
+        /// Frames per second the connection may send on average (every
+        /// frame counts).
+        frame_rate: u32,
+        /// Frames the connection may send at once after a quiet spell.
+        frame_burst: u32,
+        /// Frames refused in a row (`rate_limited`) before the server kicks.
+        rate_strikes: u32,
     }
 }

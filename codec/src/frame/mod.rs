@@ -23,7 +23,7 @@ mod sync;
 
 pub use ack::{AckA, AckR};
 pub use group::{GroupA, GroupOp, GroupR, ReceiptsA, ReceiptsR};
-pub use login::{Login, LoginOk, MAX_TOKEN};
+pub use login::{Login, LoginOk, MAX_LOGIN_FRAME, MAX_TOKEN};
 pub use msg::{MsgA, MsgN, MsgR};
 pub use ping::{Ping, Pong};
 pub use receipt::{AckN, ReadA, ReadN, ReadR};

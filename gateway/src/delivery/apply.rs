@@ -185,7 +185,17 @@ fn msg(cx: &mut Ctx<'_>, m: MsgR) -> Result<(), StoreError> {
         cx.refuse(ErrorCode::InvalidRequest, k, m.msg_id, "body too large");
         return Ok(());
     }
+    let digest = keys::digest(m.group, m.to, &m.body);
     if let Some(a) = cx.state.dedup(cx.store, cx.user, m.msg_id, cx.now)? {
+        if !a.matches(digest) {
+            cx.refuse(
+                ErrorCode::MsgIdReused,
+                k,
+                m.msg_id,
+                "msg id already used for another message",
+            );
+            return Ok(());
+        }
         cx.out.push(Deferred::Again {
             conn: cx.conn,
             msg_id: m.msg_id,
@@ -225,6 +235,7 @@ fn msg(cx: &mut Ctx<'_>, m: MsgR) -> Result<(), StoreError> {
                 seq,
                 own_seq: 0,
                 time: cx.now,
+                digest,
             }
         }
         None => {
@@ -233,6 +244,8 @@ fn msg(cx: &mut Ctx<'_>, m: MsgR) -> Result<(), StoreError> {
             let own_seq = cx.state.next_seq(cx.store, own)?;
             cx.batch.put(Table::Log, keys::log_key(inbox, seq), &buf);
             cx.batch.put(Table::Log, keys::log_key(own, own_seq), buf);
+            cx.state
+                .open_conversation(cx.store, cx.batch, cx.user, m.to)?;
             cx.state.note_sender(m.to, seq, cx.user);
             cx.state.note_sender(cx.user, own_seq, cx.user);
             Answer {
@@ -240,6 +253,7 @@ fn msg(cx: &mut Ctx<'_>, m: MsgR) -> Result<(), StoreError> {
                 seq,
                 own_seq,
                 time: cx.now,
+                digest,
             }
         }
     };
@@ -283,32 +297,57 @@ fn ack(cx: &mut Ctx<'_>, a: AckR) -> Result<(), StoreError> {
 }
 
 fn read(cx: &mut Ctx<'_>, r: ReadR) -> Result<(), StoreError> {
-    let Some((s, _)) = cx.stream(r.group, Kind::ReadR, r.group)? else {
+    let k = Kind::ReadR;
+    let peer_ok = if r.group == 0 {
+        r.peer != 0 && r.peer != cx.user
+    } else {
+        r.peer == 0
+    };
+    if !peer_ok {
+        cx.refuse(ErrorCode::InvalidRequest, k, r.group, "bad read peer");
+        return Ok(());
+    }
+    let Some((s, _)) = cx.stream(r.group, k, r.group)? else {
         return Ok(());
     };
     let head = cx.state.head(cx.store, s)?;
-    if r.seq > head || (r.group == 0 && (r.peer == 0 || r.peer == cx.user)) {
+    if r.seq == 0 || r.seq > head {
         cx.refuse(
             ErrorCode::InvalidRequest,
-            Kind::ReadR,
+            k,
             r.group,
-            "bad read mark",
+            "read seq out of range",
         );
         return Ok(());
     }
-    let moved = if r.group == 0 {
-        cx.state
-            .raise_mark(cx.store, cx.batch, r.peer, cx.user, 0, r.seq)?
+    // A read receipt reaches only a peer that wrote to the reader: anyone
+    // else would be sent receipts of a conversation it never had.
+    if r.group == 0 && !cx.state.has_written(cx.store, r.peer, cx.user)? {
+        cx.refuse(
+            ErrorCode::Forbidden,
+            k,
+            r.group,
+            "the peer never wrote to you",
+        );
+        return Ok(());
+    }
+    let (moved, seq) = if r.group == 0 {
+        let moved = cx
+            .state
+            .raise_mark(cx.store, cx.batch, r.peer, cx.user, 0, r.seq)?;
+        (moved, cx.state.mark(cx.store, r.peer, cx.user)?.1)
     } else {
-        cx.state
-            .raise_group_read(cx.store, cx.batch, r.group, cx.user, r.seq)?
+        let moved = cx
+            .state
+            .raise_group_read(cx.store, cx.batch, r.group, cx.user, r.seq)?;
+        (moved, cx.state.group_read(cx.store, r.group, cx.user)?)
     };
     cx.out.push(Deferred::Read {
         conn: cx.conn,
         reader: cx.user,
         group: r.group,
         peer: r.peer,
-        seq: r.seq,
+        seq,
         moved,
     });
     Ok(())
@@ -345,16 +384,17 @@ fn sync(cx: &mut Ctx<'_>, r: SyncR) -> Result<(), StoreError> {
 }
 
 fn receipts(cx: &mut Ctx<'_>, r: ReceiptsR) -> Result<(), StoreError> {
-    if cx.stream(r.group, Kind::ReceiptsR, r.req)?.is_none() {
+    let k = Kind::ReceiptsR;
+    if r.group == 0 {
+        cx.refuse(ErrorCode::InvalidRequest, k, r.req, "groups only");
         return Ok(());
     }
-    if r.group == 0 {
-        cx.refuse(
-            ErrorCode::InvalidRequest,
-            Kind::ReceiptsR,
-            r.req,
-            "groups only",
-        );
+    let Some((s, _)) = cx.stream(r.group, k, r.req)? else {
+        return Ok(());
+    };
+    let head = cx.state.head(cx.store, s)?;
+    if r.seq == 0 || r.seq > head {
+        cx.refuse(ErrorCode::InvalidRequest, k, r.req, "seq out of range");
         return Ok(());
     }
     cx.out.push(Deferred::Receipts {
@@ -372,7 +412,22 @@ fn group(cx: &mut Ctx<'_>, r: GroupR) -> Result<(), StoreError> {
         cx.refuse(ErrorCode::InvalidRequest, k, r.req, "unknown group op");
         return Ok(());
     };
-    let listed: Vec<u64> = r.members().filter(|&u| u != 0).collect();
+    let listed: Vec<u64> = r.members().collect();
+    match op {
+        GroupOp::Add | GroupOp::Remove if listed.is_empty() => {
+            cx.refuse(ErrorCode::InvalidRequest, k, r.req, "no members listed");
+            return Ok(());
+        }
+        GroupOp::Create | GroupOp::Add | GroupOp::Remove if listed.contains(&0) => {
+            cx.refuse(ErrorCode::InvalidRequest, k, r.req, "user id 0");
+            return Ok(());
+        }
+        GroupOp::List if listed.len() > 1 => {
+            cx.refuse(ErrorCode::InvalidRequest, k, r.req, "list takes one id");
+            return Ok(());
+        }
+        _ => {}
+    }
     let max = cx.state.limits.max_group_size;
     if op == GroupOp::Create {
         // The creator plus the listed users, each once.

@@ -233,22 +233,27 @@ pub struct Answer {
     pub own_seq: u64,
     /// Server time.
     pub time: u64,
+    /// What the message was ([`digest`]), so that a msg id reused for
+    /// another message is told apart from a retransmission; 0 in entries
+    /// written before it was kept (they match anything).
+    pub digest: u64,
 }
 
 impl Answer {
     /// Encodes.
-    pub fn encode(&self) -> [u8; 32] {
-        let mut v = [0u8; 32];
+    pub fn encode(&self) -> [u8; 40] {
+        let mut v = [0u8; 40];
         v[..8].copy_from_slice(&self.group.to_be_bytes());
         v[8..16].copy_from_slice(&self.seq.to_be_bytes());
         v[16..24].copy_from_slice(&self.own_seq.to_be_bytes());
-        v[24..].copy_from_slice(&self.time.to_be_bytes());
+        v[24..32].copy_from_slice(&self.time.to_be_bytes());
+        v[32..].copy_from_slice(&self.digest.to_be_bytes());
         v
     }
 
     /// Decodes; None if corrupt.
     pub fn decode(v: &[u8]) -> Option<Answer> {
-        if v.len() != 32 {
+        if v.len() != 32 && v.len() != 40 {
             return None;
         }
         let mut b = v;
@@ -257,8 +262,30 @@ impl Answer {
             seq: b.get_u64(),
             own_seq: b.get_u64(),
             time: b.get_u64(),
+            digest: if b.is_empty() { 0 } else { b.get_u64() },
         })
     }
+
+    /// Whether a msg:R with this digest is a retransmission of the message
+    /// answered.
+    pub fn matches(&self, digest: u64) -> bool {
+        self.digest == 0 || self.digest == digest
+    }
+}
+
+/// A digest of what a msg:R asks for (where it goes and its body), stable
+/// across restarts because it is stored with the dedup entry: the first 8
+/// bytes of a SHA-256, never 0.
+pub fn digest(group: u64, to: u64, body: &[u8]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(group.to_be_bytes());
+    h.update(to.to_be_bytes());
+    h.update(body);
+    let out = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&out[..8]);
+    u64::from_be_bytes(first).max(1)
 }
 
 #[cfg(test)]
@@ -309,8 +336,23 @@ mod tests {
             seq: 9,
             own_seq: 8,
             time: 7,
+            digest: digest(0, 2, b"hi"),
         };
         assert_eq!(Answer::decode(&a.encode()), Some(a));
         assert_eq!(Answer::decode(&[0; 31]), None);
+        // An entry written without a digest matches any message.
+        let old = Answer::decode(&a.encode()[..32]).expect("32 bytes decode");
+        assert_eq!(old.digest, 0);
+        assert!(old.matches(digest(0, 3, b"other")));
+    }
+
+    #[test]
+    fn the_digest_tells_recipient_and_body_apart() {
+        let d = digest(0, 2, b"hi");
+        assert!(d != 0);
+        assert_eq!(d, digest(0, 2, b"hi"));
+        assert_ne!(d, digest(0, 3, b"hi"));
+        assert_ne!(d, digest(2, 0, b"hi"));
+        assert_ne!(d, digest(0, 2, b"ho"));
     }
 }

@@ -86,7 +86,9 @@ pub(crate) struct State {
     dirty_heads: AHashSet<StreamId>,
     cursors: Cache<(StreamId, u64, u32), u64>,
     delivered: Cache<u64, u64>,
-    marks: Cache<(u64, u64), (u64, u64)>,
+    /// (sender, peer) -> the receipt marks of the sender's messages to the
+    /// peer; None while the sender never wrote to the peer.
+    marks: Cache<(u64, u64), Option<(u64, u64)>>,
     group_reads: Cache<(u64, u64), u64>,
     groups: Cache<u64, Option<Group>>,
     /// Who sent the newest messages of each inbox, so that the delivered
@@ -346,6 +348,24 @@ impl State {
         }
     }
 
+    /// The receipt marks (delivered, read) of `sender`'s messages to
+    /// `peer`; None if `sender` never wrote to `peer`.
+    fn mark_entry(
+        &mut self,
+        store: &dyn Store,
+        sender: u64,
+        peer: u64,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        if let Some(&m) = self.marks.get(&(sender, peer)) {
+            return Ok(m);
+        }
+        let m = store
+            .get(Table::Meta, &keys::receipt_key(sender, peer))?
+            .and_then(|v| Some((keys::u64_value(&v)?, keys::u64_value(v.get(8..)?)?)));
+        self.marks.insert((sender, peer), m);
+        Ok(m)
+    }
+
     /// The receipt marks (delivered, read) of `sender`'s messages to `peer`.
     pub(crate) fn mark(
         &mut self,
@@ -353,15 +373,41 @@ impl State {
         sender: u64,
         peer: u64,
     ) -> Result<(u64, u64), StoreError> {
-        if let Some(&m) = self.marks.get(&(sender, peer)) {
-            return Ok(m);
+        Ok(self.mark_entry(store, sender, peer)?.unwrap_or((0, 0)))
+    }
+
+    /// Whether `sender` ever wrote to `peer`: only then may `peer`'s read
+    /// marks reach `sender` as receipts.
+    pub(crate) fn has_written(
+        &mut self,
+        store: &dyn Store,
+        sender: u64,
+        peer: u64,
+    ) -> Result<bool, StoreError> {
+        Ok(self.mark_entry(store, sender, peer)?.is_some())
+    }
+
+    /// Notes that `sender` wrote to `peer`: the first message of a
+    /// conversation stores its (empty) receipt marks.
+    pub(crate) fn open_conversation(
+        &mut self,
+        store: &dyn Store,
+        batch: &mut WriteBatch,
+        sender: u64,
+        peer: u64,
+    ) -> Result<(), StoreError> {
+        if self.mark_entry(store, sender, peer)?.is_none() {
+            self.put_mark(batch, sender, peer, (0, 0));
         }
-        let m = store
-            .get(Table::Meta, &keys::receipt_key(sender, peer))?
-            .and_then(|v| Some((keys::u64_value(&v)?, keys::u64_value(v.get(8..)?)?)))
-            .unwrap_or((0, 0));
-        self.marks.insert((sender, peer), m);
-        Ok(m)
+        Ok(())
+    }
+
+    fn put_mark(&mut self, batch: &mut WriteBatch, sender: u64, peer: u64, m: (u64, u64)) {
+        self.marks.insert((sender, peer), Some(m));
+        let mut v = [0u8; 16];
+        v[..8].copy_from_slice(&m.0.to_be_bytes());
+        v[8..].copy_from_slice(&m.1.to_be_bytes());
+        batch.put(Table::Meta, keys::receipt_key(sender, peer), v);
     }
 
     /// Raises receipt marks; returns whether anything moved.
@@ -379,12 +425,23 @@ impl State {
         if (nd, nr) == (d, r) {
             return Ok(false);
         }
-        self.marks.insert((sender, peer), (nd, nr));
-        let mut v = [0u8; 16];
-        v[..8].copy_from_slice(&nd.to_be_bytes());
-        v[8..].copy_from_slice(&nr.to_be_bytes());
-        batch.put(Table::Meta, keys::receipt_key(sender, peer), v);
+        self.put_mark(batch, sender, peer, (nd, nr));
         Ok(true)
+    }
+
+    /// A member's read mark in a group.
+    pub(crate) fn group_read(
+        &mut self,
+        store: &dyn Store,
+        group: u64,
+        user: u64,
+    ) -> Result<u64, StoreError> {
+        if let Some(&r) = self.group_reads.get(&(group, user)) {
+            return Ok(r);
+        }
+        let r = get_u64(store, Table::Meta, &keys::group_read_key(group, user))?.unwrap_or(0);
+        self.group_reads.insert((group, user), r);
+        Ok(r)
     }
 
     /// Raises a member's read mark in a group; returns whether it moved.
@@ -396,10 +453,7 @@ impl State {
         user: u64,
         to: u64,
     ) -> Result<bool, StoreError> {
-        let cur = match self.group_reads.get(&(group, user)) {
-            Some(&r) => r,
-            None => get_u64(store, Table::Meta, &keys::group_read_key(group, user))?.unwrap_or(0),
-        };
+        let cur = self.group_read(store, group, user)?;
         if to <= cur {
             self.group_reads.insert((group, user), cur);
             return Ok(false);
