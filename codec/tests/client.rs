@@ -817,6 +817,57 @@ fn group_acks_wait_longer_and_cover_more() {
 // ---- receipts ---------------------------------------------------------------
 
 #[test]
+fn receipts_that_come_before_the_msg_a_settle_it_when_it_arrives() {
+    let mut h = Harness::new(Config::new(ME, DEVICE, "tok"));
+    h.login(0);
+    let a = h.send_to_peer("a");
+    let b = h.send_to_peer("b");
+    h.frames();
+    // The connection breaks before either msg:A; at the next login the
+    // server's receipt marks come before the retransmissions' answers.
+    h.c.handle_disconnect();
+    h.c.connect(h.now);
+    h.frames();
+    h.feed(login_ok(2, 30_000));
+    h.events();
+    h.feed(AckN {
+        peer: PEER,
+        group: 0,
+        seq: 7,
+    });
+    h.feed(ReadN {
+        reader: PEER,
+        group: 0,
+        peer: ME,
+        seq: 6,
+    });
+    assert_eq!(h.events(), vec![]);
+    h.feed(msg_a(a, 6, 1));
+    h.feed(msg_a(b, 8, 2));
+    let e = h.events();
+    let settled: Vec<&Event> = e
+        .iter()
+        .filter(|e| matches!(e, Event::Delivered { .. } | Event::Read { .. }))
+        .collect();
+    assert_eq!(
+        settled,
+        vec![
+            &Event::Delivered {
+                msg_id: a,
+                peer: PEER
+            },
+            &Event::Read {
+                msg_id: a,
+                peer: PEER
+            }
+        ],
+        "{e:?}"
+    );
+    // b (seq 8) waits for a receipt that covers it.
+    assert_eq!(h.c.awaiting_receipts(), (1, 1));
+}
+
+#[test]
 fn ack_n_and_read_n_settle_the_right_messages() {
     let mut h = Harness::new(Config::new(ME, DEVICE, "tok"));
     h.login(0);

@@ -5,6 +5,11 @@
 //! per peer the waiting messages sit in a `BTreeMap` by receiver seq, and a
 //! receipt settles a prefix of it with one `split_off`: O(log n + settled).
 //!
+//! A receipt may also come before the msg:A it covers: after a reconnection
+//! the server sends the latest marks at login, and the msg:A of a message
+//! retransmitted then comes later. So the tracker keeps the latest mark per
+//! peer, and a message tracked at or below it is settled at once.
+//!
 //! A receiver may never read, so the tracker is bounded: beyond the limit
 //! the oldest tracked message is forgotten (no event for it). Insertion
 //! order is a FIFO of (peer, seq); settled messages leave stale FIFO slots
@@ -17,6 +22,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 #[derive(Debug)]
 pub(crate) struct Tracker {
     by_peer: HashMap<u64, BTreeMap<u64, u64>>,
+    /// The highest receipt seen per peer (at most `max` peers remembered).
+    marks: HashMap<u64, u64>,
     order: VecDeque<(u64, u64)>,
     len: usize,
     max: usize,
@@ -27,6 +34,7 @@ impl Tracker {
     pub(crate) fn new(max: usize) -> Tracker {
         Tracker {
             by_peer: HashMap::new(),
+            marks: HashMap::new(),
             order: VecDeque::new(),
             len: 0,
             max,
@@ -38,10 +46,14 @@ impl Tracker {
         self.len
     }
 
-    /// Tracks `msg_id`, stored as `seq` in `peer`'s inbox.
-    pub(crate) fn track(&mut self, peer: u64, seq: u64, msg_id: u64) {
+    /// Tracks `msg_id`, stored as `seq` in `peer`'s inbox. Returns true,
+    /// tracking nothing, when a receipt already covered that seq.
+    pub(crate) fn track(&mut self, peer: u64, seq: u64, msg_id: u64) -> bool {
         if self.max == 0 {
-            return;
+            return false;
+        }
+        if self.marks.get(&peer).is_some_and(|&m| seq <= m) {
+            return true;
         }
         if self
             .by_peer
@@ -62,11 +74,21 @@ impl Tracker {
         if self.order.len() > 2 * self.len + 64 {
             self.compact();
         }
+        false
     }
 
     /// Settles every message to `peer` stored at or below `seq`, in seq
     /// order, returning their msg ids.
     pub(crate) fn settle(&mut self, peer: u64, seq: u64) -> Vec<u64> {
+        if self.max > 0 {
+            if self.marks.len() >= self.max && !self.marks.contains_key(&peer) {
+                // Bounded: forgetting marks only delays an early receipt's
+                // effect to the next receipt of that peer.
+                self.marks.clear();
+            }
+            let m = self.marks.entry(peer).or_default();
+            *m = (*m).max(seq);
+        }
         let Some(map) = self.by_peer.get_mut(&peer) else {
             return Vec::new();
         };
@@ -142,6 +164,17 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert!(t.order.len() <= 2 * t.len + 65, "{}", t.order.len());
         assert_eq!(t.settle(1, 1), vec![1]);
+    }
+
+    #[test]
+    fn a_receipt_before_the_message_settles_it_at_once() {
+        let mut t = Tracker::new(10);
+        assert_eq!(t.settle(7, 5), Vec::<u64>::new());
+        assert!(t.track(7, 5, 1), "covered by the earlier receipt");
+        assert!(!t.track(7, 6, 2), "above it: waits");
+        assert!(!t.track(8, 1, 3), "another peer: waits");
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.settle(7, 6), vec![2]);
     }
 
     #[test]

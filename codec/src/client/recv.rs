@@ -139,8 +139,21 @@ impl Client {
             server_time: a.server_time,
         });
         if msg.to != 0 && a.group == 0 {
-            self.delivered.track(msg.to, a.seq, a.msg_id);
-            self.read.track(msg.to, a.seq, a.msg_id);
+            // A receipt may have come first (after a reconnection): then
+            // it settles the message now.
+            let peer = msg.to;
+            if self.delivered.track(peer, a.seq, a.msg_id) {
+                self.events.push_back(Event::Delivered {
+                    msg_id: a.msg_id,
+                    peer,
+                });
+            }
+            if self.read.track(peer, a.seq, a.msg_id) {
+                self.events.push_back(Event::Read {
+                    msg_id: a.msg_id,
+                    peer,
+                });
+            }
         }
         // This device holds the message: its copies in our own inbox and in
         // the group's log count as received, not as gaps. The server does
