@@ -716,3 +716,75 @@ fn the_server_never_pings() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// An `internal` error names the request it answers (section 3.3)
+
+/// The in-memory store, with range reads that fail while `fail` is set.
+#[derive(Default)]
+struct FlakyScans {
+    inner: imgate::store::MemoryStore,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl imgate::store::Store for FlakyScans {
+    fn write(&self, batch: &imgate::store::WriteBatch) -> Result<(), imgate::store::StoreError> {
+        self.inner.write(batch)
+    }
+
+    fn get(
+        &self,
+        table: imgate::store::Table,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, imgate::store::StoreError> {
+        self.inner.get(table, key)
+    }
+
+    fn scan(
+        &self,
+        table: imgate::store::Table,
+        from: &[u8],
+        to: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), imgate::store::StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(imgate::store::StoreError::Engine("injected".into()));
+        }
+        self.inner.scan(table, from, to, f)
+    }
+}
+
+#[test]
+fn a_failed_read_while_answering_names_the_request() {
+    let store = FlakyScans::default();
+    let fail = store.fail.clone();
+    let mut cfg = config(DriverKind::Auto);
+    cfg.durability = Durability::Memory;
+    let backend = Delivery::new(Box::new(store), &cfg).expect("backend");
+    let gw = Gw(Some(start_with(cfg, Box::new(backend))));
+    let mut a = Client::login(gw.addr(), 1, 1);
+    let g = group_a(group_req(&mut a, 1, GroupOp::Create, 0, &[2])).group;
+    a.send(MsgR {
+        msg_id: 1,
+        group: g,
+        to: 0,
+        retry: false,
+        body: Bytes::from_static(b"m"),
+    });
+    assert!(matches!(answer(&mut a), Frame::MsgA(m) if m.seq == 1));
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    // The page is read after the request was applied: that read fails.
+    a.send(SyncR {
+        group: g,
+        after: 0,
+        limit: 10,
+    });
+    expect_error(&mut a, ErrorCode::Internal, Some(Kind::SyncR), g);
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    a.send(SyncR {
+        group: g,
+        after: 0,
+        limit: 10,
+    });
+    assert!(matches!(a.frame(), Frame::SyncPage(p) if p.count == 1));
+}

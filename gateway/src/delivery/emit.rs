@@ -98,6 +98,27 @@ pub(crate) enum Deferred {
     },
 }
 
+impl Deferred {
+    /// The request this answers: its connection, and the kind and id an
+    /// error frame about it quotes (protocol section 3.3). None for what
+    /// answers no request.
+    fn request(&self) -> Option<(ConnId, Kind, u64)> {
+        Some(match self {
+            Deferred::LoginOk { conn, .. } => (*conn, Kind::Login, 0),
+            Deferred::Msg { conn, rec, .. } => (*conn, Kind::MsgR, rec.msg_id),
+            Deferred::Again { conn, msg_id, .. } => (*conn, Kind::MsgR, *msg_id),
+            Deferred::AckA { conn, group, .. } => (*conn, Kind::AckR, *group),
+            Deferred::Read { conn, group, .. } => (*conn, Kind::ReadR, *group),
+            Deferred::Page(p) => (p.conn, Kind::SyncR, p.stream.wire_group()),
+            Deferred::Unread { conn, .. } => (*conn, Kind::UnreadR, 0),
+            Deferred::GroupA { conn, req, .. } => (*conn, Kind::GroupR, *req),
+            Deferred::Receipts { conn, req, .. } => (*conn, Kind::ReceiptsR, *req),
+            Deferred::Error { conn, kind, id, .. } => (*conn, *kind, *id),
+            Deferred::Delivered { .. } => return None,
+        })
+    }
+}
+
 pub(crate) fn encode<T: Body>(f: T) -> Bytes {
     let mut b = BytesMut::with_capacity(imgate_codec::HEADER_LEN + f.body_len());
     f.encode(&mut b);
@@ -121,33 +142,12 @@ pub(crate) fn emit_all(
     out: &mut Router,
 ) {
     for d in deferred.drain(..) {
-        let conn = match &d {
-            Deferred::LoginOk { conn, .. }
-            | Deferred::Msg { conn, .. }
-            | Deferred::Again { conn, .. }
-            | Deferred::AckA { conn, .. }
-            | Deferred::Read { conn, .. }
-            | Deferred::Unread { conn, .. }
-            | Deferred::GroupA { conn, .. }
-            | Deferred::Receipts { conn, .. }
-            | Deferred::Error { conn, .. } => Some(*conn),
-            Deferred::Page(p) => Some(p.conn),
-            Deferred::Delivered { .. } => None,
-        };
-        if let Err(e) = emit(d, state, store, batch, out)
-            && let Some(conn) = conn
-        {
+        let request = d.request();
+        if let Err(e) = emit(d, state, store, batch, out) {
             tracing::error!(error = %e, "store read failed");
-            out.to_conn(
-                conn,
-                encode(ErrorFrame::new(
-                    ErrorCode::Internal,
-                    None,
-                    0,
-                    "storage error",
-                )),
-                None,
-            );
+            if let Some((conn, kind, id)) = request {
+                error(conn, ErrorCode::Internal, kind, id, "storage error", out);
+            }
         }
     }
 }
@@ -568,39 +568,29 @@ fn logged_senders(
 /// A commit failed: answer every request of the batch with `internal`.
 pub(crate) fn refuse_all(deferred: &mut Vec<Deferred>, out: &mut Router) {
     for d in deferred.drain(..) {
-        let (conn, kind, id) = match d {
-            Deferred::Msg { conn, rec, .. } => (conn, Kind::MsgR, rec.msg_id),
-            Deferred::Again { conn, msg_id, .. } => (conn, Kind::MsgR, msg_id),
-            Deferred::AckA { conn, group, .. } => (conn, Kind::AckR, group),
-            Deferred::Read { conn, group, .. } => (conn, Kind::ReadR, group),
-            Deferred::Page(p) => (p.conn, Kind::SyncR, p.stream.wire_group()),
-            Deferred::Unread { conn, .. } => (conn, Kind::UnreadR, 0),
-            Deferred::GroupA { conn, req, .. } => (conn, Kind::GroupR, req),
-            Deferred::Receipts { conn, req, .. } => (conn, Kind::ReceiptsR, req),
+        match d {
+            // A refusal stays what it was.
             Deferred::Error {
                 conn,
                 code,
                 kind,
                 id,
                 text,
-            } => {
-                error(conn, code, kind, id, text, out);
-                continue;
+            } => error(conn, code, kind, id, text, out),
+            Deferred::LoginOk { conn, .. } => out.kick(conn, KickReason::ServerShutdown),
+            d => {
+                if let Some((conn, kind, id)) = d.request() {
+                    error(
+                        conn,
+                        ErrorCode::Internal,
+                        kind,
+                        id,
+                        "storage error; retry",
+                        out,
+                    );
+                }
             }
-            Deferred::LoginOk { conn, .. } => {
-                out.kick(conn, KickReason::ServerShutdown);
-                continue;
-            }
-            Deferred::Delivered { .. } => continue,
-        };
-        error(
-            conn,
-            ErrorCode::Internal,
-            kind,
-            id,
-            "storage error; retry",
-            out,
-        );
+        }
     }
 }
 
