@@ -320,11 +320,6 @@ impl Config {
     pub fn tick(&self) -> Duration {
         Duration::from_millis(self.tick_ms)
     }
-
-    /// Ticks (rounded up) in `ms` milliseconds.
-    pub fn ticks(&self, ms: u64) -> u64 {
-        ms.div_ceil(self.tick_ms).max(1)
-    }
 }
 
 #[cfg(test)]
