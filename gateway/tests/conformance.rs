@@ -702,11 +702,11 @@ fn acks_of_own_copies_send_no_delivered_receipt_and_msg_a_comes_first() {
 fn the_server_never_pings() {
     let gw = Gw::start(|c| {
         c.tick_ms = 20;
-        c.heartbeat_ms = 100;
+        c.heartbeat_ms = 200;
     });
     let mut c = Client::login(gw.addr(), 1, 1);
-    // Keep the connection alive for 4 heartbeat timeouts' worth of
-    // heartbeats: only pongs come back.
+    // Keep the connection alive, pinging at twice the heartbeat rate, for
+    // two heartbeat timeouts: only pongs come back.
     for nonce in 0..12 {
         std::thread::sleep(Duration::from_millis(100));
         c.send(Ping { nonce });
