@@ -127,10 +127,15 @@ impl Core {
     }
 
     /// The wheel tick of a deadline `after_ms` past `at_ms`: the first tick
-    /// that starts at or after it, so a timer never fires early. Tick `t`
-    /// is reached when the clock reads `t × tick_ms`.
+    /// that starts after it, so a timer never fires early. Tick `t` is
+    /// reached when the clock reads `t × tick_ms`; the clock reads whole ms
+    /// rounded down, so `at_ms` may be up to 1 ms before the event it
+    /// stamps, which the added ms makes up for.
     pub(crate) fn deadline(&self, at_ms: u64, after_ms: u64) -> u64 {
-        at_ms.saturating_add(after_ms).div_ceil(self.tick_ms)
+        at_ms
+            .saturating_add(after_ms)
+            .saturating_add(1)
+            .div_ceil(self.tick_ms)
     }
 
     pub(crate) fn backlogged(&self) -> bool {

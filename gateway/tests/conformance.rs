@@ -3,7 +3,8 @@
 //! document alone could meet a surprise (error reference fields, read and
 //! receipt checks, member lists, timer deadlines, user 0, the token MAC, the
 //! rate limits in login:ok, msg id reuse, the first frame's size, who may
-//! receive a read receipt, and the smaller rules of sections 3 to 5).
+//! receive a read receipt, the smaller rules of sections 3 to 5, and the
+//! reference fields of an `internal` error).
 //!
 //! The clients are the raw [`common::Client`]: these tests look at the exact
 //! frames, which the codec's client state machine would act on by itself.
