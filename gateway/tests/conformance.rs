@@ -17,11 +17,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use common::{Client, Got, config, start_with, token};
+use common::{Client, Got, Gw, config, start_with, token};
 use imgate::{
-    config::{Config, DriverKind, Durability},
+    config::{DriverKind, Durability},
     delivery::Delivery,
-    server::Running,
     token::HmacVerifier,
 };
 use imgate_codec::{
@@ -31,33 +30,6 @@ use imgate_codec::{
         ReceiptsR, SyncR,
     },
 };
-
-/// A gateway with the delivery backend on the in-memory store, shut down
-/// when dropped (also when a test fails).
-struct Gw(Option<Running>);
-
-impl Gw {
-    fn start(f: impl FnOnce(&mut Config)) -> Gw {
-        let mut cfg = config(DriverKind::Auto);
-        cfg.durability = Durability::Memory;
-        f(&mut cfg);
-        let store = imgate::store::open(&cfg.data_dir, Durability::Memory).expect("memory store");
-        let backend = Delivery::new(store, &cfg).expect("backend");
-        Gw(Some(start_with(cfg, Box::new(backend))))
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.0.as_ref().expect("running").addr()
-    }
-}
-
-impl Drop for Gw {
-    fn drop(&mut self) {
-        if let Some(r) = self.0.take() {
-            r.shutdown();
-        }
-    }
-}
 
 const QUIET: Duration = Duration::from_millis(200);
 

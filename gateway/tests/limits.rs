@@ -27,45 +27,16 @@ use std::{
 };
 
 use bytes::Bytes;
-use common::{Client, Got, config, start_with};
+use common::{Client, Got, Gw, config, start_with};
 use imgate::{
     backend::{Backend, Inbound, Router},
-    config::{Config, DriverKind, Durability},
-    delivery::Delivery,
+    config::{Config, DriverKind},
     relay::Relay,
-    server::Running,
 };
 use imgate_codec::{
     Frame, KickReason,
     frame::{AckR, MsgA, MsgN, MsgR, SyncR, UnreadEntry, UnreadR},
 };
-
-/// A gateway with the delivery backend on the in-memory store, shut down
-/// when dropped (also when a test fails).
-struct Gw(Option<Running>);
-
-impl Gw {
-    fn start(f: impl FnOnce(&mut Config)) -> Gw {
-        let mut cfg = config(DriverKind::Auto);
-        cfg.durability = Durability::Memory;
-        f(&mut cfg);
-        let store = imgate::store::open(&cfg.data_dir, Durability::Memory).expect("memory store");
-        let backend = Delivery::new(store, &cfg).expect("backend");
-        Gw(Some(start_with(cfg, Box::new(backend))))
-    }
-
-    fn addr(&self) -> std::net::SocketAddr {
-        self.0.as_ref().expect("running").addr()
-    }
-}
-
-impl Drop for Gw {
-    fn drop(&mut self) {
-        if let Some(r) = self.0.take() {
-            r.shutdown();
-        }
-    }
-}
 
 /// How long nothing must arrive for "nothing more was pushed".
 const QUIET: Duration = Duration::from_millis(150);

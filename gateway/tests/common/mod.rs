@@ -15,7 +15,8 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use imgate::{
     backend::Backend,
-    config::{Config, DriverKind},
+    config::{Config, DriverKind, Durability},
+    delivery::Delivery,
     relay::Relay,
     server::{self, Running},
     token::HmacVerifier,
@@ -53,6 +54,33 @@ pub fn start(cfg: Config) -> Running {
 pub fn start_with(cfg: Config, backend: Box<dyn Backend>) -> Running {
     let v = Arc::new(HmacVerifier::new(cfg.secret.as_bytes()));
     server::start(cfg, backend, v).expect("gateway starts")
+}
+
+/// A gateway with the delivery backend on the in-memory store, shut down
+/// when dropped (also when a test fails).
+pub struct Gw(pub Option<Running>);
+
+impl Gw {
+    pub fn start(f: impl FnOnce(&mut Config)) -> Gw {
+        let mut cfg = config(DriverKind::Auto);
+        cfg.durability = Durability::Memory;
+        f(&mut cfg);
+        let store = imgate::store::open(&cfg.data_dir, Durability::Memory).expect("memory store");
+        let backend = Delivery::new(store, &cfg).expect("backend");
+        Gw(Some(start_with(cfg, Box::new(backend))))
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.0.as_ref().expect("running").addr()
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            r.shutdown();
+        }
+    }
 }
 
 pub fn token(user: u64, device: u32) -> Bytes {
