@@ -136,38 +136,6 @@ fn a_malformed_body_is_answered_with_its_kind_and_id_0() {
 }
 
 #[test]
-fn login_refusals_carry_ref_id_0() {
-    let gw = Gw::start(|_| {});
-    let mut c = Client::connect(gw.addr());
-    c.send(Login {
-        user: 7,
-        device: 1,
-        resume: 0,
-        token: token(8, 1),
-    });
-    let got = c.closed();
-    let e = error(got[0].clone());
-    assert_eq!(
-        (e.code(), e.ref_kind(), e.ref_id),
-        (ErrorCode::BadToken, Some(Kind::Login), 0)
-    );
-
-    let expired = HmacVerifier::new(common::SECRET.as_bytes()).mint(7, 1, 1);
-    let mut c = Client::connect(gw.addr());
-    c.send(Login {
-        user: 7,
-        device: 1,
-        resume: 0,
-        token: Bytes::from(expired),
-    });
-    let e = error(c.closed()[0].clone());
-    assert_eq!(
-        (e.code(), e.ref_kind(), e.ref_id),
-        (ErrorCode::TokenExpired, Some(Kind::Login), 0)
-    );
-}
-
-#[test]
 fn not_logged_in_names_the_request_it_refuses() {
     let gw = Gw::start(|_| {});
     let mut c = Client::connect(gw.addr());

@@ -9,13 +9,20 @@ use bytes::Bytes;
 use common::{Client, Got, config, drivers, start, start_with, token};
 use imgate::relay::Relay;
 use imgate_codec::{
-    ErrorCode, Frame, KickReason,
+    ErrorCode, Frame, KickReason, Kind,
     frame::{AckR, Login, MsgR, Ping},
 };
 
 fn error_code(f: &Frame) -> ErrorCode {
     match f {
         Frame::Error(e) => e.code(),
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+}
+
+fn error_ref(f: &Frame) -> (Option<Kind>, u64) {
+    match f {
+        Frame::Error(e) => (e.ref_kind(), e.ref_id),
         other => panic!("expected an error frame, got {other:?}"),
     }
 }
@@ -63,6 +70,8 @@ fn bad_and_expired_tokens_are_refused_and_closed() {
         let got = c.closed();
         assert_eq!(got.len(), 1, "{d:?}: {got:?}");
         assert_eq!(error_code(&got[0]), ErrorCode::BadToken);
+        // A login refusal quotes the login, with id 0 (protocol 3.3).
+        assert_eq!(error_ref(&got[0]), (Some(Kind::Login), 0), "{d:?}");
 
         let expired = imgate::token::HmacVerifier::new(common::SECRET.as_bytes()).mint(7, 1, 1);
         let mut c = Client::connect(gw.addr());
@@ -74,6 +83,7 @@ fn bad_and_expired_tokens_are_refused_and_closed() {
         });
         let got = c.closed();
         assert_eq!(error_code(&got[0]), ErrorCode::TokenExpired, "{d:?}");
+        assert_eq!(error_ref(&got[0]), (Some(Kind::Login), 0), "{d:?}");
         assert!(gw.shutdown());
     }
 }
