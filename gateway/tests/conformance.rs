@@ -40,15 +40,15 @@ fn error(f: Frame) -> ErrorFrame {
     }
 }
 
+/// The code and reference fields of an error frame.
+fn refs(f: Frame) -> (ErrorCode, Option<Kind>, u64) {
+    let e = error(f);
+    (e.code(), e.ref_kind(), e.ref_id)
+}
+
 /// The next frame is an error with this code, kind and id.
 fn expect_error(c: &mut Client, code: ErrorCode, kind: Option<Kind>, id: u64) {
-    let e = error(c.frame());
-    assert_eq!(
-        (e.code(), e.ref_kind(), e.ref_id),
-        (code, kind, id),
-        "{}",
-        e.text()
-    );
+    assert_eq!(refs(c.frame()), (code, kind, id));
 }
 
 fn kick_reason(f: &Frame) -> KickReason {
@@ -127,9 +127,8 @@ fn a_malformed_body_is_answered_with_its_kind_and_id_0() {
     c.send_raw(&raw);
     let got = c.closed();
     assert_eq!(got.len(), 2, "{got:?}");
-    let e = error(got[0].clone());
     assert_eq!(
-        (e.code(), e.ref_kind(), e.ref_id),
+        refs(got[0].clone()),
         (ErrorCode::MalformedFrame, Some(Kind::Ping), 0)
     );
     assert_eq!(kick_reason(&got[1]), KickReason::ProtocolError);
@@ -141,9 +140,8 @@ fn not_logged_in_names_the_request_it_refuses() {
     let mut c = Client::connect(gw.addr());
     c.send(Ping { nonce: 77 });
     let got = c.closed();
-    let e = error(got[0].clone());
     assert_eq!(
-        (e.code(), e.ref_kind(), e.ref_id),
+        refs(got[0].clone()),
         (ErrorCode::NotLoggedIn, Some(Kind::Ping), 77)
     );
 
@@ -155,9 +153,8 @@ fn not_logged_in_names_the_request_it_refuses() {
         retry: false,
         body: Bytes::from_static(b"early"),
     });
-    let e = error(c.closed()[0].clone());
     assert_eq!(
-        (e.code(), e.ref_kind(), e.ref_id),
+        refs(c.closed()[0].clone()),
         (ErrorCode::NotLoggedIn, Some(Kind::MsgR), 4242)
     );
 }
@@ -196,9 +193,8 @@ fn a_read_mark_never_goes_backwards_and_out_of_range_marks_are_refused() {
         (0, 2, 1, "the reader itself"),
     ] {
         b.send(ReadR { group, peer, seq });
-        let e = error(answer(&mut b));
         assert_eq!(
-            (e.code(), e.ref_kind(), e.ref_id),
+            refs(answer(&mut b)),
             (ErrorCode::InvalidRequest, Some(Kind::ReadR), group),
             "{what}"
         );
@@ -224,9 +220,8 @@ fn group_reads_need_peer_0_and_receipts_need_a_seq_in_the_log() {
         peer: 2,
         seq: 1,
     });
-    let e = error(answer(&mut a));
     assert_eq!(
-        (e.code(), e.ref_kind(), e.ref_id),
+        refs(answer(&mut a)),
         (ErrorCode::InvalidRequest, Some(Kind::ReadR), g)
     );
     assert!(matches!(read(&mut a, g, 0, 1), Frame::ReadA(r) if r.seq == 1));
@@ -237,9 +232,8 @@ fn group_reads_need_peer_0_and_receipts_need_a_seq_in_the_log() {
             group: g,
             seq,
         });
-        let e = error(answer(&mut a));
         assert_eq!(
-            (e.code(), e.ref_kind(), e.ref_id),
+            refs(answer(&mut a)),
             (ErrorCode::InvalidRequest, Some(Kind::ReceiptsR), 5),
             "seq {seq}"
         );
@@ -274,9 +268,8 @@ fn member_lists_are_checked_and_the_creator_is_listed() {
         (5, GroupOp::Create, 0, &[0][..], "create with user 0"),
         (6, GroupOp::List, g, &[6, 7][..], "list after two ids"),
     ] {
-        let e = error(group_req(&mut a, req, op, group, list));
         assert_eq!(
-            (e.code(), e.ref_kind(), e.ref_id),
+            refs(group_req(&mut a, req, op, group, list)),
             (ErrorCode::InvalidRequest, Some(Kind::GroupR), req),
             "{what}"
         );
@@ -363,9 +356,8 @@ fn user_0_cannot_log_in() {
     });
     let got = c.closed();
     assert_eq!(got.len(), 1, "{got:?}");
-    let e = error(got[0].clone());
     assert_eq!(
-        (e.code(), e.ref_kind(), e.ref_id),
+        refs(got[0].clone()),
         (ErrorCode::BadToken, Some(Kind::Login), 0)
     );
 }
@@ -383,8 +375,7 @@ fn a_token_mac_in_uppercase_is_refused() {
         resume: 0,
         token: Bytes::from(upper),
     });
-    let e = error(c.closed()[0].clone());
-    assert_eq!(e.code(), ErrorCode::BadToken);
+    assert_eq!(refs(c.closed()[0].clone()).0, ErrorCode::BadToken);
 }
 
 // ---------------------------------------------------------------------------
@@ -499,8 +490,7 @@ fn a_first_frame_longer_than_any_login_is_refused_at_once() {
     c.send_raw(&[0, 0, 0xff, 0xfc, 1, 1, 0, 0]);
     let got = c.closed();
     assert!(started.elapsed() < Duration::from_secs(3), "not waited on");
-    let e = error(got[0].clone());
-    assert_eq!((e.code(), e.ref_kind()), (ErrorCode::FrameTooLarge, None));
+    assert_eq!(refs(got[0].clone()), (ErrorCode::FrameTooLarge, None, 0));
     assert_eq!(kick_reason(&got[1]), KickReason::ProtocolError);
 
     // The largest login frame still gets in.
@@ -514,8 +504,7 @@ fn a_first_frame_longer_than_any_login_is_refused_at_once() {
         token: Bytes::from(t),
     });
     // The padded token is not a valid token, but it was read whole.
-    let e = error(c.closed()[0].clone());
-    assert_eq!(e.code(), ErrorCode::BadToken);
+    assert_eq!(refs(c.closed()[0].clone()).0, ErrorCode::BadToken);
 }
 
 // ---------------------------------------------------------------------------
@@ -529,9 +518,8 @@ fn read_receipts_reach_only_peers_that_wrote_to_the_reader() {
     let mut stranger = Client::login(gw.addr(), 3, 1);
     // 3 never wrote to 2: 2 cannot send it read receipts.
     send_msg(&mut a, 1, 2, b"hello");
-    let e = error(read(&mut b, 0, 3, 1));
     assert_eq!(
-        (e.code(), e.ref_kind(), e.ref_id),
+        refs(read(&mut b, 0, 3, 1)),
         (ErrorCode::Forbidden, Some(Kind::ReadR), 0)
     );
     assert_quiet(&mut stranger, "a user that never wrote gets no read:N");
@@ -601,9 +589,8 @@ fn the_body_is_checked_before_the_direction() {
     // The same kind with a wrong size: malformed, and closed.
     c.send_raw(&[0, 0, 0, 7, 1, 0x11, 0, 0, 1, 2, 3]);
     let got = c.closed();
-    let e = error(got[0].clone());
     assert_eq!(
-        (e.code(), e.ref_kind(), e.ref_id),
+        refs(got[0].clone()),
         (ErrorCode::MalformedFrame, Some(Kind::MsgA), 0)
     );
 }
