@@ -37,6 +37,18 @@ pub const FLAG_RETRY: u16 = 0x0001;
 /// the counts cover what it read, and a pull still brings everything.
 pub const FLAG_PARTIAL: u16 = 0x0002;
 
+/// A copy of an encoded frame with `flags` set in its header, the rest
+/// unchanged (a push sent again gets [`FLAG_RETRY`] without being decoded
+/// and encoded again). A buffer shorter than a header is returned as is.
+pub fn with_flags(frame: &[u8], flags: u16) -> bytes::Bytes {
+    let mut b = bytes::BytesMut::from(frame);
+    if let Some(f) = b.get_mut(6..HEADER_LEN) {
+        let set = u16::from_be_bytes([f[0], f[1]]) | flags;
+        f.copy_from_slice(&set.to_be_bytes());
+    }
+    b.freeze()
+}
+
 macro_rules! kinds {
     ($($(#[$doc:meta])* $name:ident = $val:literal => $text:literal,)*) => {
         /// Every frame kind on the wire.
@@ -202,6 +214,14 @@ mod tests {
         }
         assert_eq!(Kind::from_u8(0), None);
         assert_eq!(Kind::from_u8(0xff), None);
+    }
+
+    #[test]
+    fn with_flags_sets_bits_and_keeps_the_rest() {
+        let frame = [0, 0, 0, 6, 1, 0x12, 0, 2, 0xaa, 0xbb];
+        let out = with_flags(&frame, FLAG_RETRY);
+        assert_eq!(&out[..], &[0, 0, 0, 6, 1, 0x12, 0, 3, 0xaa, 0xbb]);
+        assert_eq!(&with_flags(&frame[..5], FLAG_RETRY)[..], &frame[..5]);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use bytes::{Bytes, BytesMut};
 use imgate_codec::{
     Body, Decoder, ErrorCode, Frame, KickReason, Kind,
     frame::{ErrorFrame, Kick, LoginOk, MAX_LOGIN_FRAME, Pong},
-    header::FLAG_RETRY,
+    header::{self, FLAG_RETRY},
 };
 use std::os::fd::AsRawFd;
 
@@ -130,7 +130,7 @@ impl Conn {
     /// now fully logged in.
     pub(crate) fn logged_in(&self, ok: &LoginOk) {
         if self.phase.get() == Phase::Pending && !self.is_closing() {
-            self.queue(ok.clone().into_bytes());
+            self.queue(ok.clone().to_bytes());
             self.phase.set(Phase::Active);
         }
     }
@@ -248,7 +248,12 @@ impl Conn {
             return None;
         }
         p.retries += 1;
-        Some(p.frames.iter().map(|(_, b)| with_retry_flag(b)).collect())
+        Some(
+            p.frames
+                .iter()
+                .map(|(_, b)| header::with_flags(b, FLAG_RETRY))
+                .collect(),
+        )
     }
 
     pub(crate) fn take_push_timer(&self) -> Option<TimerKey> {
@@ -257,17 +262,6 @@ impl Conn {
             .as_mut()
             .and_then(|p| p.timer.take())
     }
-}
-
-/// A copy of one encoded frame with the RETRY flag set.
-fn with_retry_flag(b: &Bytes) -> Bytes {
-    if b.len() < imgate_codec::HEADER_LEN {
-        return b.clone();
-    }
-    let mut m = BytesMut::from(&b[..]);
-    let flags = u16::from_be_bytes([m[6], m[7]]) | FLAG_RETRY;
-    m[6..8].copy_from_slice(&flags.to_be_bytes());
-    m.freeze()
 }
 
 /// The frame decoders of one connection: before login, the first frame can
@@ -371,7 +365,7 @@ async fn finish(core: &Rc<Core>, conn: &Rc<Conn>, stream: &mut TcpStream) {
                 conn.drop_queue();
             }
             core.metrics().kick(reason);
-            conn.queue(Kick::new(reason, reason.as_str()).into_bytes());
+            conn.queue(Kick::new(reason, reason.as_str()).to_bytes());
         }
     }
     let grace = Duration::from_millis(core.shared.cfg.shutdown_timeout_ms.clamp(10, 2000));
@@ -512,7 +506,7 @@ fn read_once(
                 core.metrics()
                     .protocol_errors
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                conn.queue(ErrorFrame::new(e.code(), e.kind(), 0, &e.to_string()).into_bytes());
+                conn.queue(ErrorFrame::new(e.code(), e.kind(), 0, &e.to_string()).to_bytes());
                 conn.close(Closing::Kick(KickReason::ProtocolError));
                 data.clear();
                 break;
@@ -549,7 +543,7 @@ fn handle(core: &Rc<Core>, conn: &Rc<Conn>, frame: Frame, now_ms: u64) {
         if strikes > cfg.rate_limit_strikes {
             conn.close(Closing::Kick(KickReason::RateLimited));
         } else {
-            let id = request_id(&frame);
+            let id = frame.request_id();
             refuse(
                 conn,
                 ErrorCode::RateLimited,
@@ -568,7 +562,7 @@ fn handle(core: &Rc<Core>, conn: &Rc<Conn>, frame: Frame, now_ms: u64) {
 }
 
 fn refuse(conn: &Conn, code: ErrorCode, kind: Option<Kind>, id: u64, text: &str) {
-    conn.queue(ErrorFrame::new(code, kind, id, text).into_bytes());
+    conn.queue(ErrorFrame::new(code, kind, id, text).to_bytes());
 }
 
 fn login(core: &Rc<Core>, conn: &Rc<Conn>, frame: Frame, now_ms: u64) {
@@ -580,7 +574,7 @@ fn login(core: &Rc<Core>, conn: &Rc<Conn>, frame: Frame, now_ms: u64) {
             conn,
             ErrorCode::NotLoggedIn,
             Some(frame.kind()),
-            request_id(&frame),
+            frame.request_id(),
             "log in first",
         );
         conn.close(Closing::Kick(KickReason::ProtocolError));
@@ -629,10 +623,10 @@ fn login(core: &Rc<Core>, conn: &Rc<Conn>, frame: Frame, now_ms: u64) {
 
 fn active(core: &Rc<Core>, conn: &Rc<Conn>, frame: Frame) {
     let (user, device) = conn.user();
-    let (kind, id) = (frame.kind(), request_id(&frame));
+    let (kind, id) = (frame.kind(), frame.request_id());
     match frame {
         Frame::Ping(p) => {
-            conn.queue(Pong { nonce: p.nonce }.into_bytes());
+            conn.queue(Pong { nonce: p.nonce }.to_bytes());
         }
         Frame::Pong(_) => {}
         Frame::Logout(_) => conn.close(Closing::Now),
@@ -694,32 +688,5 @@ fn active(core: &Rc<Core>, conn: &Rc<Conn>, frame: Frame) {
                 "a server-to-client frame",
             );
         }
-    }
-}
-
-/// The id an error frame refers to for a request.
-pub(crate) fn request_id(frame: &Frame) -> u64 {
-    match frame {
-        Frame::MsgR(m) => m.msg_id,
-        Frame::AckR(a) => a.group,
-        Frame::ReadR(r) => r.group,
-        Frame::SyncR(s) => s.group,
-        Frame::GroupR(g) => g.req,
-        Frame::ReceiptsR(r) => r.req,
-        Frame::Ping(p) => p.nonce,
-        _ => 0,
-    }
-}
-
-/// Encoding a frame on its own, for queueing.
-pub(crate) trait IntoBytes {
-    fn into_bytes(self) -> Bytes;
-}
-
-impl<T: Body> IntoBytes for T {
-    fn into_bytes(self) -> Bytes {
-        let mut b = BytesMut::with_capacity(imgate_codec::HEADER_LEN + self.body_len());
-        self.encode(&mut b);
-        b.freeze()
     }
 }

@@ -7,16 +7,12 @@
 //! alone. It is not a delivery guarantee: the default backend is.
 
 use ahash::AHashMap;
-use bytes::Bytes;
 use imgate_codec::{
     Body, ErrorCode, Frame,
     frame::{AckA, ErrorFrame, MsgA, MsgN, SyncPage},
 };
 
-use crate::{
-    backend::{Backend, Inbound, Router, Track},
-    conn::request_id,
-};
+use crate::backend::{Backend, Inbound, Router, Track};
 
 /// The in-memory relay.
 #[derive(Debug, Default)]
@@ -24,12 +20,6 @@ pub struct Relay {
     inbox_head: AHashMap<u64, u64>,
     /// Track pushes so the core re-sends unacknowledged ones.
     pub track_pushes: bool,
-}
-
-fn encode<T: Body>(f: T) -> Bytes {
-    let mut b = bytes::BytesMut::with_capacity(imgate_codec::HEADER_LEN + f.body_len());
-    f.encode(&mut b);
-    b.freeze()
 }
 
 impl Relay {
@@ -64,16 +54,17 @@ impl Backend for Relay {
                     let seq = *head;
                     out.to_conn(
                         conn,
-                        encode(MsgA {
+                        MsgA {
                             msg_id: m.msg_id,
                             group: 0,
                             seq,
                             own_seq: 0,
                             server_time: now,
-                        }),
+                        }
+                        .to_bytes(),
                         None,
                     );
-                    let n = encode(MsgN {
+                    let n = MsgN {
                         group: 0,
                         seq,
                         from: user,
@@ -82,30 +73,33 @@ impl Backend for Relay {
                         server_time: now,
                         retry: false,
                         body: m.body,
-                    });
+                    }
+                    .to_bytes();
                     let track = self.track_pushes.then_some(Track { group: 0, seq });
                     out.to_user(m.to, None, &n, track);
                 }
                 Frame::AckR(a) => out.to_conn(
                     conn,
-                    encode(AckA {
+                    AckA {
                         group: a.group,
                         seq: a.seq,
-                    }),
+                    }
+                    .to_bytes(),
                     None,
                 ),
                 Frame::SyncR(s) => {
                     let head = self.inbox_head.get(&user).copied().unwrap_or(0);
-                    out.to_conn(conn, encode(SyncPage::new(s.group, s.after, head)), None);
+                    out.to_conn(conn, SyncPage::new(s.group, s.after, head).to_bytes(), None);
                 }
                 other => out.to_conn(
                     conn,
-                    encode(ErrorFrame::new(
+                    ErrorFrame::new(
                         ErrorCode::InvalidRequest,
                         Some(other.kind()),
-                        request_id(&other),
+                        other.request_id(),
                         "not supported by the relay backend",
-                    )),
+                    )
+                    .to_bytes(),
                     None,
                 ),
             }

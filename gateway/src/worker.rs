@@ -22,7 +22,7 @@ use std::{
 use bytes::BytesMut;
 use crossbeam_channel::{Sender, TrySendError};
 use imgate_codec::{
-    ErrorCode, KickReason,
+    Body, ErrorCode, KickReason,
     frame::{ErrorFrame, LoginOk},
 };
 use monoio::net::{TcpListener, TcpStream};
@@ -31,7 +31,7 @@ use slab::Slab;
 use crate::{
     backend::{CoreMsg, Inbound, Outbound},
     config::Config,
-    conn::{Closing, Conn, IntoBytes, Phase, serve},
+    conn::{Closing, Conn, Phase, serve},
     conn_id::ConnId,
     mailbox::{MailboxRx, MailboxTx},
     metrics::{CoreMetrics, Metrics},
@@ -445,7 +445,7 @@ impl Core {
 /// Refuses a connection with an error frame.
 async fn refuse(mut stream: TcpStream, code: ErrorCode) {
     use monoio::io::AsyncWriteRentExt;
-    let frame = ErrorFrame::new(code, None, 0, code.as_str()).into_bytes();
+    let frame = ErrorFrame::new(code, None, 0, code.as_str()).to_bytes();
     let _ = monoio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(frame)).await;
 }
 

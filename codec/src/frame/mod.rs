@@ -56,7 +56,20 @@ pub trait Body: Sized {
         put_header(dst, Self::KIND, self.flags(), self.body_len());
         self.put_body(dst);
     }
+
+    /// Encodes the frame once into its own buffer, ready to queue on one or
+    /// many connections (a clone is a reference-count increment).
+    fn to_bytes(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(HEADER_LEN + self.body_len() + SPARE);
+        self.encode(&mut b);
+        b.freeze()
+    }
 }
+
+/// One spare byte in a buffer frozen for sharing: `freeze` then keeps the
+/// buffer in a shared representation at once, so clones never allocate
+/// (bytes promotes an exactly-full vector lazily, on its first clone).
+const SPARE: usize = 1;
 
 /// Writes a header for a body of `body_len` bytes.
 #[inline]
@@ -260,11 +273,25 @@ impl Frame {
     /// reference-count increment, so one encoding can be queued on many
     /// connections (group fan-out).
     pub fn to_bytes(&self) -> Bytes {
-        // One spare byte: `freeze` then keeps the buffer in a shared
-        // representation at once, so clones never allocate (bytes promotes
-        // an exactly-full vector lazily, on its first clone).
-        let mut b = BytesMut::with_capacity(self.encoded_len() + 1);
+        let mut b = BytesMut::with_capacity(self.encoded_len() + SPARE);
         self.encode(&mut b);
         b.freeze()
+    }
+
+    /// The id an error frame answering this frame quotes in `ref_id`
+    /// (protocol section 3.3): a msg:R's msg id, a group:R's or receipts:R's
+    /// req, the stream of an ack:R, read:R or sync:R, a ping's nonce; 0 for
+    /// any other kind.
+    pub fn request_id(&self) -> u64 {
+        match self {
+            Frame::MsgR(m) => m.msg_id,
+            Frame::AckR(a) => a.group,
+            Frame::ReadR(r) => r.group,
+            Frame::SyncR(s) => s.group,
+            Frame::GroupR(g) => g.req,
+            Frame::ReceiptsR(r) => r.req,
+            Frame::Ping(p) => p.nonce,
+            _ => 0,
+        }
     }
 }

@@ -13,7 +13,6 @@ use super::{
 };
 use crate::{
     backend::Inbound,
-    conn::request_id,
     conn_id::ConnId,
     store::{Store, StoreError, Table, WriteBatch},
 };
@@ -109,7 +108,7 @@ pub(crate) fn apply(
             frame,
         } => (conn, user, device, frame),
     };
-    let (kind, id) = (frame.kind(), request_id(&frame));
+    let (kind, id) = (frame.kind(), frame.request_id());
     let mut cx = Ctx {
         now,
         conn,

@@ -6,8 +6,8 @@ use bytes::{Bytes, BytesMut};
 use imgate_codec::{
     Body, ErrorCode, Frame, KickReason, Kind,
     frame::{
-        AckA, AckN, Entry, ErrorFrame, GroupA, GroupOp, MsgA, MsgN, ReadA, ReadN, ReceiptsA,
-        SyncPage, UnreadA, UnreadEntry,
+        AckA, AckN, Entry, ErrorFrame, GroupA, GroupOp, MsgN, ReadA, ReadN, ReceiptsA, SyncPage,
+        UnreadA, UnreadEntry,
     },
 };
 
@@ -17,7 +17,6 @@ use super::{
 };
 use crate::{
     backend::{Inbound, Router, Track},
-    conn::request_id,
     conn_id::ConnId,
     store::{Store, StoreError, Table, WriteBatch},
 };
@@ -119,16 +118,10 @@ impl Deferred {
     }
 }
 
-pub(crate) fn encode<T: Body>(f: T) -> Bytes {
-    let mut b = BytesMut::with_capacity(imgate_codec::HEADER_LEN + f.body_len());
-    f.encode(&mut b);
-    b.freeze()
-}
-
 fn error(conn: ConnId, code: ErrorCode, kind: Kind, id: u64, text: &str, out: &mut Router) {
     out.to_conn(
         conn,
-        encode(ErrorFrame::new(code, Some(kind), id, text)),
+        ErrorFrame::new(code, Some(kind), id, text).to_bytes(),
         None,
     );
 }
@@ -182,40 +175,32 @@ fn emit(
                 if d > 0 {
                     out.to_conn(
                         conn,
-                        encode(AckN {
+                        AckN {
                             peer,
                             group: 0,
                             seq: d,
-                        }),
+                        }
+                        .to_bytes(),
                         None,
                     );
                 }
                 if r > 0 {
                     out.to_conn(
                         conn,
-                        encode(ReadN {
+                        ReadN {
                             reader: peer,
                             group: 0,
                             peer: user,
                             seq: r,
-                        }),
+                        }
+                        .to_bytes(),
                         None,
                     );
                 }
             }
         }
         Deferred::Msg { conn, answer, rec } => {
-            out.to_conn(
-                conn,
-                encode(MsgA {
-                    msg_id: rec.msg_id,
-                    group: answer.group,
-                    seq: answer.seq,
-                    own_seq: answer.own_seq,
-                    server_time: answer.time,
-                }),
-                None,
-            );
+            out.to_conn(conn, answer.msg_a(rec.msg_id).to_bytes(), None);
             let n = MsgN {
                 group: answer.group,
                 seq: answer.seq,
@@ -234,7 +219,7 @@ fn emit(
                 out.to_user(
                     rec.to,
                     None,
-                    &encode(n),
+                    &n.to_bytes(),
                     Some(Track {
                         group: 0,
                         seq: answer.seq,
@@ -243,7 +228,7 @@ fn emit(
                 out.to_user(
                     rec.from,
                     Some(conn),
-                    &encode(own),
+                    &own.to_bytes(),
                     Some(Track {
                         group: 0,
                         seq: answer.own_seq,
@@ -251,7 +236,7 @@ fn emit(
                 );
             } else {
                 // Encoded once; every member's connection gets the same bytes.
-                let bytes = encode(n);
+                let bytes = n.to_bytes();
                 let track = Some(Track {
                     group: answer.group,
                     seq: answer.seq,
@@ -269,19 +254,9 @@ fn emit(
             conn,
             msg_id,
             answer,
-        } => out.to_conn(
-            conn,
-            encode(MsgA {
-                msg_id,
-                group: answer.group,
-                seq: answer.seq,
-                own_seq: answer.own_seq,
-                server_time: answer.time,
-            }),
-            None,
-        ),
+        } => out.to_conn(conn, answer.msg_a(msg_id).to_bytes(), None),
         Deferred::AckA { conn, group, seq } => {
-            out.to_conn(conn, encode(AckA { group, seq }), None);
+            out.to_conn(conn, AckA { group, seq }.to_bytes(), None);
         }
         Deferred::Delivered { user, from, to } => {
             // Who sent what was just delivered: they get a receipt.
@@ -289,11 +264,12 @@ fn emit(
                 Some(s) => s,
                 None => logged_senders(store, user, from, to)?,
             };
-            let receipt = encode(AckN {
+            let receipt = AckN {
                 peer: user,
                 group: 0,
                 seq: to,
-            });
+            }
+            .to_bytes();
             for sender in senders {
                 state.raise_mark(store, batch, sender, user, to, 0)?;
                 out.to_user(sender, None, &receipt, None);
@@ -307,14 +283,15 @@ fn emit(
             seq,
             moved,
         } => {
-            out.to_conn(conn, encode(ReadA { group, peer, seq }), None);
+            out.to_conn(conn, ReadA { group, peer, seq }.to_bytes(), None);
             if moved {
-                let n = encode(ReadN {
+                let n = ReadN {
                     reader,
                     group,
                     peer,
                     seq,
-                });
+                }
+                .to_bytes();
                 if group == 0 {
                     out.to_user(peer, None, &n, None);
                 }
@@ -339,7 +316,7 @@ fn emit(
                 members: Bytes::new(),
             }
             .with_members(&members);
-            out.to_conn(conn, encode(a), None);
+            out.to_conn(conn, a.to_bytes(), None);
         }
         Deferred::Receipts {
             conn,
@@ -383,14 +360,15 @@ fn emit(
             }
             out.to_conn(
                 conn,
-                encode(ReceiptsA {
+                ReceiptsA {
                     req,
                     group,
                     seq,
                     members: u32::try_from(members.len()).unwrap_or(u32::MAX),
                     delivered,
                     read,
-                }),
+                }
+                .to_bytes(),
                 None,
             );
         }
@@ -447,7 +425,7 @@ fn page(p: Page, state: &mut State, store: &dyn Store, out: &mut Router) -> Resu
     if scan_err.is_some() {
         tracing::error!(stream = p.stream.0, "corrupt record in the log");
     }
-    out.to_conn(p.conn, encode(sp.finish(buf)), None);
+    out.to_conn(p.conn, sp.finish(buf).to_bytes(), None);
     Ok(())
 }
 
@@ -534,7 +512,7 @@ fn unread(
     }
     let mut summary = UnreadA::from_entries(&entries);
     summary.partial = partial;
-    out.to_conn(conn, encode(summary), None);
+    out.to_conn(conn, summary.to_bytes(), None);
     Ok(())
 }
 
@@ -604,7 +582,7 @@ pub(crate) fn refuse_event(ev: Inbound, out: &mut Router) {
                 conn,
                 ErrorCode::Internal,
                 f.kind(),
-                request_id(f),
+                f.request_id(),
                 "storage unavailable",
                 out,
             );

@@ -266,6 +266,18 @@ impl Answer {
         })
     }
 
+    /// The msg:A of this answer: the same frame to the first msg:R and to
+    /// every retransmission.
+    pub fn msg_a(&self, msg_id: u64) -> imgate_codec::frame::MsgA {
+        imgate_codec::frame::MsgA {
+            msg_id,
+            group: self.group,
+            seq: self.seq,
+            own_seq: self.own_seq,
+            server_time: self.time,
+        }
+    }
+
     /// Whether a msg:R with this digest is a retransmission of the message
     /// answered.
     pub fn matches(&self, digest: u64) -> bool {
