@@ -12,7 +12,8 @@
 //! ```
 //!
 //! The byte layout of every frame is in `docs/protocol.md`; the header is in
-//! [`header`], one module per frame family in [`frame`].
+//! [`header`], one module per frame family in [`frame`], the login token of
+//! the default verifier in [`token`].
 
 pub mod client;
 mod codes;
@@ -22,6 +23,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod header;
+pub mod token;
 mod wire;
 
 pub use codes::{ErrorCode, KickReason};

@@ -132,7 +132,7 @@ pub struct Config {
 
 /// The secret used when none is configured: fine for trying imgate on a
 /// laptop, never for production (the gateway warns at start).
-pub const DEV_SECRET: &str = "imgate-development-secret";
+pub const DEV_SECRET: &str = imgate_codec::token::DEV_SECRET;
 
 impl Default for Config {
     fn default() -> Self {

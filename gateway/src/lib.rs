@@ -26,6 +26,7 @@ pub mod delivery;
 pub mod http;
 pub mod mailbox;
 pub mod metrics;
+pub mod process;
 pub mod registry;
 pub mod relay;
 pub mod server;
@@ -37,30 +38,4 @@ pub mod token;
 pub mod wheel;
 mod worker;
 
-/// Time since the Unix epoch (zero if the clock is before it).
-pub fn unix_time() -> std::time::Duration {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-}
-
-/// Raises the soft open-files limit to the hard limit; returns the new soft
-/// limit.
-pub fn raise_fd_limit() -> std::io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes only the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max;
-        // SAFETY: setrlimit reads only the struct we pass.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(lim.rlim_cur)
-}
+pub use process::{raise_fd_limit, unix_time};

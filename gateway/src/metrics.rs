@@ -181,28 +181,4 @@ impl Metrics {
     }
 }
 
-/// Resident set size in bytes and open fds of this process (0 if unknown).
-pub fn process_stats() -> (u64, u64) {
-    let rss = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024);
-    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
-    (rss, fds)
-}
-
-/// User + system CPU seconds of this process.
-pub fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage only writes the struct we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid pointer to a rusage struct.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-        return 0.0;
-    }
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(ru.ru_utime) + t(ru.ru_stime)
-}
+pub use crate::process::{cpu_seconds, process_stats};

@@ -51,7 +51,7 @@ pub struct Common {
     #[arg(long, default_value = "0/1", global = true)]
     pub shard: Shard,
     /// Secret the gateway checks tokens with.
-    #[arg(long, env = "IMGATE_SECRET", default_value = imgate::config::DEV_SECRET, global = true, hide_default_value = true)]
+    #[arg(long, env = "IMGATE_SECRET", default_value = imgate_codec::token::DEV_SECRET, global = true, hide_default_value = true)]
     #[serde(skip)]
     pub secret: String,
     /// I/O driver: auto (io_uring if the kernel has it), uring, epoll.

@@ -35,6 +35,12 @@ pub mod gwmetrics;
 pub mod measure;
 pub mod net;
 pub mod output;
+/// What the process knows of itself (clock, fd limit, memory, CPU): the
+/// gateway's own source file, compiled in here so that the load generator
+/// depends on the codec alone and the two cannot drift.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../gateway/src/process.rs"]
+mod process;
 mod progress;
 pub mod report;
 pub mod scenario;

@@ -5,11 +5,17 @@ use std::process::ExitCode;
 use clap::{Parser, error::ErrorKind};
 use imgate_loadgen::{Cli, EXIT_ERROR, EXIT_FAILED, EXIT_OK, EXIT_USAGE, RunError, run};
 
+/// mimalloc set up as the gateway sets it up: the gateway's source file,
+/// compiled in here (the load generator does not depend on the gateway).
+#[allow(unreachable_pub)]
+#[path = "../../gateway/src/alloc.rs"]
+mod alloc;
+
 #[global_allocator]
-static GLOBAL: imgate::alloc::MiAlloc = imgate::alloc::MiAlloc;
+static GLOBAL: alloc::MiAlloc = alloc::MiAlloc;
 
 fn main() -> ExitCode {
-    imgate::alloc::tune_mimalloc();
+    alloc::tune_mimalloc();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e)

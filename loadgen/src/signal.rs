@@ -10,5 +10,10 @@ pub(crate) const CLOSE: u8 = 2;
 /// Cut the transport now, without a goodbye (storm, chaos).
 pub(crate) const CUT: u8 = 4;
 
-/// The gateway's wake-up flag, shared rather than written twice.
-pub(crate) use imgate::signal::Signal;
+/// The gateway's wake-up flag: its source file compiled in here, shared
+/// rather than written twice, without a dependency on the gateway crate.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../gateway/src/signal.rs"]
+mod shared;
+
+pub(crate) use shared::Signal;

@@ -13,7 +13,7 @@ use std::{
 use ahash::AHashMap;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use imgate::token::HmacVerifier;
+use imgate_codec::token::TokenKey;
 use imgate_codec::{
     Kind,
     client::{Client, Config, Dest, Event, SendError, State},
@@ -100,7 +100,7 @@ pub(crate) struct Player {
     pending_groups: RefCell<PendingGroups>,
     groups_made: RefCell<Vec<(u32, u64)>>,
     group_errors: RefCell<Vec<String>>,
-    minter: HmacVerifier,
+    minter: TokenKey,
 }
 
 impl Player {
@@ -518,15 +518,16 @@ impl Player {
             relogin: rec.relogin.clone(),
             pull: rec.pull.clone(),
             open_span,
-            rss: imgate::metrics::process_stats().0,
+            rss: crate::process::process_stats().0,
         }
     }
 
     // ---- commands ----------------------------------------------------------
 
     async fn open(self: Rc<Self>, specs: Vec<ConnSpec>, reconnect: bool) -> Reply {
-        let expiry = imgate::unix_time().as_secs() + 7 * 86_400;
-        let unix_ms = u64::try_from(imgate::unix_time().as_millis()).unwrap_or(0);
+        let now = crate::process::unix_time();
+        let expiry = now.as_secs() + 7 * 86_400;
+        let unix_ms = u64::try_from(now.as_millis()).unwrap_or(0);
         let start_failed = self.open_failed.get();
         let mut started = 0;
         for spec in specs {
@@ -701,7 +702,7 @@ pub(crate) async fn run(
     rx: Receiver<Cmd>,
     tx: Sender<(usize, Reply)>,
 ) {
-    let minter = HmacVerifier::new(opts.secret.as_bytes());
+    let minter = TokenKey::new(opts.secret.as_bytes());
     let p = Rc::new(Player {
         index,
         arena: RefCell::new(Arena::new(opts.body_size)),

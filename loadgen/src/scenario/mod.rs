@@ -301,7 +301,7 @@ impl Ctx {
         report.counters = snap.counters.clone();
         report.loadgen = LoadgenFigures {
             rss_bytes: snap.rss,
-            cpu_seconds: imgate::metrics::cpu_seconds(),
+            cpu_seconds: crate::process::cpu_seconds(),
         };
         if !ledger.senders.is_empty() {
             let v = ledger.verdict(audience);
@@ -442,9 +442,9 @@ pub fn run(cli: Cli) -> Result<Report, RunError> {
         }
         Driver::Epoll => false,
     };
-    let _ = imgate::raise_fd_limit();
+    let _ = crate::process::raise_fd_limit();
     let clock = Clock::new();
-    let run_id = (imgate::unix_time().as_millis() as u32) ^ (std::process::id() << 16);
+    let run_id = (crate::process::unix_time().as_millis() as u32) ^ (std::process::id() << 16);
     let progress = Arc::new(Progress::new(threads, c.quiet));
     let opts = EngineOpts {
         target: c.target,
