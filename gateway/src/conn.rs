@@ -1,7 +1,7 @@
 //! One connection: its state on the core and the task that pumps it.
 //!
 //! The task sleeps on two things at once: the socket becoming readable and
-//! the connection's [`Signal`] (outbound frames queued, or a close asked
+//! the connection's [`Wake`] (outbound frames queued, or a close asked
 //! for). It owns no read buffer while idle: when the socket is readable it
 //! borrows a block from the core's read pool, reads, splits complete frames
 //! off as `Bytes` (zero copy), and keeps only an unfinished frame's bytes.
@@ -32,9 +32,9 @@ use monoio::net::TcpStream;
 use crate::{
     backend::{Inbound, Track},
     conn_id::ConnId,
-    signal::Signal,
     sock,
     token::TokenError,
+    wake::Wake,
     wheel::TimerKey,
     worker::Core,
 };
@@ -92,7 +92,7 @@ pub(crate) struct Conn {
     front_started: Cell<bool>,
     /// The socket buffer is full: the task waits for writability.
     blocked: Cell<bool>,
-    pub(crate) signal: Signal,
+    pub(crate) signal: Wake,
     closing: Cell<Option<Closing>>,
     tokens: Cell<f32>,
     refill_ms: Cell<u64>,
@@ -113,7 +113,7 @@ impl Conn {
             out_bytes: Cell::new(0),
             front_started: Cell::new(false),
             blocked: Cell::new(false),
-            signal: Signal::default(),
+            signal: Wake::default(),
             closing: Cell::new(None),
             tokens: Cell::new(burst as f32),
             refill_ms: Cell::new(now_ms),

@@ -30,11 +30,11 @@ pub mod process;
 pub mod registry;
 pub mod relay;
 pub mod server;
-pub mod signal;
 pub mod signals;
 mod sock;
 pub mod store;
 pub mod token;
+pub mod wake;
 pub mod wheel;
 mod worker;
 

@@ -44,7 +44,7 @@ mod process;
 mod progress;
 pub mod report;
 pub mod scenario;
-mod signal;
+mod wake;
 
 pub use cli::Cli;
 pub use report::Report;

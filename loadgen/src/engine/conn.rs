@@ -8,7 +8,7 @@
 //!
 //! The reader owns the read half and never has its read cancelled: it ends
 //! when the socket does (the peer closed, or the writer cut it). The writer
-//! sleeps on the connection's [`Signal`]; whoever queues frames in the
+//! sleeps on the connection's [`Wake`]; whoever queues frames in the
 //! client stages them with `poll_transmit` into `out` and raises `FLUSH`;
 //! the writer swaps `out` with its own buffer and writes it whole, so many
 //! frames cost one write. `CUT` makes the writer shut the socket down (the
@@ -35,7 +35,7 @@ use super::{ConnSpec, player::Player};
 use crate::{
     measure::{Seen, SenderBook, bump, record_ns},
     net,
-    signal::{CLOSE, CUT, FLUSH, Signal},
+    wake::{CLOSE, CUT, FLUSH, Wake},
 };
 
 /// Reads of at least this much.
@@ -90,7 +90,7 @@ pub(crate) struct Conn {
     pub(crate) client: RefCell<Client>,
     /// Encoded frames waiting for the writer.
     pub(crate) out: RefCell<BytesMut>,
-    pub(crate) signal: Signal,
+    pub(crate) signal: Wake,
     /// The socket while the task owns one.
     fd: Cell<Option<RawFd>>,
     /// The deadline the timer heap holds for this connection.
@@ -120,7 +120,7 @@ impl Conn {
             first_msg_id,
             client: RefCell::new(client),
             out: RefCell::new(BytesMut::new()),
-            signal: Signal::default(),
+            signal: Wake::default(),
             fd: Cell::new(None),
             armed: Cell::new(None),
             logged_in: Cell::new(false),

@@ -130,7 +130,7 @@ impl Player {
         c.pump_out();
         self.arm(c);
         if c.client.borrow().state() == State::Closed {
-            c.signal.raise(crate::signal::CLOSE);
+            c.signal.raise(crate::wake::CLOSE);
         }
     }
 
@@ -601,7 +601,7 @@ impl Player {
             c.next_delay.set(Some(Duration::from_millis(delay_ms)));
             c.cut_at.set(Some(Instant::now()));
             c.storm.set(storm);
-            c.signal.raise(crate::signal::CUT);
+            c.signal.raise(crate::wake::CUT);
             n += 1;
         }
         self.rec.borrow_mut().counters.cuts += u64::from(n);
@@ -656,7 +656,7 @@ impl Player {
                 c.client.borrow_mut().logout(now);
                 self.drain(c, now);
             }
-            c.signal.raise(crate::signal::CLOSE);
+            c.signal.raise(crate::wake::CLOSE);
         }
         let deadline = Instant::now() + Duration::from_secs(3);
         while self.live.get() > 0 && Instant::now() < deadline {

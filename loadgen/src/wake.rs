@@ -13,7 +13,7 @@ pub(crate) const CUT: u8 = 4;
 /// The gateway's wake-up flag: its source file compiled in here, shared
 /// rather than written twice, without a dependency on the gateway crate.
 #[allow(dead_code, unreachable_pub)]
-#[path = "../../gateway/src/signal.rs"]
+#[path = "../../gateway/src/wake.rs"]
 mod shared;
 
-pub(crate) use shared::Signal;
+pub(crate) use shared::Wake;

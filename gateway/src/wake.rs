@@ -13,20 +13,20 @@ use std::{
 
 /// Flag bits with one waiting task.
 #[derive(Default)]
-pub struct Signal {
+pub struct Wake {
     flags: Cell<u8>,
     waker: Cell<Option<Waker>>,
 }
 
-impl std::fmt::Debug for Signal {
+impl std::fmt::Debug for Wake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signal")
+        f.debug_struct("Wake")
             .field("flags", &self.flags.get())
             .finish()
     }
 }
 
-impl Signal {
+impl Wake {
     /// Sets `bits` and wakes the waiting task, if any.
     pub fn raise(&self, bits: u8) {
         self.flags.set(self.flags.get() | bits);
