@@ -22,12 +22,13 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use crate::{
     backend::{self, Backend, CoreMsg, Router},
     config::{Config, DriverKind},
+    core::{self, Core, Shared},
     http,
+    listener::{self, bind, wait_for_port},
     mailbox::{MailboxRx, mailbox},
     metrics::Metrics,
     registry::Registry,
     token::Verifier,
-    worker::{self, Core, Shared},
 };
 
 /// A running gateway.
@@ -67,65 +68,6 @@ pub enum StartError {
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
-}
-
-fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
-    Ok(s.into())
-}
-
-/// Waits up to `wait` for the port of `addr` to have no listening socket.
-///
-/// The gateway's listeners share their port (SO_REUSEPORT), so they would
-/// also join the listeners of a gateway that was just killed: with io_uring
-/// those close only when the kernel tears down the dead process's rings,
-/// and every connection the kernel hands them meanwhile is reset. A probe
-/// socket without SO_REUSEPORT cannot bind while any socket listens on the
-/// port, so it tells when they are gone. After `wait` the gateway binds
-/// anyway, with a warning: another live process may share the port on
-/// purpose, or refuse it (then binding fails with a clear error).
-fn wait_for_port(addr: SocketAddr, wait: Duration) -> std::io::Result<()> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    if addr.port() == 0 || wait.is_zero() {
-        return Ok(());
-    }
-    let deadline = Instant::now() + wait;
-    let mut told = false;
-    loop {
-        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        // Connections of the old instance in TIME_WAIT do not count.
-        s.set_reuse_address(true)?;
-        match s.bind(&addr.into()) {
-            Ok(()) => {
-                if told {
-                    tracing::info!(%addr, "the port's earlier listeners are gone");
-                }
-                return Ok(());
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                if Instant::now() >= deadline {
-                    tracing::warn!(
-                        %addr,
-                        waited_ms = wait.as_millis() as u64,
-                        "another socket still listens on the port; sharing it"
-                    );
-                    return Ok(());
-                }
-                if !told {
-                    tracing::info!(%addr, "another socket listens on the port; waiting for it to close");
-                    told = true;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 /// Whether the cores will run io_uring under this setting.
@@ -266,7 +208,11 @@ pub fn start(
                 let id = u16::try_from(i).unwrap_or(u16::MAX);
                 let fut = async move {
                     match monoio::net::TcpListener::from_std(listener) {
-                        Ok(l) => worker::run(Rc::new(Core::new(id, shared)), l, rx).await,
+                        Ok(l) => {
+                            let core = Rc::new(Core::new(id, shared));
+                            let accept = listener::accept_loop(core.clone(), l);
+                            core::run(core, rx, accept).await;
+                        }
                         Err(e) => tracing::error!(core = id, error = %e, "listener failed"),
                     }
                 };

@@ -1,0 +1,126 @@
+//! Taking connections: each core's listening socket, its accept loop, and
+//! the connection limit. A connection over `max_connections`, or one that
+//! arrives while the server shuts down, gets an error frame and a close; an
+//! admitted one gets a slot on the core and a task of its own
+//! ([`crate::pump::serve`]).
+
+use std::{
+    net::SocketAddr,
+    rc::Rc,
+    sync::atomic::Ordering::Relaxed,
+    time::{Duration, Instant},
+};
+
+use imgate_codec::{Body, ErrorCode, frame::ErrorFrame};
+use monoio::net::{TcpListener, TcpStream};
+
+use crate::{core::Core, pump};
+
+/// Accepts connections until shutdown begins, then closes the listener.
+pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => Some(r),
+            _ = core.stopped() => None,
+        };
+        match accepted {
+            Some(Ok((stream, _))) => admit(&core, stream),
+            Some(Err(e)) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(core = core.id, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+            None => break,
+        }
+    }
+}
+
+/// Takes a new connection, or refuses it at the limit or during shutdown.
+fn admit(core: &Rc<Core>, stream: TcpStream) {
+    let m = core.metrics();
+    m.accepted.fetch_add(1, Relaxed);
+    let _ = stream.set_nodelay(true);
+    let shared = &core.shared;
+    let total = shared.connections.fetch_add(1, Relaxed) + 1;
+    if total > shared.cfg.max_connections || core.stopping() {
+        shared.connections.fetch_sub(1, Relaxed);
+        m.refused.fetch_add(1, Relaxed);
+        let code = if core.stopping() {
+            ErrorCode::ShuttingDown
+        } else {
+            ErrorCode::TooManyConnections
+        };
+        monoio::spawn(refuse(stream, code));
+        return;
+    }
+    let conn = core.insert();
+    monoio::spawn(pump::serve(core.clone(), conn, stream));
+}
+
+/// Refuses a connection with an error frame.
+async fn refuse(mut stream: TcpStream, code: ErrorCode) {
+    use monoio::io::AsyncWriteRentExt;
+    let frame = ErrorFrame::new(code, None, 0, code.as_str()).to_bytes();
+    let _ = monoio::time::timeout(Duration::from_secs(1), stream.write_all(frame)).await;
+}
+
+/// A listening socket on `addr` that shares its port with the other cores'
+/// (`SO_REUSEPORT`): the kernel spreads new connections over them.
+pub(crate) fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(s.into())
+}
+
+/// Waits up to `wait` for the port of `addr` to have no listening socket.
+///
+/// The gateway's listeners share their port (SO_REUSEPORT), so they would
+/// also join the listeners of a gateway that was just killed: with io_uring
+/// those close only when the kernel tears down the dead process's rings,
+/// and every connection the kernel hands them meanwhile is reset. A probe
+/// socket without SO_REUSEPORT cannot bind while any socket listens on the
+/// port, so it tells when they are gone. After `wait` the gateway binds
+/// anyway, with a warning: another live process may share the port on
+/// purpose, or refuse it (then binding fails with a clear error).
+pub(crate) fn wait_for_port(addr: SocketAddr, wait: Duration) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() == 0 || wait.is_zero() {
+        return Ok(());
+    }
+    let deadline = Instant::now() + wait;
+    let mut told = false;
+    loop {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        // Connections of the old instance in TIME_WAIT do not count.
+        s.set_reuse_address(true)?;
+        match s.bind(&addr.into()) {
+            Ok(()) => {
+                if told {
+                    tracing::info!(%addr, "the port's earlier listeners are gone");
+                }
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if Instant::now() >= deadline {
+                    tracing::warn!(
+                        %addr,
+                        waited_ms = wait.as_millis() as u64,
+                        "another socket still listens on the port; sharing it"
+                    );
+                    return Ok(());
+                }
+                if !told {
+                    tracing::info!(%addr, "another socket listens on the port; waiting for it to close");
+                    told = true;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
