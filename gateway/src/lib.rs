@@ -19,6 +19,7 @@
 
 pub mod alloc;
 pub mod backend;
+pub mod clock;
 pub mod config;
 mod conn;
 pub mod conn_id;

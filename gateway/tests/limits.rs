@@ -8,11 +8,12 @@
 //!
 //! Each had a config key, a `validate` check and a line in the operations
 //! table, but no test that the gateway obeys it. The de-duplication tests
-//! place their sends on the wall clock, because the server keys remembered
-//! answers by `now / dedup_window_ms` and looks in the current and the
-//! previous epoch: one test crosses an epoch boundary inside the window, the
-//! other passes the window while the old entry is still in the epochs looked
-//! at, so only the age check tells the two apart.
+//! place their sends on a manual clock that the backend reads, because the
+//! server keys remembered answers by `now / dedup_window_ms` and looks in
+//! the current and the previous epoch: one test crosses an epoch boundary
+//! inside the window, the other passes the window while the old entry is
+//! still in the epochs looked at, so only the age check tells the two
+//! apart.
 //!
 //! The clients are the raw [`common::Client`] rather than the codec's client
 //! state machine: these tests look at the exact frames (which msg:A, which
@@ -28,6 +29,7 @@ use std::{
 
 use bytes::Bytes;
 use common::{Client, Got, Gw, config, start_with};
+use imgate::clock::ManualClock;
 use imgate::{
     backend::{Backend, Inbound, Router},
     config::{Config, DriverKind},
@@ -90,44 +92,27 @@ fn assert_quiet(c: &mut Client, what: &str) {
 // ---------------------------------------------------------------------------
 // dedup_window_ms
 
-/// Short enough for a quick test, long enough that the "within" steps have
-/// a few hundred ms of slack on a loaded machine.
+/// The window of these tests. The backend reads a manual clock, so the
+/// window is crossed by moving it, not by sleeping.
 const WINDOW_MS: u64 = 400;
 
-/// A gateway with a short dedup window. The receivers in these tests never
-/// acknowledge (so that what is stored stays readable whatever purges
-/// acknowledged messages); re-pushes are put off beyond the test so that
-/// every msg:N seen is a stored copy.
-fn dedup_gateway() -> Gw {
-    Gw::start(|c| {
-        c.dedup_window_ms = WINDOW_MS;
-        c.push_timeout_ms = 30_000;
-    })
-}
+/// An epoch boundary (a multiple of the window) far from zero.
+const EPOCH_START: u64 = 4_000_000 * WINDOW_MS;
 
-fn unix_ms() -> u64 {
-    u64::try_from(imgate::unix_time().as_millis()).expect("ms fit in u64")
-}
-
-/// Sleeps until the wall clock is between `lo` and `hi` ms into a dedup
-/// epoch (at most one window).
-fn wait_for_phase(lo: u64, hi: u64) {
-    loop {
-        let p = unix_ms() % WINDOW_MS;
-        if (lo..hi).contains(&p) {
-            return;
-        }
-        let wait = (lo + WINDOW_MS - p) % WINDOW_MS;
-        std::thread::sleep(Duration::from_millis(wait.max(1)));
-    }
-}
-
-/// Sleeps until the wall clock reaches `t` ms.
-fn sleep_until_unix_ms(t: u64) {
-    let now = unix_ms();
-    if t > now {
-        std::thread::sleep(Duration::from_millis(t - now));
-    }
+/// A gateway with the window and a manual clock reading `at`. The
+/// receivers in these tests never acknowledge (so that what is stored stays
+/// readable whatever purges acknowledged messages); re-pushes are put off
+/// beyond the test so that every msg:N seen is a stored copy.
+fn dedup_gateway(at: u64) -> (Gw, ManualClock) {
+    let clock = ManualClock::at(at);
+    let gw = Gw::start_clocked(
+        |c| {
+            c.dedup_window_ms = WINDOW_MS;
+            c.push_timeout_ms = 30_000;
+        },
+        clock.clone(),
+    );
+    (gw, clock)
 }
 
 fn msg_r(retry: bool) -> MsgR {
@@ -142,16 +127,21 @@ fn msg_r(retry: bool) -> MsgR {
 
 #[test]
 fn a_retransmission_within_the_window_gets_the_first_answer_even_in_the_next_epoch() {
-    let gw = dedup_gateway();
+    // Late in an epoch, so that the epoch ends well inside the window.
+    let (gw, clock) = dedup_gateway(EPOCH_START + WINDOW_MS * 3 / 4);
     let mut a = Client::login(gw.addr(), 1, 1);
     let mut b = Client::login(gw.addr(), 2, 1);
-    // Late in an epoch, so that the epoch ends well inside the window.
-    wait_for_phase(WINDOW_MS * 7 / 10, WINDOW_MS * 8 / 10);
     a.send(msg_r(false));
     let first = answer(&mut a);
     assert_eq!(
-        (first.msg_id, first.group, first.seq, first.own_seq),
-        (77, 0, 1, 1),
+        (
+            first.msg_id,
+            first.group,
+            first.seq,
+            first.own_seq,
+            first.server_time
+        ),
+        (77, 0, 1, 1, EPOCH_START + WINDOW_MS * 3 / 4),
         "{first:?}"
     );
     let n = push(&mut b);
@@ -164,16 +154,9 @@ fn a_retransmission_within_the_window_gets_the_first_answer_even_in_the_next_epo
 
     // Just after the epoch of the first answer ended: found in the
     // previous epoch, and younger than the window.
-    let epoch = first.server_time / WINDOW_MS;
-    sleep_until_unix_ms((epoch + 1) * WINDOW_MS + 20);
+    clock.advance(WINDOW_MS / 4 + 20);
     a.send(msg_r(true));
     assert_eq!(answer(&mut a), first, "a retransmission in the next epoch");
-    let age = unix_ms() - first.server_time;
-    assert!(
-        age < WINDOW_MS,
-        "the machine stalled: the retransmission was answered {age} ms after the first \
-         answer, not within the {WINDOW_MS} ms window the test relies on"
-    );
 
     // One copy: nothing more pushed, one entry stored.
     assert_quiet(&mut b, "the receiver after two retransmissions");
@@ -182,13 +165,12 @@ fn a_retransmission_within_the_window_gets_the_first_answer_even_in_the_next_epo
 
 #[test]
 fn after_the_window_the_same_msg_id_is_a_new_message() {
-    let gw = dedup_gateway();
-    let mut a = Client::login(gw.addr(), 1, 1);
-    let mut b = Client::login(gw.addr(), 2, 1);
     // Early in an epoch, so that one window later the old entry is in the
     // previous epoch, still looked up and not yet expired: only its age
     // makes it stale.
-    wait_for_phase(WINDOW_MS / 20, WINDOW_MS * 3 / 20);
+    let (gw, clock) = dedup_gateway(EPOCH_START + WINDOW_MS / 10);
+    let mut a = Client::login(gw.addr(), 1, 1);
+    let mut b = Client::login(gw.addr(), 2, 1);
     a.send(msg_r(false));
     let first = answer(&mut a);
     assert_eq!((first.msg_id, first.seq, first.own_seq), (77, 1, 1));
@@ -196,7 +178,7 @@ fn after_the_window_the_same_msg_id_is_a_new_message() {
     a.send(msg_r(true));
     assert_eq!(answer(&mut a), first, "within the window");
 
-    sleep_until_unix_ms(first.server_time + WINDOW_MS + 40);
+    clock.advance(WINDOW_MS + 40);
     a.send(msg_r(true));
     let second = answer(&mut a);
     assert_eq!(
@@ -204,15 +186,11 @@ fn after_the_window_the_same_msg_id_is_a_new_message() {
         (77, 0, 2, 2),
         "a new answer with new sequence ids: {second:?}"
     );
-    assert!(
-        second.server_time > first.server_time + WINDOW_MS,
-        "{second:?} vs {first:?}"
-    );
+    assert_eq!(second.server_time, first.server_time + WINDOW_MS + 40);
     assert_eq!(
         second.server_time / WINDOW_MS,
         first.server_time / WINDOW_MS + 1,
-        "the machine stalled: the retransmission left the epoch after the first \
-         answer's, so the test did not reach the age check it is about"
+        "the epoch after the first answer's: only the age check tells"
     );
     // The receiver gets a second copy, as a new message, not a re-push.
     let n = push(&mut b);

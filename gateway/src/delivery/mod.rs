@@ -42,6 +42,7 @@ use std::{sync::Arc, time::Instant};
 
 use crate::{
     backend::{Backend, Inbound, Router},
+    clock::{Clock, SystemClock},
     config::Config,
     store::{Store, StoreError, WriteBatch},
 };
@@ -53,6 +54,7 @@ use state::State;
 /// The reliable-delivery backend.
 pub struct Delivery {
     store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
     state: State,
     batch: WriteBatch,
     deferred: Vec<emit::Deferred>,
@@ -70,15 +72,31 @@ impl std::fmt::Debug for Delivery {
 }
 
 impl Delivery {
-    /// A backend over `store` with the limits of `cfg`.
+    /// A backend over `store` with the limits of `cfg`, on the system clock.
     pub fn new(store: Box<dyn Store>, cfg: &Config) -> Result<Delivery, StoreError> {
+        Delivery::with_clock(store, cfg, Arc::new(SystemClock))
+    }
+
+    /// A backend whose rules (de-duplication window, `server_time`,
+    /// retention) read `clock`.
+    pub fn with_clock(
+        store: Box<dyn Store>,
+        cfg: &Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Delivery, StoreError> {
         let state = State::load(&*store, Limits::from_config(cfg))?;
         let store: Arc<dyn Store> = Arc::from(store);
         let interval = cfg.tick().min(std::time::Duration::from_millis(100));
-        let purger = purge::Purger::start(store.clone(), Retention::from_config(cfg), interval)
-            .map_err(|e| StoreError::Engine(format!("cannot start the purge thread: {e}")))?;
+        let purger = purge::Purger::start(
+            store.clone(),
+            Retention::from_config(cfg),
+            interval,
+            clock.clone(),
+        )
+        .map_err(|e| StoreError::Engine(format!("cannot start the purge thread: {e}")))?;
         Ok(Delivery {
             store,
+            clock,
             state,
             batch: WriteBatch::default(),
             deferred: Vec::new(),
@@ -120,7 +138,7 @@ impl Delivery {
 
 impl Backend for Delivery {
     fn handle(&mut self, events: &mut Vec<Inbound>, out: &mut Router) {
-        let now = crate::unix_time().as_millis() as u64;
+        let now = self.clock.unix_ms();
         for ev in events.drain(..) {
             if self.failed.is_some() {
                 emit::refuse_event(ev, out);
@@ -142,7 +160,7 @@ impl Backend for Delivery {
         // Writes that emitting produced (receipt marks) and expiry of old
         // dedup entries ride on the next commit; make sure one happens.
         if self.failed.is_none() {
-            let now = crate::unix_time().as_millis() as u64;
+            let now = self.clock.unix_ms();
             self.state.expire_dedup(&*self.store, now, &mut self.batch);
             if !self.batch.is_empty() {
                 self.commit(out);

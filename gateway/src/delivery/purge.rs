@@ -36,7 +36,10 @@ use std::{sync::Arc, thread::JoinHandle, time::Duration};
 use crossbeam_channel::{Sender, bounded};
 
 use super::keys::{self, StreamId};
-use crate::store::{Store, StoreError, Table, WriteBatch};
+use crate::{
+    clock::Clock,
+    store::{Store, StoreError, Table, WriteBatch},
+};
 
 /// Streams looked at per step, whatever they hold.
 const STREAMS_PER_STEP: usize = 256;
@@ -58,6 +61,7 @@ impl Purger {
         store: Arc<dyn Store>,
         r: Retention,
         interval: Duration,
+        clock: Arc<dyn Clock>,
     ) -> std::io::Result<Option<Purger>> {
         if r.keeps_everything() {
             return Ok(None);
@@ -74,7 +78,7 @@ impl Purger {
                     stopped.recv_timeout(wait)
                 {
                     batch.clear();
-                    let now = crate::unix_time().as_millis() as u64;
+                    let now = clock.unix_ms();
                     let n = match sweep
                         .step(r, &*store, now, &mut batch)
                         .and_then(|n| store.write_lazy(&batch).map(|()| n))

@@ -62,11 +62,16 @@ pub struct Gw(pub Option<Running>);
 
 impl Gw {
     pub fn start(f: impl FnOnce(&mut Config)) -> Gw {
+        Gw::start_clocked(f, imgate::clock::SystemClock)
+    }
+
+    /// The same, with the backend's rules on `clock`.
+    pub fn start_clocked(f: impl FnOnce(&mut Config), clock: impl imgate::clock::Clock) -> Gw {
         let mut cfg = config(DriverKind::Auto);
         cfg.durability = Durability::Memory;
         f(&mut cfg);
         let store = imgate::store::open(&cfg.data_dir, Durability::Memory).expect("memory store");
-        let backend = Delivery::new(store, &cfg).expect("backend");
+        let backend = Delivery::with_clock(store, &cfg, Arc::new(clock)).expect("backend");
         Gw(Some(start_with(cfg, Box::new(backend))))
     }
 
