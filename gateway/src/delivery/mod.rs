@@ -37,6 +37,8 @@ mod emit;
 pub mod keys;
 mod purge;
 mod state;
+#[cfg(test)]
+mod tests;
 
 use std::{sync::Arc, time::Instant};
 
