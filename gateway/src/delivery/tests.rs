@@ -118,7 +118,7 @@ fn msg_a(frames: &[(ConnId, Frame)], conn: ConnId) -> MsgA {
     frames
         .iter()
         .find_map(|(c, f)| match f {
-            Frame::MsgA(a) if *c == conn => Some(a.clone()),
+            Frame::MsgA(a) if *c == conn => Some(*a),
             _ => None,
         })
         .unwrap_or_else(|| panic!("no msg:A in {frames:?}"))
