@@ -1,31 +1,12 @@
 //! mimalloc set up for a server that holds many idle connections: the
-//! options, and a global allocator that keeps small allocations in their
-//! own size class. The binaries use both; the figures behind them (the
-//! `imgate-bench` idle-connection study) are in `docs/benchmarks.md`.
-//!
-//! Two things made mimalloc (v3.3 as bundled by libmimalloc-sys 0.1.49)
-//! cost more per idle connection than glibc on a bare monoio server:
-//!
-//! 1. **Transparent huge pages.** With `allow_thp` on (the default) mimalloc
-//!    `madvise`s its 1 GiB arena `MADV_HUGEPAGE`, so on a kernel in THP
-//!    `madvise` mode every touched 2 MiB of the arena becomes resident at
-//!    once: +4 MiB before the first connection and +400 B per connection at
-//!    19,000. The option is read when mimalloc initialises, before `main`
-//!    (the first arena is mapped then), so setting it in `main` is too late
-//!    for that arena; [`tune_mimalloc`] also disables THP for the process
-//!    with `prctl(PR_SET_THP_DISABLE)`, which the kernel checks at each page
-//!    fault. What was faulted before `main` stays (about 4 MiB, once): the
-//!    environment variable `MIMALLOC_ALLOW_THP=0` removes that too.
-//! 2. **Aligned allocation of small blocks.** The `mimalloc` crate's
-//!    `GlobalAlloc` calls `mi_malloc_aligned(size, align)` for every
-//!    allocation. In v3, when the page of a size class has no free block at
-//!    hand, that call takes the over-allocating path (`size + align - 1`)
-//!    unless the size is a power of two, and so never starts a new page of
-//!    the right class: a 320-byte monoio task with alignment 8 lands in the
-//!    384-byte class, every time (mimalloc issue #889 reported this for v2,
-//!    where it was fixed; the v3 code lacks the fix). [`MiAlloc`] calls plain
-//!    `mi_malloc` when the alignment is one mimalloc always gives (16 bytes),
-//!    as std's `System` allocator does with `malloc`.
+//! options ([`tune_mimalloc`]: no transparent huge pages) and a global
+//! allocator ([`MiAlloc`]) that keeps small allocations in their own size
+//! class. With both, an idle connection costs no more than with glibc;
+//! without them, mimalloc v3 costs hundreds of bytes more per connection.
+//! The measurements and the two causes (huge pages faulted in a whole
+//! arena at a time; aligned small allocations drifting into a larger size
+//! class) are in docs/benchmarks.md, section 3. The gateway and the load
+//! generator both use this file.
 
 use std::alloc::{GlobalAlloc, Layout};
 

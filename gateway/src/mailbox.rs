@@ -5,7 +5,8 @@
 //! channel and then wake the core's mailbox task through its `Waker` (which
 //! monoio's `sync` feature makes safe to call from any thread: it writes the
 //! core's eventfd). A flag makes a burst of sends cost one wake-up, and
-//! senders send batches, so one wake-up carries many items.
+//! senders send batches, so one wake-up carries many items. The load
+//! generator compiles this file too, for the commands to its threads.
 
 use std::{
     future::poll_fn,

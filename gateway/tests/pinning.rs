@@ -28,7 +28,13 @@ fn thread_cpus(name: &str) -> Option<String> {
 fn pinned_cores_each_run_on_one_cpu_of_their_own() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus < 2 {
-        eprintln!("one CPU: pinning cannot be told apart from not pinning");
+        // Pinning cannot be told apart from not pinning; CI machines have
+        // two CPUs, so there this is a broken machine, not a pass.
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "one CPU under CI: the pinning test cannot run"
+        );
+        eprintln!("one CPU: pinning cannot be told apart from not pinning; skipped");
         return;
     }
     let mut cfg = config(drivers()[0]);

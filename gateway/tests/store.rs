@@ -252,13 +252,14 @@ fn crash_present(s: &dyn Store, n: u64) -> u64 {
 }
 
 /// Not a test on its own: the child process of
-/// `kill_9_keeps_every_acknowledged_batch_whole_*`. It writes batches until it
-/// is killed and prints each batch number once `write` has returned.
+/// `kill_9_keeps_every_acknowledged_batch_whole_*`, which run it (ignored
+/// otherwise). It writes batches until it is killed and prints each batch
+/// number once `write` has returned.
 #[test]
+#[ignore = "the child process of the kill_9 tests, which run it"]
 fn crash_child() {
-    let Some(dir) = std::env::var_os(CRASH_DIR) else {
-        return;
-    };
+    let dir =
+        std::env::var_os(CRASH_DIR).expect("run by the kill_9 tests, which set the directory");
     let d = match std::env::var(CRASH_MODE).as_deref() {
         Ok("os") => Durability::Os,
         _ => Durability::Fsync,
@@ -281,7 +282,13 @@ fn crash_child() {
 /// the highest batch it reported.
 fn run_child_and_kill(dir: &Path, mode: &str, more: u64) -> u64 {
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "crash_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CRASH_DIR, dir)
         .env(CRASH_MODE, mode)
         .stdout(Stdio::piped())

@@ -32,6 +32,11 @@ pub mod cli;
 pub mod clock;
 mod engine;
 pub mod gwmetrics;
+/// The gateway's cross-thread mailbox (a channel that wakes a monoio
+/// task): its source file, compiled in here.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../gateway/src/mailbox.rs"]
+mod mailbox;
 pub mod measure;
 pub mod net;
 pub mod output;

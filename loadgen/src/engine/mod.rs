@@ -4,7 +4,7 @@
 //! ```text
 //!   main thread (scenario script)                 worker thread i (monoio runtime, io_uring or epoll)
 //!   ────────────────────────────                 ─────────────────────────────────────────────────
-//!   Engine::round(cmds) ──Cmd (crossbeam)──────► command task ─ spawns a task per command:
+//!   Engine::round(cmds) ──Cmd (mailbox)────────► command task ─ spawns a task per command:
 //!        │                                         Open     : connection tasks (connect, login)
 //!        │                                         Traffic  : the pacer (scheduled sends)
 //!        │                                         Cut/Storm: cut sockets, count re-logins
@@ -42,6 +42,7 @@ use imgate_codec::client::Dest;
 
 use crate::{
     clock::Clock,
+    mailbox::{MailboxRx, MailboxTx, mailbox},
     measure::{Counters, Hist, Seen, SenderBook, Window, WindowStats, new_hist},
     progress::Progress,
 };
@@ -245,7 +246,7 @@ impl std::fmt::Display for EngineError {
 
 /// The main thread's handle on the workers.
 pub(crate) struct Engine {
-    txs: Vec<Sender<Cmd>>,
+    txs: Vec<MailboxTx<Cmd>>,
     replies: Receiver<(usize, Reply)>,
     /// Replies that arrived while another kind was awaited.
     stash: std::cell::RefCell<Vec<(usize, Reply)>>,
@@ -261,7 +262,7 @@ impl Engine {
         let mut txs = Vec::new();
         let mut joins = Vec::new();
         for i in 0..opts.threads {
-            let (tx, rx) = crossbeam_channel::unbounded();
+            let (tx, rx) = mailbox();
             let o = opts.clone();
             let p = progress.clone();
             let rtx = reply_tx.clone();
@@ -291,7 +292,9 @@ impl Engine {
         let mut n = 0;
         for (tx, c) in self.txs.iter().zip(cmds) {
             if let Some(c) = c {
-                tx.send(c).map_err(|_| EngineError::Died)?;
+                if !tx.send(c) {
+                    return Err(EngineError::Died);
+                }
                 n += 1;
             }
         }
@@ -440,7 +443,7 @@ fn run_thread(
     index: usize,
     opts: Arc<EngineOpts>,
     progress: Arc<Progress>,
-    rx: Receiver<Cmd>,
+    rx: MailboxRx<Cmd>,
     tx: Sender<(usize, Reply)>,
 ) {
     let uring = opts.uring;

@@ -12,7 +12,7 @@ use std::{
 
 use ahash::AHashMap;
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::Sender;
 use imgate_codec::token::TokenKey;
 use imgate_codec::{
     Kind,
@@ -27,6 +27,7 @@ use super::{
 };
 use crate::{
     body::{Arena, Stamp},
+    mailbox::MailboxRx,
     measure::{Counters, Hist, SenderBook, Window, WindowStats, bump, new_hist, record_ns},
     progress::{Progress, inc},
 };
@@ -699,7 +700,7 @@ pub(crate) async fn run(
     index: usize,
     opts: Arc<EngineOpts>,
     progress: Arc<Progress>,
-    rx: Receiver<Cmd>,
+    rx: MailboxRx<Cmd>,
     tx: Sender<(usize, Reply)>,
 ) {
     let minter = TokenKey::new(opts.secret.as_bytes());
@@ -730,14 +731,17 @@ pub(crate) async fn run(
             timers.run_timers(Instant::now());
         }
     });
+    // Commands wake this task (no polling); the loop ends after Finish, or
+    // when the engine is gone.
+    let mut cmds = VecDeque::new();
+    let mut batch = Vec::new();
     loop {
-        let cmd = match rx.try_recv() {
-            Ok(c) => c,
-            Err(TryRecvError::Empty) => {
-                monoio::time::sleep(Duration::from_millis(5)).await;
-                continue;
+        let Some(cmd) = cmds.pop_front() else {
+            if !rx.recv_into(&mut batch).await {
+                break;
             }
-            Err(TryRecvError::Disconnected) => break,
+            cmds.extend(batch.drain(..));
+            continue;
         };
         let p = p.clone();
         let tx = tx.clone();
