@@ -51,6 +51,26 @@ pub enum Inbound {
         /// The frame; payloads are slices of the read buffer.
         frame: Frame,
     },
+    /// A login replaced an older connection of the same device on this
+    /// node: it must go (`replaced`). Sent before the new connection's
+    /// `Login`. A backend of several nodes also has the device's
+    /// connections on the other nodes kicked.
+    Replaced {
+        /// The older connection.
+        old: ConnId,
+        /// Its user.
+        user: u64,
+        /// Its device.
+        device: u32,
+    },
+    /// An operator kicks a user's connections (`admin`), or one device's.
+    /// A backend of several nodes kicks them on every node.
+    Kick {
+        /// The user.
+        user: u64,
+        /// Only this device, if set.
+        device: Option<u32>,
+    },
     /// A logged-in connection closed (for any reason).
     Closed {
         /// The connection.
@@ -105,6 +125,13 @@ pub enum Outbound {
 pub enum CoreMsg {
     /// Deliveries and kicks.
     Out(Vec<Outbound>),
+    /// An operator's kick, for the backend (see [`Inbound::Kick`]).
+    Kick {
+        /// The user.
+        user: u64,
+        /// Only this device, if set.
+        device: Option<u32>,
+    },
     /// Start the graceful shutdown.
     Shutdown,
 }
@@ -113,6 +140,14 @@ pub enum CoreMsg {
 /// the router. Runs on its own thread; it may block on its own I/O (a disk
 /// write), never on a core.
 pub trait Backend: Send + 'static {
+    /// Called once before the backend's thread starts, with what a backend
+    /// needs to run threads of its own (a consumer of another node's
+    /// events, say): routers to the cores, the registry, the metrics. An
+    /// error stops the start.
+    fn start(&mut self, _start: &Start) -> std::io::Result<()> {
+        Ok(())
+    }
+
     /// Handles a batch of events (in arrival order per connection). The
     /// batch may be drained; what is left is dropped.
     fn handle(&mut self, batch: &mut Vec<Inbound>, out: &mut Router);
@@ -122,6 +157,24 @@ pub trait Backend: Send + 'static {
 
     /// Called once after every core has stopped: finish durable writes.
     fn shutdown(&mut self, _out: &mut Router) {}
+}
+
+/// What [`Backend::start`] hands a backend.
+#[derive(Debug, Clone)]
+pub struct Start {
+    /// Each core's mailbox.
+    pub cores: Vec<MailboxTx<CoreMsg>>,
+    /// Who is online on this node.
+    pub registry: Arc<Registry>,
+    /// The gateway's counters.
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Start {
+    /// A router of its own, for a thread of the backend's.
+    pub fn router(&self) -> Router {
+        Router::new(self.cores.clone(), self.registry.clone())
+    }
 }
 
 /// Routes the backend's answers to the owning cores, in batches.
@@ -185,6 +238,35 @@ impl Router {
     /// Kicks a connection.
     pub fn kick(&mut self, conn: ConnId, reason: KickReason) {
         self.push(conn.core, Outbound::Kick { conn, reason });
+    }
+
+    /// Kicks every connection of `user` on this node (only `device`'s, if
+    /// set); returns how many.
+    pub fn kick_user(&mut self, user: u64, device: Option<u32>, reason: KickReason) -> usize {
+        let mut devices = Vec::new();
+        self.registry.devices_of(user, &mut devices);
+        let mut n = 0;
+        for (d, conn) in devices {
+            if device.is_none_or(|want| want == d) {
+                self.kick(conn, reason);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Acts on the events every backend treats alike on one node: a
+    /// replaced connection and an operator's kick. Returns false for the
+    /// other events, which are the backend's own.
+    pub fn control(&mut self, ev: &Inbound) -> bool {
+        match *ev {
+            Inbound::Replaced { old, .. } => self.kick(old, KickReason::Replaced),
+            Inbound::Kick { user, device } => {
+                self.kick_user(user, device, KickReason::Admin);
+            }
+            Inbound::Login { .. } | Inbound::Frame { .. } | Inbound::Closed { .. } => return false,
+        }
+        true
     }
 
     /// The session registry (who is online where).

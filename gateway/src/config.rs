@@ -42,6 +42,17 @@ pub enum Durability {
     Memory,
 }
 
+/// Which backend routes and stores the messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Reliable delivery on the embedded store (the default).
+    Embedded,
+    /// An in-memory relay to online connections only: nothing stored,
+    /// nothing resent; for measuring the core alone.
+    Relay,
+}
+
 /// The whole configuration. Field names are the TOML keys.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -115,6 +126,8 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
     /// Secret for HMAC login tokens.
     pub secret: String,
+    /// The backend.
+    pub backend: BackendKind,
     /// Directory of the default backend's store.
     pub data_dir: PathBuf,
     /// Durability of the default backend.
@@ -168,6 +181,7 @@ impl Default for Config {
             purge_per_tick: 10_000,
             shutdown_timeout_ms: 10_000,
             secret: DEV_SECRET.to_string(),
+            backend: BackendKind::Embedded,
             data_dir: PathBuf::from("./imgate-data"),
             durability: Durability::Fsync,
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9100))),

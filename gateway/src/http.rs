@@ -7,8 +7,8 @@
 //! so a slow or hostile client holds the thread for at most that deadline.
 //!
 //! The admin path kicks connections (`POST /admin/kick?user=U[&device=D]`,
-//! reason `admin`) and lists a user's sessions (`GET
-//! /admin/sessions?user=U`). It is off unless an admin token is configured,
+//! reason `admin`; the kick goes through the backend, which knows every
+//! node) and lists a user's sessions (`GET /admin/sessions?user=U`). It is off unless an admin token is configured,
 //! and every admin request must carry it as `Authorization: Bearer <token>`:
 //! the metrics address is often opened to a scraper, and a kick must not
 //! be open with it.
@@ -20,14 +20,8 @@ use std::{
     time::Duration,
 };
 
-use imgate_codec::KickReason;
-
 use crate::{
-    backend::{CoreMsg, Outbound},
-    conn_id::ConnId,
-    mailbox::MailboxTx,
-    metrics::Metrics,
-    registry::Registry,
+    backend::CoreMsg, conn_id::ConnId, mailbox::MailboxTx, metrics::Metrics, registry::Registry,
 };
 
 /// Largest request head read; longer requests get 431.
@@ -43,7 +37,9 @@ pub struct Admin {
     pub token: String,
     /// Who is online where.
     pub registry: Arc<Registry>,
-    /// Each core's mailbox, to deliver kicks.
+    /// The cores' mailboxes: a kick goes to one, which hands it to the
+    /// backend (holding the backend's queue here would keep the backend
+    /// running after the cores stop).
     pub cores: Vec<MailboxTx<CoreMsg>>,
 }
 
@@ -79,8 +75,12 @@ impl Response {
     }
 
     fn json(body: String) -> Response {
+        Response::json_status("200 OK", body)
+    }
+
+    fn json_status(status: &'static str, body: String) -> Response {
         Response {
-            status: "200 OK",
+            status,
             content_type: "application/json",
             body,
         }
@@ -246,13 +246,15 @@ impl Admin {
         match (method, path) {
             ("POST", "/admin/kick") => {
                 let sessions = self.sessions(user, device);
-                for &(_, conn) in &sessions {
-                    if let Some(core) = self.cores.get(usize::from(conn.core)) {
-                        core.send(CoreMsg::Out(vec![Outbound::Kick {
-                            conn,
-                            reason: KickReason::Admin,
-                        }]));
-                    }
+                let sent = self
+                    .cores
+                    .first()
+                    .is_some_and(|core| core.send(CoreMsg::Kick { user, device }));
+                if !sent {
+                    return Response::json_status(
+                        "503 Service Unavailable",
+                        "{\"error\":\"the backend is not taking requests\"}\n".to_string(),
+                    );
                 }
                 tracing::info!(user, ?device, kicked = sessions.len(), "admin kick");
                 Response::json(format!("{{\"kicked\":{}}}\n", sessions.len()))
@@ -287,23 +289,27 @@ impl Admin {
 mod tests {
     use super::*;
 
-    fn endpoint(token: Option<&str>) -> (Endpoint, Arc<Registry>) {
+    /// An endpoint, its registry, and the mailbox of its one core.
+    fn endpoint(
+        token: Option<&str>,
+    ) -> (Endpoint, Arc<Registry>, crate::mailbox::MailboxRx<CoreMsg>) {
         let registry = Arc::new(Registry::default());
+        let (core, rx) = crate::mailbox::mailbox();
         let admin = token.map(|t| Admin {
             token: t.to_string(),
             registry: registry.clone(),
-            cores: Vec::new(),
+            cores: vec![core],
         });
         let e = Endpoint {
             metrics: Arc::new(Metrics::new(1)),
             admin,
         };
-        (e, registry)
+        (e, registry, rx)
     }
 
     #[test]
     fn routes_and_methods() {
-        let (e, _) = endpoint(None);
+        let (e, _, _rx) = endpoint(None);
         assert_eq!(e.handle("GET /healthz HTTP/1.0\r\n\r\n").status, "200 OK");
         let m = e.handle("GET /metrics HTTP/1.0\r\n\r\n");
         assert!(m.body.contains("imgate_connections"), "{}", m.body);
@@ -320,12 +326,12 @@ mod tests {
 
     #[test]
     fn admin_is_off_without_a_token_and_needs_the_right_one() {
-        let (off, _) = endpoint(None);
+        let (off, _, _rx_off) = endpoint(None);
         let r = off.handle("POST /admin/kick?user=1 HTTP/1.0\r\n\r\n");
         assert_eq!(r.status, "403 Forbidden");
         assert!(r.body.contains("admin_token"));
 
-        let (on, _) = endpoint(Some("s3cret"));
+        let (on, _, rx) = endpoint(Some("s3cret"));
         for head in [
             "POST /admin/kick?user=1 HTTP/1.0\r\n\r\n",
             "POST /admin/kick?user=1 HTTP/1.0\r\nAuthorization: Bearer s3cre\r\n\r\n",
@@ -338,11 +344,28 @@ mod tests {
             on.handle("POST /admin/kick?user=1 HTTP/1.0\r\nauthorization:  Bearer s3cret\r\n\r\n");
         assert_eq!(ok.status, "200 OK");
         assert_eq!(ok.body, "{\"kicked\":0}\n");
+        // Only the authorised request went on, as a kick for the backend.
+        let mut sent = Vec::new();
+        rx.try_drain(&mut sent);
+        assert!(
+            matches!(
+                sent.as_slice(),
+                [CoreMsg::Kick {
+                    user: 1,
+                    device: None
+                }]
+            ),
+            "{sent:?}"
+        );
+        drop(rx);
+        let gone =
+            on.handle("POST /admin/kick?user=1 HTTP/1.0\r\nAuthorization: Bearer s3cret\r\n\r\n");
+        assert_eq!(gone.status, "503 Service Unavailable", "no core to take it");
     }
 
     #[test]
     fn admin_queries_are_checked() {
-        let (e, _) = endpoint(Some("t"));
+        let (e, _, _rx) = endpoint(Some("t"));
         let auth = "HTTP/1.0\r\nAuthorization: Bearer t\r\n\r\n";
         for (target, want) in [
             ("POST /admin/kick", "missing user"),
@@ -366,7 +389,7 @@ mod tests {
 
     #[test]
     fn sessions_lists_devices_in_order() {
-        let (e, reg) = endpoint(Some("t"));
+        let (e, reg, _rx) = endpoint(Some("t"));
         reg.login(7, 2, ConnId::new(1, 5, 0));
         reg.login(7, 1, ConnId::new(0, 3, 0));
         let auth = "HTTP/1.0\r\nAuthorization: Bearer t\r\n\r\n";

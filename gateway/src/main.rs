@@ -4,8 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::{Args, Parser, Subcommand};
 use imgate::{
-    config::{Config, DEV_SECRET, DriverKind, Durability, LogFormat},
-    delivery::Delivery,
+    config::{BackendKind, Config, DEV_SECRET, DriverKind, Durability, LogFormat},
     server,
     token::HmacVerifier,
 };
@@ -157,6 +156,8 @@ serve_args! {
     shutdown_timeout_ms: u64, "IMGATE_SHUTDOWN_TIMEOUT_MS";
     /// Secret for HMAC-SHA256 login tokens.
     secret: String, "IMGATE_SECRET";
+    /// Backend: embedded (reliable delivery on the embedded store) or relay (online only, nothing stored) [default: embedded].
+    backend: BackendKind, "IMGATE_BACKEND";
     /// Data directory of the default backend [default: ./imgate-data].
     data_dir: PathBuf, "IMGATE_DATA_DIR";
     /// Durability: fsync, os, memory [default: fsync].
@@ -264,21 +265,21 @@ fn serve(cfg: Config) -> ExitCode {
     if cfg.secret == DEV_SECRET {
         tracing::warn!("using the built-in development token secret; set `secret` for production");
     }
-    if cfg.durability == Durability::Memory {
-        tracing::warn!(
+    match cfg.backend {
+        BackendKind::Embedded if cfg.durability == Durability::Memory => tracing::warn!(
             "durability = memory: nothing is written to disk, every message is lost at exit; for experiments only"
-        );
+        ),
+        BackendKind::Embedded => {}
+        BackendKind::Relay => tracing::warn!(
+            "backend = relay: messages reach online connections only, nothing is stored; for measuring the core"
+        ),
     }
-    let store = match imgate::store::open(&cfg.data_dir, cfg.durability) {
-        Ok(s) => s,
-        Err(e) => return usage_error(&e.to_string()),
-    };
-    let backend = match Delivery::new(store, &cfg) {
+    let backend = match server::backend(&cfg) {
         Ok(b) => b,
         Err(e) => return usage_error(&e.to_string()),
     };
     let verifier = Arc::new(HmacVerifier::new(cfg.secret.as_bytes()));
-    let running = match server::start(cfg, Box::new(backend), verifier) {
+    let running = match server::start(cfg, backend, verifier) {
         Ok(r) => r,
         Err(e) => return usage_error(&e.to_string()),
     };

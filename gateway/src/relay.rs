@@ -35,6 +35,9 @@ impl Relay {
 impl Backend for Relay {
     fn handle(&mut self, batch: &mut Vec<Inbound>, out: &mut Router) {
         for ev in batch.drain(..) {
+            if out.control(&ev) {
+                continue;
+            }
             let (conn, user, frame) = match ev {
                 Inbound::Login { conn, user, .. } => {
                     let head = self.inbox_head.get(&user).copied().unwrap_or(0);
@@ -44,7 +47,9 @@ impl Backend for Relay {
                 Inbound::Frame {
                     conn, user, frame, ..
                 } => (conn, user, frame),
-                Inbound::Closed { .. } => continue,
+                Inbound::Closed { .. } | Inbound::Replaced { .. } | Inbound::Kick { .. } => {
+                    continue;
+                }
             };
             let now = crate::unix_time().as_millis() as u64;
             match frame {

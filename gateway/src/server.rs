@@ -21,7 +21,7 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::{
     backend::{self, Backend, CoreMsg, Router},
-    config::{Config, DriverKind},
+    config::{BackendKind, Config, DriverKind},
     core::{self, Core, Shared},
     http,
     listener::{self, bind, wait_for_port},
@@ -68,6 +68,22 @@ pub enum StartError {
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    /// The backend's start hook failed.
+    #[error("the backend cannot start: {0}")]
+    Backend(std::io::Error),
+}
+
+/// The backend the configuration names: reliable delivery on the
+/// embedded store (opening it, which may take a while after a crash), or
+/// the relay.
+pub fn backend(cfg: &Config) -> Result<Box<dyn Backend>, crate::store::StoreError> {
+    Ok(match cfg.backend {
+        BackendKind::Embedded => {
+            let store = crate::store::open(&cfg.data_dir, cfg.durability)?;
+            Box::new(crate::delivery::Delivery::new(store, cfg)?)
+        }
+        BackendKind::Relay => Box::new(crate::relay::Relay::default()),
+    })
 }
 
 /// Whether the cores will run io_uring under this setting.
@@ -105,7 +121,7 @@ pub fn block_on<F: std::future::Future>(
 /// Starts the gateway with `backend` and `verifier`.
 pub fn start(
     cfg: Config,
-    backend: Box<dyn Backend>,
+    mut backend: Box<dyn Backend>,
     verifier: Arc<dyn Verifier>,
 ) -> Result<Running, StartError> {
     let n = cfg.worker_count();
@@ -164,6 +180,13 @@ pub fn start(
         }
         None => None,
     };
+    backend
+        .start(&backend::Start {
+            cores: txs.clone(),
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+        })
+        .map_err(StartError::Backend)?;
     let router = Router::new(txs.clone(), registry.clone());
     let tick = cfg.tick().min(Duration::from_millis(100));
     let (backend_done_tx, backend_done) = crossbeam_channel::bounded(1);

@@ -531,3 +531,99 @@ fn a_gateway_dropped_without_shutdown_still_shuts_down() {
         "still accepting after drop"
     );
 }
+
+/// The relay, plus what a backend of several nodes would do with the start
+/// hook: a thread of its own, with its own router, that kicks user 9 once
+/// it is online; and a record of the `replaced` events it was handed.
+struct Hooked {
+    relay: Relay,
+    replaced: std::sync::Arc<std::sync::Mutex<Vec<(u64, u32)>>>,
+}
+
+impl imgate::backend::Backend for Hooked {
+    fn start(&mut self, start: &imgate::backend::Start) -> std::io::Result<()> {
+        let mut router = start.router();
+        let registry = start.registry.clone();
+        assert_eq!(start.cores.len(), 2, "one mailbox per core");
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while registry.conn_of(9, 1).is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            router.kick_user(9, None, KickReason::Admin);
+            router.flush();
+        });
+        Ok(())
+    }
+
+    fn handle(
+        &mut self,
+        batch: &mut Vec<imgate::backend::Inbound>,
+        out: &mut imgate::backend::Router,
+    ) {
+        for ev in batch.iter() {
+            if let imgate::backend::Inbound::Replaced { user, device, .. } = ev {
+                self.replaced.lock().expect("lock").push((*user, *device));
+            }
+        }
+        self.relay.handle(batch, out);
+    }
+}
+
+#[test]
+fn a_backend_gets_a_start_hook_with_routers_and_sees_replaced_logins() {
+    let replaced = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let backend = Hooked {
+        relay: Relay::default(),
+        replaced: replaced.clone(),
+    };
+    let gw = start_with(config(drivers()[0]), Box::new(backend));
+    // The hook's thread kicks user 9 through its own router.
+    let mut c = Client::login(gw.addr(), 9, 1);
+    assert_eq!(kick_reason(&c.closed()[0]), KickReason::Admin);
+    // A second login of one device: the backend is handed the older
+    // connection, and kicks it (the relay does as every backend does).
+    let mut old = Client::login(gw.addr(), 4, 1);
+    let _new = Client::login(gw.addr(), 4, 1);
+    assert_eq!(kick_reason(&old.closed()[0]), KickReason::Replaced);
+    assert_eq!(*replaced.lock().expect("lock"), vec![(4, 1)]);
+    assert!(gw.shutdown());
+}
+
+#[test]
+fn the_configuration_chooses_the_backend() {
+    use imgate::config::{BackendKind, Durability};
+    for kind in [BackendKind::Relay, BackendKind::Embedded] {
+        let mut cfg = config(drivers()[0]);
+        cfg.backend = kind;
+        cfg.durability = Durability::Memory;
+        let backend = imgate::server::backend(&cfg).expect("backend");
+        let gw = start_with(cfg, backend);
+        let mut a = Client::login(gw.addr(), 1, 1);
+        let mut b = Client::login(gw.addr(), 2, 1);
+        a.send(MsgR {
+            msg_id: 1,
+            group: 0,
+            to: 2,
+            retry: false,
+            body: Bytes::from_static(b"hi"),
+        });
+        assert!(matches!(a.frame(), Frame::MsgA(_)), "{kind:?}");
+        assert!(
+            matches!(b.frame(), Frame::MsgN(n) if &n.body[..] == b"hi"),
+            "{kind:?}"
+        );
+        // Only the embedded backend keeps what it delivered: a page.
+        b.send(imgate_codec::frame::SyncR {
+            group: 0,
+            after: 0,
+            limit: 10,
+        });
+        let stored = match b.frame() {
+            Frame::SyncPage(p) => p.count,
+            other => panic!("{kind:?}: expected a page, got {other:?}"),
+        };
+        assert_eq!(stored, u16::from(kind == BackendKind::Embedded), "{kind:?}");
+        assert!(gw.shutdown());
+    }
+}

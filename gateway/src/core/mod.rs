@@ -30,7 +30,7 @@ use imgate_codec::KickReason;
 use slab::Slab;
 
 use crate::{
-    backend::{CoreMsg, Inbound, Outbound},
+    backend::{CoreMsg, Inbound},
     config::Config,
     conn::{Closing, Conn, Phase},
     conn_id::ConnId,
@@ -220,8 +220,10 @@ impl Core {
                 device,
                 resume,
             } => {
+                // The older connection of this device goes, through the
+                // backend, which may have others on other nodes.
                 if let Some(old) = self.shared.registry.login(user, device, conn.id) {
-                    self.kick_anywhere(old, KickReason::Replaced);
+                    self.to_backend(Inbound::Replaced { old, user, device });
                 }
                 self.arm_liveness(
                     conn,
@@ -237,17 +239,6 @@ impl Core {
             Action::CancelTimer(key) => {
                 self.wheel.borrow_mut().cancel(key);
             }
-        }
-    }
-
-    /// Kicks a connection on whichever core owns it.
-    pub(crate) fn kick_anywhere(&self, id: ConnId, reason: KickReason) {
-        if id.core == self.id {
-            if let Some(c) = self.conn(id) {
-                c.close(Closing::Kick(reason));
-            }
-        } else if let Some(tx) = self.shared.cores.get(usize::from(id.core)) {
-            tx.send(CoreMsg::Out(vec![Outbound::Kick { conn: id, reason }]));
         }
     }
 

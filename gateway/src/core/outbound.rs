@@ -8,7 +8,7 @@ use imgate_codec::{KickReason, frame::LoginOk};
 
 use super::Core;
 use crate::{
-    backend::{CoreMsg, Outbound},
+    backend::{CoreMsg, Inbound, Outbound},
     conn::{Closing, Conn, Phase},
     timers::{Timer, TimerKind},
 };
@@ -66,6 +66,10 @@ impl Core {
                             }
                         }
                     }
+                }
+                CoreMsg::Kick { user, device } => {
+                    self.to_backend(Inbound::Kick { user, device });
+                    self.flush_backend_soon();
                 }
                 CoreMsg::Shutdown => self.begin_shutdown(),
             }

@@ -100,7 +100,8 @@ pub(crate) fn apply(
             cx.out.push(Deferred::LoginOk { conn, user });
             return;
         }
-        Inbound::Closed { .. } => return,
+        // The router acts on Replaced and Kick before events reach here.
+        Inbound::Closed { .. } | Inbound::Replaced { .. } | Inbound::Kick { .. } => return,
         Inbound::Frame {
             conn,
             user,

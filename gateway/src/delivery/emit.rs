@@ -587,6 +587,6 @@ pub(crate) fn refuse_event(ev: Inbound, out: &mut Router) {
                 out,
             );
         }
-        Inbound::Closed { .. } => {}
+        Inbound::Closed { .. } | Inbound::Replaced { .. } | Inbound::Kick { .. } => {}
     }
 }

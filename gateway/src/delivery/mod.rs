@@ -142,6 +142,9 @@ impl Backend for Delivery {
     fn handle(&mut self, events: &mut Vec<Inbound>, out: &mut Router) {
         let now = self.clock.unix_ms();
         for ev in events.drain(..) {
+            if out.control(&ev) {
+                continue;
+            }
             if self.failed.is_some() {
                 emit::refuse_event(ev, out);
                 continue;

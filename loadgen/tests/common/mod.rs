@@ -151,6 +151,9 @@ impl Broken {
 impl Backend for Broken {
     fn handle(&mut self, batch: &mut Vec<Inbound>, out: &mut Router) {
         for ev in batch.drain(..) {
+            if out.control(&ev) {
+                continue;
+            }
             let (conn, user, frame) = match ev {
                 Inbound::Login { conn, user, .. } => {
                     out.login_ok(conn, self.head.get(&user).copied().unwrap_or(0));
@@ -159,7 +162,9 @@ impl Backend for Broken {
                 Inbound::Frame {
                     conn, user, frame, ..
                 } => (conn, user, frame),
-                Inbound::Closed { .. } => continue,
+                Inbound::Closed { .. } | Inbound::Replaced { .. } | Inbound::Kick { .. } => {
+                    continue;
+                }
             };
             match frame {
                 Frame::MsgR(m) if m.group == 0 => {
