@@ -15,6 +15,10 @@ use super::{
     keys::{self, Answer, Record, StreamId},
     state::State,
 };
+mod queries;
+
+use queries::{logged_senders, page, unread};
+
 use crate::{
     backend::{Inbound, Router, Track},
     conn_id::ConnId,
@@ -381,166 +385,6 @@ fn emit(
         } => error(conn, code, kind, id, text, out),
     }
     Ok(())
-}
-
-/// Reads one page: at most `limit` entries, and no more than fit a frame.
-fn page(p: Page, state: &mut State, store: &dyn Store, out: &mut Router) -> Result<(), StoreError> {
-    let head = state.head(store, p.stream)?;
-    let mut sp = SyncPage::new(p.stream.wire_group(), p.after, head);
-    let budget = state
-        .limits
-        .max_frame
-        .saturating_sub(imgate_codec::HEADER_LEN + 26);
-    let mut buf = BytesMut::new();
-    let mut n = 0;
-    let mut scan_err = None;
-    store.scan(
-        Table::Log,
-        &keys::log_key(p.stream, p.from.saturating_add(1)),
-        &keys::log_key(p.stream, u64::MAX),
-        &mut |k, v| {
-            let (Some(seq), Some(r)) = (keys::log_key_seq(k), Record::decode(v)) else {
-                scan_err = Some(());
-                return false;
-            };
-            let size = imgate_codec::frame::ENTRY_FIXED + r.body.len();
-            if buf.len() + size > budget {
-                return false;
-            }
-            sp.push(
-                &mut buf,
-                &Entry {
-                    seq,
-                    from: r.from,
-                    to: r.to,
-                    msg_id: r.msg_id,
-                    server_time: r.time,
-                    body: r.body,
-                },
-            );
-            n += 1;
-            n < p.limit
-        },
-    )?;
-    if scan_err.is_some() {
-        tracing::error!(stream = p.stream.0, "corrupt record in the log");
-    }
-    out.to_conn(p.conn, sp.finish(buf).to_bytes(), None);
-    Ok(())
-}
-
-/// The unread summary of one device.
-fn unread(
-    conn: ConnId,
-    user: u64,
-    device: u32,
-    state: &mut State,
-    store: &dyn Store,
-    out: &mut Router,
-) -> Result<(), StoreError> {
-    let mut by_peer: AHashMap<u64, (u32, u64)> = AHashMap::new();
-    let s = StreamId::inbox(user);
-    let cursor = state.cursor(store, s, user, device)?;
-    let mut scanned = 0usize;
-    let mut last = cursor;
-    let limit = state.limits.unread_scan_limit;
-    store.scan(
-        Table::Log,
-        &keys::log_key(s, cursor.saturating_add(1)),
-        &keys::log_key(s, u64::MAX),
-        &mut |k, v| {
-            if let (Some(seq), Some(r)) = (keys::log_key_seq(k), Record::decode(v)) {
-                let peer = if r.from == user { r.to } else { r.from };
-                let e = by_peer.entry(peer).or_insert((0, 0));
-                if r.from != user {
-                    e.0 += 1;
-                }
-                e.1 = seq;
-                last = seq;
-            }
-            scanned += 1;
-            scanned < limit
-        },
-    )?;
-    // The scan stopped at the limit with inbox entries left unread.
-    let mut partial = scanned >= limit && last < state.head(store, s)?;
-    let mut entries: Vec<UnreadEntry> = by_peer
-        .into_iter()
-        .map(|(peer, (unread, last_seq))| UnreadEntry {
-            group: 0,
-            peer,
-            unread,
-            last_seq,
-        })
-        .collect();
-    let mut groups = Vec::new();
-    store.scan(
-        Table::Member,
-        &keys::user_group_key(user, 0),
-        &keys::user_group_key(user.saturating_add(1), 0),
-        &mut |k, _| {
-            if let Some(g) = keys::key_tail_u64(k) {
-                groups.push(g);
-            }
-            true
-        },
-    )?;
-    for g in groups {
-        let gs = StreamId::group(g);
-        let join = state
-            .group(store, g)?
-            .and_then(|gr| gr.members.get(&user).copied())
-            .unwrap_or(0);
-        let head = state.head(store, gs)?;
-        let c = state.cursor(store, gs, user, device)?.max(join);
-        entries.push(UnreadEntry {
-            group: g,
-            peer: 0,
-            unread: u32::try_from(head.saturating_sub(c)).unwrap_or(u32::MAX),
-            last_seq: head,
-        });
-    }
-    entries.sort_by_key(|e| std::cmp::Reverse(e.last_seq));
-    let fit = state
-        .limits
-        .max_frame
-        .saturating_sub(imgate_codec::HEADER_LEN)
-        / imgate_codec::frame::UNREAD_ENTRY;
-    if entries.len() > fit {
-        partial = true;
-        entries.truncate(fit);
-    }
-    let mut summary = UnreadA::from_entries(&entries);
-    summary.partial = partial;
-    out.to_conn(conn, summary.to_bytes(), None);
-    Ok(())
-}
-
-/// The senders, other than `user`, of seqs `after + 1 ..= to` of `user`'s
-/// inbox, read from the log (when memory no longer has them).
-fn logged_senders(
-    store: &dyn Store,
-    user: u64,
-    after: u64,
-    to: u64,
-) -> Result<Vec<u64>, StoreError> {
-    let s = StreamId::inbox(user);
-    let mut senders = AHashSet::new();
-    store.scan(
-        Table::Log,
-        &keys::log_key(s, after.saturating_add(1)),
-        &keys::log_key(s, to.saturating_add(1)),
-        &mut |_, v| {
-            // Only the sender is needed: the record starts with it.
-            if let Some(from) = keys::u64_value(v)
-                && from != user
-            {
-                senders.insert(from);
-            }
-            true
-        },
-    )?;
-    Ok(senders.into_iter().collect())
 }
 
 /// A commit failed: answer every request of the batch with `internal`.
