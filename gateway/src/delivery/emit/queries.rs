@@ -168,3 +168,64 @@ pub(super) fn logged_senders(
     )?;
     Ok(senders.into_iter().collect())
 }
+
+/// The receipts of group message `seq`: how many members have a device
+/// past it, and how many read it.
+pub(super) fn receipts(
+    conn: ConnId,
+    req: u64,
+    group: u64,
+    seq: u64,
+    state: &mut State,
+    store: &dyn Store,
+    out: &mut Router,
+) -> Result<(), StoreError> {
+    let members: Vec<u64> = state
+        .group(store, group)?
+        .map(|g| g.members.keys().copied().collect())
+        .unwrap_or_default();
+    let s = StreamId::group(group);
+    let mut delivered_users = AHashSet::new();
+    store.scan(
+        Table::Cursor,
+        &keys::cursor_key(s, 0, 0),
+        &keys::cursor_key(StreamId(s.0.saturating_add(1)), 0, 0),
+        &mut |k, v| {
+            if keys::u64_value(v).unwrap_or(0) >= seq
+                && let Some((u, _)) = keys::cursor_key_owner(k)
+            {
+                delivered_users.insert(u);
+            }
+            true
+        },
+    )?;
+    let mut read = 0u32;
+    let mut delivered = 0u32;
+    for m in &members {
+        let r = store
+            .get(Table::Meta, &keys::group_read_key(group, *m))?
+            .as_deref()
+            .and_then(keys::u64_value)
+            .unwrap_or(0);
+        if r >= seq {
+            read += 1;
+        }
+        if r >= seq || delivered_users.contains(m) {
+            delivered += 1;
+        }
+    }
+    out.to_conn(
+        conn,
+        ReceiptsA {
+            req,
+            group,
+            seq,
+            members: u32::try_from(members.len()).unwrap_or(u32::MAX),
+            delivered,
+            read,
+        }
+        .to_bytes(),
+        None,
+    );
+    Ok(())
+}
