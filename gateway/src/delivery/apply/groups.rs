@@ -13,8 +13,8 @@ pub(super) fn receipts(cx: &mut Ctx<'_>, r: ReceiptsR) -> Result<(), StoreError>
         return Ok(());
     };
     let head = cx.state.head(cx.store, s)?;
-    if r.seq == 0 || r.seq > head {
-        cx.refuse(ErrorCode::InvalidRequest, k, r.req, "seq out of range");
+    if let Err((code, text)) = rules::check_seq(r.seq, head) {
+        cx.refuse(code, k, r.req, text);
         return Ok(());
     }
     cx.out.push(Deferred::Receipts {
@@ -33,20 +33,9 @@ pub(super) fn group(cx: &mut Ctx<'_>, r: GroupR) -> Result<(), StoreError> {
         return Ok(());
     };
     let listed: Vec<u64> = r.members().collect();
-    match op {
-        GroupOp::Add | GroupOp::Remove if listed.is_empty() => {
-            cx.refuse(ErrorCode::InvalidRequest, k, r.req, "no members listed");
-            return Ok(());
-        }
-        GroupOp::Create | GroupOp::Add | GroupOp::Remove if listed.contains(&0) => {
-            cx.refuse(ErrorCode::InvalidRequest, k, r.req, "user id 0");
-            return Ok(());
-        }
-        GroupOp::List if listed.len() > 1 => {
-            cx.refuse(ErrorCode::InvalidRequest, k, r.req, "list takes one id");
-            return Ok(());
-        }
-        _ => {}
+    if let Err((code, text)) = rules::check_members(op, &listed) {
+        cx.refuse(code, k, r.req, text);
+        return Ok(());
     }
     let max = cx.state.limits.max_group_size;
     if op == GroupOp::Create {

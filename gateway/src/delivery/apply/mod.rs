@@ -13,6 +13,7 @@ use groups::{group, receipts};
 use super::{
     emit::{Deferred, Page},
     keys::{self, Answer, Record, StreamId},
+    rules,
     state::{Group, State},
 };
 use crate::{
@@ -181,12 +182,8 @@ fn advance_inbox(cx: &mut Ctx<'_>, to: u64) -> Result<(), StoreError> {
 
 fn msg(cx: &mut Ctx<'_>, m: MsgR) -> Result<(), StoreError> {
     let k = Kind::MsgR;
-    if m.msg_id == 0 {
-        cx.refuse(ErrorCode::InvalidRequest, k, 0, "msg id 0");
-        return Ok(());
-    }
-    if m.body.len() > cx.state.limits.max_body {
-        cx.refuse(ErrorCode::InvalidRequest, k, m.msg_id, "body too large");
+    if let Err((code, text)) = rules::check_msg(&m, cx.user, cx.state.limits.max_body) {
+        cx.refuse(code, k, m.msg_id, text);
         return Ok(());
     }
     let digest = keys::digest(m.group, m.to, &m.body);
@@ -210,10 +207,6 @@ fn msg(cx: &mut Ctx<'_>, m: MsgR) -> Result<(), StoreError> {
     // A group message lands in the group's log; a one-to-one message in the
     // receiver's inbox and in the sender's own (for its other devices).
     let group_log = if m.group == 0 {
-        if m.to == cx.user {
-            cx.refuse(ErrorCode::InvalidRequest, k, m.msg_id, "to yourself");
-            return Ok(());
-        }
         None
     } else {
         let Some((s, _)) = cx.stream(m.group, k, m.msg_id)? else {
@@ -302,26 +295,16 @@ fn ack(cx: &mut Ctx<'_>, a: AckR) -> Result<(), StoreError> {
 
 fn read(cx: &mut Ctx<'_>, r: ReadR) -> Result<(), StoreError> {
     let k = Kind::ReadR;
-    let peer_ok = if r.group == 0 {
-        r.peer != 0 && r.peer != cx.user
-    } else {
-        r.peer == 0
-    };
-    if !peer_ok {
-        cx.refuse(ErrorCode::InvalidRequest, k, r.group, "bad read peer");
+    if let Err((code, text)) = rules::check_read_peer(&r, cx.user) {
+        cx.refuse(code, k, r.group, text);
         return Ok(());
     }
     let Some((s, _)) = cx.stream(r.group, k, r.group)? else {
         return Ok(());
     };
     let head = cx.state.head(cx.store, s)?;
-    if r.seq == 0 || r.seq > head {
-        cx.refuse(
-            ErrorCode::InvalidRequest,
-            k,
-            r.group,
-            "read seq out of range",
-        );
+    if let Err((code, text)) = rules::check_seq(r.seq, head) {
+        cx.refuse(code, k, r.group, text);
         return Ok(());
     }
     // A read receipt reaches only a peer that wrote to the reader: anyone

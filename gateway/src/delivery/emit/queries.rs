@@ -3,6 +3,7 @@
 //! delivered range when memory no longer has them.
 
 use super::*;
+use crate::delivery::rules;
 
 /// Reads one page: at most `limit` entries, and no more than fit a frame.
 pub(super) fn page(
@@ -13,10 +14,7 @@ pub(super) fn page(
 ) -> Result<(), StoreError> {
     let head = state.head(store, p.stream)?;
     let mut sp = SyncPage::new(p.stream.wire_group(), p.after, head);
-    let budget = state
-        .limits
-        .max_frame
-        .saturating_sub(imgate_codec::HEADER_LEN + 26);
+    let budget = rules::page_budget(state.limits.max_frame);
     let mut buf = BytesMut::new();
     let mut n = 0;
     let mut scan_err = None;
@@ -29,8 +27,7 @@ pub(super) fn page(
                 scan_err = Some(());
                 return false;
             };
-            let size = imgate_codec::frame::ENTRY_FIXED + r.body.len();
-            if buf.len() + size > budget {
+            if !rules::fits_page(buf.len(), r.body.len(), budget) {
                 return false;
             }
             sp.push(

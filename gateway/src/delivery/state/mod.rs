@@ -54,8 +54,7 @@ impl Limits {
             page_default: cfg.sync_page_default,
             page_max: cfg.sync_page_max,
             max_group_size: cfg.max_group_size,
-            // A body must fit in a msg:N and in a one-entry sync page.
-            max_body: cfg.max_frame.saturating_sub(78),
+            max_body: super::rules::max_body(cfg.max_frame),
             max_frame: cfg.max_frame,
             unread_scan_limit: cfg.unread_scan_limit,
             purge_acked: cfg.purge_acked,

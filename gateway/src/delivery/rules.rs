@@ -1,0 +1,162 @@
+//! The rules of the delivery requests that need no store: what makes a
+//! msg:R, a read mark, a receipts request or a member list acceptable, and
+//! how much of a stream fits in one sync page. Shared by every backend that
+//! keeps the protocol's promises (the embedded one here; one on another
+//! engine uses the same functions, so both refuse the same requests with the
+//! same codes). Each refusal is the error code and a text for humans.
+
+use imgate_codec::{
+    ErrorCode, HEADER_LEN,
+    frame::{ENTRY_FIXED, GroupOp, MsgR, ReadR},
+};
+
+/// A refused request: its error code and a detail for humans.
+pub type Refusal = (ErrorCode, &'static str);
+
+/// The largest message body a server with frames of `max_frame` bytes
+/// accepts: the largest that still fits a msg:N and a one-entry sync page,
+/// so that every stored message can be delivered both ways.
+pub fn max_body(max_frame: usize) -> usize {
+    max_frame.saturating_sub(78)
+}
+
+/// A msg:R from `sender`, before anything is stored.
+pub fn check_msg(m: &MsgR, sender: u64, max_body: usize) -> Result<(), Refusal> {
+    if m.msg_id == 0 {
+        return Err((ErrorCode::InvalidRequest, "msg id 0"));
+    }
+    if m.body.len() > max_body {
+        return Err((ErrorCode::InvalidRequest, "body too large"));
+    }
+    if m.group == 0 && m.to == sender {
+        return Err((ErrorCode::InvalidRequest, "to yourself"));
+    }
+    Ok(())
+}
+
+/// The peer field of a read:R from `reader`: a one-to-one mark names
+/// another user, a group mark none.
+pub fn check_read_peer(r: &ReadR, reader: u64) -> Result<(), Refusal> {
+    let ok = if r.group == 0 {
+        r.peer != 0 && r.peer != reader
+    } else {
+        r.peer == 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err((ErrorCode::InvalidRequest, "bad read peer"))
+    }
+}
+
+/// A seq a read mark or a receipts request names: 1 to the stream's head.
+pub fn check_seq(seq: u64, head: u64) -> Result<(), Refusal> {
+    if seq == 0 || seq > head {
+        Err((ErrorCode::InvalidRequest, "seq out of range"))
+    } else {
+        Ok(())
+    }
+}
+
+/// The member list of a group:R: add and remove name someone, no list
+/// names user 0 (list's one id may be 0: from the start), list names at
+/// most one id.
+pub fn check_members(op: GroupOp, listed: &[u64]) -> Result<(), Refusal> {
+    match op {
+        GroupOp::Add | GroupOp::Remove if listed.is_empty() => {
+            Err((ErrorCode::InvalidRequest, "no members listed"))
+        }
+        GroupOp::Create | GroupOp::Add | GroupOp::Remove if listed.contains(&0) => {
+            Err((ErrorCode::InvalidRequest, "user id 0"))
+        }
+        GroupOp::List if listed.len() > 1 => Err((ErrorCode::InvalidRequest, "list takes one id")),
+        _ => Ok(()),
+    }
+}
+
+/// Bytes of entries one sync page may carry in a frame of `max_frame`.
+pub fn page_budget(max_frame: usize) -> usize {
+    max_frame.saturating_sub(HEADER_LEN + 26)
+}
+
+/// Whether an entry with a body of `body_len` bytes still fits a page that
+/// holds `used` bytes of entries.
+pub fn fits_page(used: usize, body_len: usize, budget: usize) -> bool {
+    used + ENTRY_FIXED + body_len <= budget
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn msg(msg_id: u64, group: u64, to: u64, body: usize) -> MsgR {
+        MsgR {
+            msg_id,
+            group,
+            to,
+            retry: false,
+            body: Bytes::from(vec![0; body]),
+        }
+    }
+
+    #[test]
+    fn a_msg_r_needs_an_id_a_body_that_fits_and_someone_else() {
+        let max = max_body(65_536);
+        assert_eq!(max, 65_458);
+        assert_eq!(check_msg(&msg(1, 0, 2, max), 1, max), Ok(()));
+        assert_eq!(
+            check_msg(&msg(0, 0, 2, 1), 1, max).map_err(|r| r.1),
+            Err("msg id 0")
+        );
+        assert_eq!(
+            check_msg(&msg(1, 0, 2, max + 1), 1, max).map_err(|r| r.1),
+            Err("body too large")
+        );
+        assert_eq!(
+            check_msg(&msg(1, 0, 1, 1), 1, max).map_err(|r| r.1),
+            Err("to yourself")
+        );
+        assert_eq!(
+            check_msg(&msg(1, 9, 0, 1), 1, max),
+            Ok(()),
+            "a group message"
+        );
+    }
+
+    #[test]
+    fn read_marks_name_a_peer_only_one_to_one_and_a_seq_in_the_stream() {
+        let r = |group, peer| ReadR {
+            group,
+            peer,
+            seq: 1,
+        };
+        assert_eq!(check_read_peer(&r(0, 2), 1), Ok(()));
+        assert!(check_read_peer(&r(0, 0), 1).is_err());
+        assert!(check_read_peer(&r(0, 1), 1).is_err());
+        assert_eq!(check_read_peer(&r(5, 0), 1), Ok(()));
+        assert!(check_read_peer(&r(5, 2), 1).is_err());
+        assert!(check_seq(0, 3).is_err());
+        assert_eq!(check_seq(3, 3), Ok(()));
+        assert!(check_seq(4, 3).is_err());
+    }
+
+    #[test]
+    fn member_lists() {
+        assert!(check_members(GroupOp::Add, &[]).is_err());
+        assert!(check_members(GroupOp::Remove, &[]).is_err());
+        assert_eq!(check_members(GroupOp::Create, &[]), Ok(()));
+        assert!(check_members(GroupOp::Create, &[3, 0]).is_err());
+        assert_eq!(check_members(GroupOp::List, &[0]), Ok(()));
+        assert!(check_members(GroupOp::List, &[1, 2]).is_err());
+    }
+
+    #[test]
+    fn a_page_holds_what_fits_its_frame() {
+        let budget = page_budget(1024);
+        assert_eq!(budget, 1024 - 34);
+        assert!(fits_page(0, budget - ENTRY_FIXED, budget));
+        assert!(!fits_page(1, budget - ENTRY_FIXED, budget));
+    }
+}
