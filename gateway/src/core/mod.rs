@@ -65,7 +65,7 @@ pub(crate) struct Core {
     pub(crate) shared: Arc<Shared>,
     conns: RefCell<Slab<Rc<Conn>>>,
     next_generation: Cell<u32>,
-    pub(crate) wheel: RefCell<Wheel<Timer>>,
+    wheel: RefCell<Wheel<Timer>>,
     start: Instant,
     pending: RefCell<Vec<Inbound>>,
     flusher: Wake,
@@ -73,7 +73,7 @@ pub(crate) struct Core {
     blocks: RefCell<Vec<BytesMut>>,
     stop: Wake,
     tick_ms: u64,
-    pub(crate) heartbeat_timeout_ms: u64,
+    heartbeat_timeout_ms: u64,
     login_timeout_ms: u64,
     push_timeout_ms: u64,
 }
