@@ -36,6 +36,7 @@ mod pushes;
 mod rate;
 pub mod registry;
 pub mod relay;
+mod runtime;
 pub mod server;
 pub mod signals;
 mod sock;

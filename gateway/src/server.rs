@@ -17,7 +17,6 @@ use std::{
 };
 
 use crossbeam_channel::Receiver;
-use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::{
     backend::{self, Backend, CoreMsg, Router},
@@ -95,28 +94,7 @@ pub fn uses_uring(driver: DriverKind) -> bool {
     }
 }
 
-/// Runs `fut` to completion on a new monoio runtime of this thread, with
-/// the io_uring driver (`entries` submission slots) or the epoll one, timers
-/// on. Shared with the load generator, whose threads are built the same
-/// way.
-pub fn block_on<F: std::future::Future>(
-    uring: bool,
-    entries: u32,
-    fut: F,
-) -> std::io::Result<F::Output> {
-    if uring {
-        RuntimeBuilder::<IoUringDriver>::new()
-            .with_entries(entries)
-            .enable_timer()
-            .build()
-            .map(|mut rt| rt.block_on(fut))
-    } else {
-        RuntimeBuilder::<LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .map(|mut rt| rt.block_on(fut))
-    }
-}
+pub use crate::runtime::block_on;
 
 /// Starts the gateway with `backend` and `verifier`.
 pub fn start(

@@ -48,6 +48,11 @@ pub mod output;
 mod process;
 mod progress;
 pub mod report;
+/// A monoio runtime per thread, built as the gateway builds its cores':
+/// the gateway's source file, compiled in here.
+#[allow(unreachable_pub)]
+#[path = "../../gateway/src/runtime.rs"]
+mod runtime;
 pub mod scenario;
 mod wake;
 

@@ -448,30 +448,8 @@ fn run_thread(
 ) {
     let uring = opts.uring;
     let fut = player::run(index, opts, progress, rx, tx);
-    if let Err(e) = block_on(uring, 4096, fut) {
+    if let Err(e) = crate::runtime::block_on(uring, 4096, fut) {
         tracing::error!(thread = index, error = %e, "cannot start the runtime");
-    }
-}
-
-/// Runs `fut` to completion on a new monoio runtime of this thread: io_uring
-/// with `entries` submission entries, or epoll.
-fn block_on<F: std::future::Future>(
-    uring: bool,
-    entries: u32,
-    fut: F,
-) -> std::io::Result<F::Output> {
-    use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
-    if uring {
-        RuntimeBuilder::<IoUringDriver>::new()
-            .with_entries(entries)
-            .enable_timer()
-            .build()
-            .map(|mut rt| rt.block_on(fut))
-    } else {
-        RuntimeBuilder::<LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .map(|mut rt| rt.block_on(fut))
     }
 }
 
