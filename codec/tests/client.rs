@@ -434,6 +434,90 @@ fn retry_limit_fails_the_send() {
     assert_eq!(h.c.stats().late_acks, 1);
 }
 
+/// The msg:R frames queued (acks and pulls left out).
+fn sends(h: &mut Harness) -> Vec<Frame> {
+    h.frames()
+        .into_iter()
+        .filter(|f| matches!(f, Frame::MsgR(_)))
+        .collect()
+}
+
+#[test]
+fn with_keep_send_order_later_sends_wait_behind_a_refused_one() {
+    let mut h = Harness::with(|c| c.keep_send_order = true);
+    h.login(0);
+    let a = h.send_to_peer("a");
+    let b = h.send_to_peer("b");
+    assert_eq!(
+        sends(&mut h),
+        vec![msg_r(a, "a", false), msg_r(b, "b", false)]
+    );
+    // a is refused for now; b was already in flight.
+    h.feed(ErrorFrame::new(
+        ErrorCode::Overloaded,
+        Some(Kind::MsgR),
+        a,
+        "try again",
+    ));
+    let c = h.send_to_peer("c");
+    let d = h.send_to_peer("d");
+    assert_eq!(sends(&mut h), vec![], "c and d wait behind a");
+    h.feed(msg_a(b, 1, 1));
+    assert_eq!(sends(&mut h), vec![]);
+    // a's timer resends it; once it is accepted, c and d go, in order.
+    h.run_until(2_000);
+    assert_eq!(sends(&mut h), vec![msg_r(a, "a", true)]);
+    h.feed(msg_a(a, 2, 2));
+    assert_eq!(
+        sends(&mut h),
+        vec![msg_r(c, "c", false), msg_r(d, "d", false)]
+    );
+    // Nothing holds any more.
+    let e = h.send_to_peer("e");
+    assert_eq!(sends(&mut h), vec![msg_r(e, "e", false)]);
+}
+
+#[test]
+fn a_held_send_that_fails_releases_the_rest_and_without_the_setting_nothing_waits() {
+    let mut h = Harness::with(|c| c.keep_send_order = true);
+    h.login(0);
+    let a = h.send_to_peer("a");
+    sends(&mut h);
+    h.feed(ErrorFrame::new(
+        ErrorCode::RateLimited,
+        Some(Kind::MsgR),
+        a,
+        "slow down",
+    ));
+    let b = h.send_to_peer("b");
+    assert_eq!(sends(&mut h), vec![]);
+    // a is then refused for good: b goes.
+    h.feed(ErrorFrame::new(
+        ErrorCode::InvalidRequest,
+        Some(Kind::MsgR),
+        a,
+        "no",
+    ));
+    assert_eq!(sends(&mut h), vec![msg_r(b, "b", false)]);
+
+    let mut h = Harness::new(Config::new(ME, DEVICE, "tok"));
+    h.login(0);
+    let a = h.send_to_peer("a");
+    sends(&mut h);
+    h.feed(ErrorFrame::new(
+        ErrorCode::Overloaded,
+        Some(Kind::MsgR),
+        a,
+        "try again",
+    ));
+    let b = h.send_to_peer("b");
+    assert_eq!(
+        sends(&mut h),
+        vec![msg_r(b, "b", false)],
+        "b may overtake a"
+    );
+}
+
 #[test]
 fn error_frame_for_a_msg_id_fails_that_send() {
     let mut h = Harness::new(Config::new(ME, DEVICE, "tok"));

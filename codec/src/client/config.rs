@@ -38,6 +38,7 @@ use crate::{
 /// | `max_tracked_receipts` | 4096 | sent messages remembered for delivered/read receipts (0: none) |
 /// | `dead_after` | 3 | heartbeats of silence from the server after which the connection is dead (0: never) |
 /// | `dedup_window` | 9 min | age after which a waiting message is no longer resent |
+/// | `keep_send_order` | false | after `overloaded` or `rate_limited` for a send, hold new sends until it is accepted |
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The user logging in.
@@ -108,6 +109,13 @@ pub struct Config {
     /// message fails with [`FailReason::Expired`](super::FailReason::Expired)
     /// instead. Keep it a margin below the server's window.
     pub dedup_window: Duration,
+    /// Keep sends stored in the order they were made (protocol section
+    /// 5.6): once a send is refused with `overloaded` or `rate_limited`,
+    /// later sends wait in the outbox, unsent, until it is accepted (or
+    /// fails), and then go out in order. Only sends already in flight when
+    /// the refusal came can be stored ahead of it. Off: later sends go out
+    /// at once and may overtake the refused one.
+    pub keep_send_order: bool,
 }
 
 impl Config {
@@ -135,6 +143,7 @@ impl Config {
             max_tracked_receipts: 4096,
             dead_after: 3,
             dedup_window: Duration::from_secs(9 * 60),
+            keep_send_order: false,
         }
     }
 

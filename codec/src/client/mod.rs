@@ -162,6 +162,9 @@ pub struct Client {
     last_rx: Option<Instant>,
     /// The `resume` of the last login frame.
     resume_sent: u64,
+    /// With `keep_send_order`: a send refused for now, which later sends
+    /// wait behind.
+    held_by: Option<u64>,
     /// An unread:R awaits its answer.
     unread_pending: bool,
 }
@@ -195,6 +198,7 @@ impl Client {
             last_tx: None,
             last_rx: None,
             resume_sent: 0,
+            held_by: None,
             unread_pending: false,
             config,
         })
@@ -367,8 +371,14 @@ impl Client {
                     self.stats.retransmitted += 1;
                     self.queue(msg, now);
                 }
-                Expired::GaveUp(msg) => self.fail(msg.msg_id, FailReason::TimedOut),
-                Expired::TooOld(msg) => self.fail(msg.msg_id, FailReason::Expired),
+                Expired::GaveUp(msg) => {
+                    self.fail(msg.msg_id, FailReason::TimedOut);
+                    self.release(msg.msg_id, now);
+                }
+                Expired::TooOld(msg) => {
+                    self.fail(msg.msg_id, FailReason::Expired);
+                    self.release(msg.msg_id, now);
+                }
             }
         }
         while let Some(t) = self.timers.pop_due(now) {
@@ -416,11 +426,13 @@ impl Client {
             retry: false,
             body,
         };
-        if self.state == State::Connected {
+        if self.state == State::Connected && self.held_by.is_none() {
             self.outbox.insert(msg.clone(), Some(now));
             self.stats.sent += 1;
             self.queue(msg, now);
         } else {
+            // Sent after the next login, or once the refused send ahead of
+            // it is accepted.
             self.outbox.insert(msg, None);
         }
         Ok(msg_id)
@@ -575,6 +587,22 @@ impl Client {
             .into_iter()
             .flatten()
             .min()
+    }
+
+    /// The send `msg_id` left the outbox (accepted or failed): if later
+    /// sends waited behind it, they go out now, in order.
+    pub(super) fn release(&mut self, msg_id: u64, now: Instant) {
+        if self.held_by != Some(msg_id) {
+            return;
+        }
+        self.held_by = None;
+        if self.state != State::Connected {
+            return;
+        }
+        for msg in self.outbox.send_unsent(now) {
+            self.stats.sent += 1;
+            self.queue(msg, now);
+        }
     }
 
     /// Reports a send as failed (it has left the outbox).

@@ -205,6 +205,27 @@ impl Outbox {
         Some(Expired::Retransmit(msg))
     }
 
+    /// The messages not sent yet, in send order, now sent at `now` with
+    /// their timers started.
+    pub(crate) fn send_unsent(&mut self, now: Instant) -> Vec<MsgR> {
+        let mut ids: Vec<(u64, u64)> = self
+            .entries
+            .iter()
+            .filter(|(_, p)| p.first_sent.is_none())
+            .map(|(&id, p)| (p.order, id))
+            .collect();
+        ids.sort_unstable();
+        let mut out = Vec::with_capacity(ids.len());
+        for (_, id) in ids {
+            if let Some(p) = self.entries.get_mut(&id) {
+                p.first_sent = Some(now);
+                out.push(p.msg.clone());
+                self.arm(id, now);
+            }
+        }
+        out
+    }
+
     /// Stops every timer (the connection is gone); entries stay.
     pub(crate) fn disarm(&mut self) {
         for (_, q) in &mut self.fifos {

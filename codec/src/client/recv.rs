@@ -25,6 +25,8 @@ use crate::{
 impl Client {
     pub(super) fn on_login_ok(&mut self, ok: LoginOk, now: Instant) {
         self.state = State::Connected;
+        // Every waiting send goes out below, in send order.
+        self.held_by = None;
         self.heartbeat = match ok.heartbeat_ms {
             0 => self.config.heartbeat,
             ms => Duration::from_millis(u64::from(ms)),
@@ -96,7 +98,18 @@ impl Client {
         match ref_kind {
             Some(Kind::MsgR) if !is_transient(code) && self.outbox.remove(e.ref_id).is_some() => {
                 self.fail(e.ref_id, FailReason::Rejected(code));
+                self.release(e.ref_id, now);
                 return;
+            }
+            // Refused for now: it is retransmitted on its timer; with
+            // `keep_send_order`, later sends wait behind it.
+            Some(Kind::MsgR)
+                if self.config.keep_send_order
+                    && self.held_by.is_none()
+                    && matches!(code, ErrorCode::Overloaded | ErrorCode::RateLimited)
+                    && self.outbox.contains(e.ref_id) =>
+            {
+                self.held_by = Some(e.ref_id);
             }
             // A refused pull ends; a transient refusal is retried by the gap
             // timer, a final one (not a member, no such group) is not.
@@ -130,6 +143,7 @@ impl Client {
             self.stats.late_acks += 1;
             return;
         };
+        self.release(a.msg_id, now);
         self.stats.acked += 1;
         self.events.push_back(Event::Acked {
             msg_id: a.msg_id,
