@@ -141,9 +141,7 @@ impl State {
         user: u64,
         to: u64,
     ) -> Result<bool, StoreError> {
-        let cur = self.group_read(store, group, user)?;
-        if to <= cur {
-            self.group_reads.insert((group, user), cur);
+        if to <= self.group_read(store, group, user)? {
             return Ok(false);
         }
         self.group_reads.insert((group, user), to);
