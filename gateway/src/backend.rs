@@ -243,16 +243,11 @@ impl Router {
     /// Kicks every connection of `user` on this node (only `device`'s, if
     /// set); returns how many.
     pub fn kick_user(&mut self, user: u64, device: Option<u32>, reason: KickReason) -> usize {
-        let mut devices = Vec::new();
-        self.registry.devices_of(user, &mut devices);
-        let mut n = 0;
-        for (d, conn) in devices {
-            if device.is_none_or(|want| want == d) {
-                self.kick(conn, reason);
-                n += 1;
-            }
+        let sessions = self.registry.sessions(user, device);
+        for &(_, conn) in &sessions {
+            self.kick(conn, reason);
         }
-        n
+        sessions.len()
     }
 
     /// Acts on the events every backend treats alike on one node: a

@@ -20,9 +20,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{
-    backend::CoreMsg, conn_id::ConnId, mailbox::MailboxTx, metrics::Metrics, registry::Registry,
-};
+use crate::{backend::CoreMsg, mailbox::MailboxTx, metrics::Metrics, registry::Registry};
 
 /// Largest request head read; longer requests get 431.
 pub const MAX_REQUEST: usize = 8 * 1024;
@@ -245,7 +243,7 @@ impl Admin {
         };
         match (method, path) {
             ("POST", "/admin/kick") => {
-                let sessions = self.sessions(user, device);
+                let sessions = self.registry.sessions(user, device);
                 let sent = self
                     .cores
                     .first()
@@ -261,6 +259,7 @@ impl Admin {
             }
             ("GET", "/admin/sessions") => {
                 let list: Vec<String> = self
+                    .registry
                     .sessions(user, device)
                     .iter()
                     .map(|(d, c)| format!("{{\"device\":{d},\"core\":{}}}", c.core))
@@ -275,19 +274,12 @@ impl Admin {
             _ => Response::text("404 Not Found", "not found"),
         }
     }
-
-    fn sessions(&self, user: u64, device: Option<u32>) -> Vec<(u32, ConnId)> {
-        let mut all = Vec::new();
-        self.registry.devices_of(user, &mut all);
-        all.retain(|(d, _)| device.is_none_or(|want| *d == want));
-        all.sort_unstable_by_key(|(d, _)| *d);
-        all
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn_id::ConnId;
 
     /// An endpoint, its registry, and the mailbox of its one core.
     fn endpoint(
