@@ -29,8 +29,9 @@ pub(crate) struct Ctx<'a> {
     /// The core's clock, ms: the connection's last-seen stamp and its rate
     /// limit.
     pub(crate) now_ms: u64,
-    /// Wall-clock time, Unix s: token expiry.
-    pub(crate) unix_s: u64,
+    /// The wall clock, Unix s: token expiry. Read only for a login, so
+    /// other frames cost no clock read.
+    pub(crate) unix_s: fn() -> u64,
     /// The core's queue to the backend is full: requests are refused with
     /// `overloaded` (it can change between two frames of one read).
     pub(crate) backlogged: &'a Cell<bool>,
@@ -130,7 +131,7 @@ fn verify(cx: &Ctx<'_>, login: &Login) -> Result<(), TokenError> {
         return Err(TokenError::NoUser);
     }
     cx.verifier
-        .verify(login.user, login.device, &login.token, cx.unix_s)
+        .verify(login.user, login.device, &login.token, (cx.unix_s)())
 }
 
 fn active(cx: &Ctx<'_>, conn: &Conn, frame: Frame, out: &mut Vec<Action>) {
@@ -243,7 +244,7 @@ mod tests {
                 verifier: &self.verifier,
                 metrics: &self.metrics,
                 now_ms,
-                unix_s: NOW_S,
+                unix_s: || NOW_S,
                 backlogged: &self.backlogged,
             };
             let mut out = Vec::new();

@@ -258,7 +258,7 @@ fn read_once(
         verifier: &*core.shared.verifier,
         metrics: core.metrics(),
         now_ms: core.now_ms(),
-        unix_s: crate::unix_time().as_secs(),
+        unix_s: || crate::unix_time().as_secs(),
         backlogged: core.backlogged_flag(),
     };
     let mut actions = Vec::new();
