@@ -180,7 +180,10 @@ impl Endpoint {
                 content_type: "text/plain; version=0.0.4",
                 body: self.metrics.render(),
             },
-            ("GET", "/healthz") => Response::text("200 OK", "ok"),
+            ("GET", "/healthz") => match self.metrics.health() {
+                Ok(()) => Response::text("200 OK", "ok"),
+                Err(why) => Response::text("503 Service Unavailable", &why),
+            },
             (_, "/metrics" | "/healthz") => Response::text("405 Method Not Allowed", "use GET"),
             (_, p) if p.starts_with("/admin/") => {
                 let Some(admin) = &self.admin else {

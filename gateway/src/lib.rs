@@ -20,6 +20,7 @@
 pub mod alloc;
 pub mod backend;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 mod conn;
 pub mod conn_id;

@@ -24,6 +24,71 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     serve: ServeArgs,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// The `[cluster]` keys (backend = cluster).
+#[derive(Args, Debug, Default)]
+struct ClusterArgs {
+    /// This node's name in the cluster [default: host name and process id].
+    #[arg(long, env = "IMGATE_CLUSTER_NODE_ID", global = true)]
+    cluster_node_id: Option<String>,
+    /// NATS servers, comma-separated [default: nats://127.0.0.1:4222].
+    #[arg(
+        long,
+        env = "IMGATE_CLUSTER_NATS_URLS",
+        global = true,
+        value_delimiter = ','
+    )]
+    cluster_nats_urls: Option<Vec<String>>,
+    /// Partitions (streams) of the logs; fixed at the cluster's first start [default: 16].
+    #[arg(long, env = "IMGATE_CLUSTER_PARTITIONS", global = true)]
+    cluster_partitions: Option<u32>,
+    /// Replicas of every stream and bucket: 1, 3 or 5 [default: 3].
+    #[arg(long, env = "IMGATE_CLUSTER_REPLICAS", global = true)]
+    cluster_replicas: Option<usize>,
+    /// Prefix of the service's streams, buckets and subjects [default: IMGATE].
+    #[arg(long, env = "IMGATE_CLUSTER_STREAM_PREFIX", global = true)]
+    cluster_stream_prefix: Option<String>,
+    /// Wait for one JetStream acknowledgement, ms [default: 2000].
+    #[arg(long, env = "IMGATE_CLUSTER_PUBLISH_TIMEOUT_MS", global = true)]
+    cluster_publish_timeout_ms: Option<u64>,
+    /// Retry a write this long before answering overloaded, ms [default: 30000].
+    #[arg(long, env = "IMGATE_CLUSTER_PUBLISH_RETRY_MS", global = true)]
+    cluster_publish_retry_ms: Option<u64>,
+    /// Requests in flight to JetStream before overloaded [default: 20000].
+    #[arg(long, env = "IMGATE_CLUSTER_MAX_IN_FLIGHT", global = true)]
+    cluster_max_in_flight: Option<usize>,
+}
+
+impl ClusterArgs {
+    fn apply(&self, c: &mut imgate::config::ClusterConfig) {
+        if let Some(v) = &self.cluster_node_id {
+            c.node_id = v.clone();
+        }
+        if let Some(v) = &self.cluster_nats_urls {
+            c.nats_urls = v.clone();
+        }
+        if let Some(v) = self.cluster_partitions {
+            c.partitions = v;
+        }
+        if let Some(v) = self.cluster_replicas {
+            c.replicas = v;
+        }
+        if let Some(v) = &self.cluster_stream_prefix {
+            c.stream_prefix = v.clone();
+        }
+        if let Some(v) = self.cluster_publish_timeout_ms {
+            c.publish_timeout_ms = v;
+        }
+        if let Some(v) = self.cluster_publish_retry_ms {
+            c.publish_retry_ms = v;
+        }
+        if let Some(v) = self.cluster_max_in_flight {
+            c.max_in_flight = v;
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -156,7 +221,7 @@ serve_args! {
     shutdown_timeout_ms: u64, "IMGATE_SHUTDOWN_TIMEOUT_MS";
     /// Secret for HMAC-SHA256 login tokens.
     secret: String, "IMGATE_SECRET";
-    /// Backend: embedded (reliable delivery on the embedded store) or relay (online only, nothing stored) [default: embedded].
+    /// Backend: embedded (reliable delivery on the embedded store), cluster (on NATS JetStream, see --cluster-*) or relay (online only, nothing stored) [default: embedded].
     backend: BackendKind, "IMGATE_BACKEND";
     /// Data directory of the default backend [default: ./imgate-data].
     data_dir: PathBuf, "IMGATE_DATA_DIR";
@@ -172,12 +237,13 @@ serve_args! {
     log_level: String, "IMGATE_LOG_LEVEL";
 }
 
-fn load(args: &ServeArgs) -> Result<Config, String> {
+fn load(args: &ServeArgs, cluster: &ClusterArgs) -> Result<Config, String> {
     let mut cfg = match &args.config {
         Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
     args.apply(&mut cfg);
+    cluster.apply(&mut cfg.cluster);
     cfg.validate().map_err(|e| e.to_string())?;
     Ok(cfg)
 }
@@ -200,7 +266,7 @@ fn usage_error(msg: &str) -> ExitCode {
 fn main() -> ExitCode {
     imgate::alloc::tune_mimalloc();
     let cli = Cli::parse();
-    let cfg = match load(&cli.serve) {
+    let cfg = match load(&cli.serve, &cli.cluster) {
         Ok(c) => c,
         Err(e) => return usage_error(&e),
     };
@@ -269,7 +335,7 @@ fn serve(cfg: Config) -> ExitCode {
         BackendKind::Embedded if cfg.durability == Durability::Memory => tracing::warn!(
             "durability = memory: nothing is written to disk, every message is lost at exit; for experiments only"
         ),
-        BackendKind::Embedded => {}
+        BackendKind::Embedded | BackendKind::Cluster => {}
         BackendKind::Relay => tracing::warn!(
             "backend = relay: messages reach online connections only, nothing is stored; for measuring the core"
         ),

@@ -7,7 +7,10 @@
 
 use std::{
     fmt::Write as _,
-    sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
+    },
 };
 
 use imgate_codec::KickReason;
@@ -67,6 +70,16 @@ pub struct Metrics {
     pub cores: Vec<CoreMetrics>,
     /// Batches waiting for the backend.
     pub backend_queue: AtomicI64,
+    /// What the backend reports of itself, once it started.
+    pub backend: OnceLock<Arc<dyn BackendReport>>,
+}
+
+/// A backend's own metrics and health, for the operator's endpoint.
+pub trait BackendReport: Send + Sync + std::fmt::Debug {
+    /// Appends the backend's metrics in the Prometheus text format.
+    fn render(&self, out: &mut String);
+    /// Whether the backend can serve, and if not why.
+    fn health(&self) -> Result<(), String>;
 }
 
 impl Metrics {
@@ -75,6 +88,7 @@ impl Metrics {
         Metrics {
             cores: (0..cores).map(|_| CoreMetrics::default()).collect(),
             backend_queue: AtomicI64::new(0),
+            backend: OnceLock::new(),
         }
     }
 
@@ -91,6 +105,11 @@ impl Metrics {
             .filter_map(|c| c.kicks.get(i))
             .map(|k| k.load(Relaxed))
             .sum()
+    }
+
+    /// Whether the backend can serve (see [`BackendReport::health`]).
+    pub fn health(&self) -> Result<(), String> {
+        self.backend.get().map_or(Ok(()), |b| b.health())
     }
 
     /// The Prometheus text exposition.
@@ -177,6 +196,9 @@ impl Metrics {
             "# HELP process_cpu_seconds_total CPU time used.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {:.3}",
             cpu_seconds()
         );
+        if let Some(b) = self.backend.get() {
+            b.render(&mut s);
+        }
         s
     }
 }

@@ -82,6 +82,7 @@ pub fn backend(cfg: &Config) -> Result<Box<dyn Backend>, crate::store::StoreErro
             Box::new(crate::delivery::Delivery::new(store, cfg)?)
         }
         BackendKind::Relay => Box::new(crate::relay::Relay::default()),
+        BackendKind::Cluster => Box::new(crate::cluster::Cluster::new(cfg)),
     })
 }
 

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod nats;
 pub mod peer;
 
 use std::{

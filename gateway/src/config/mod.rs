@@ -8,6 +8,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
+mod cluster;
+
+pub use cluster::ClusterConfig;
+
 /// Which io driver the cores run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -51,6 +55,9 @@ pub enum BackendKind {
     /// An in-memory relay to online connections only: nothing stored,
     /// nothing resent; for measuring the core alone.
     Relay,
+    /// Reliable delivery on NATS JetStream, shared by every gateway node
+    /// of the service (`[cluster]`).
+    Cluster,
 }
 
 /// The whole configuration. Field names are the TOML keys.
@@ -141,6 +148,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log filter, as `RUST_LOG` (e.g. `info`, `imgate=debug`).
     pub log_level: String,
+    /// The cluster backend (`backend = "cluster"`).
+    pub cluster: ClusterConfig,
 }
 
 /// The secret used when none is configured: fine for trying imgate on a
@@ -188,6 +197,7 @@ impl Default for Config {
             admin_token: String::new(),
             log_format: LogFormat::Human,
             log_level: "info,fjall=warn,lsm_tree=warn".to_string(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -318,6 +328,11 @@ impl Config {
         if self.workers > 1024 {
             return invalid("workers", "must be at most 1024");
         }
+        if self.backend == BackendKind::Cluster {
+            self.cluster
+                .check()
+                .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
+        }
         Ok(())
     }
 
@@ -355,6 +370,14 @@ mod tests {
         assert_eq!(c.listen.port(), 7100);
         assert_eq!(c.heartbeat_ms, 5000);
         assert_eq!(c.login_timeout_ms, 10_000);
+        let c = Config::from_toml(
+            "backend = \"cluster\"\n[cluster]\nnode_id = \"a\"\npartitions = 4\n",
+            std::path::Path::new("t.toml"),
+        )
+        .expect("parses");
+        assert_eq!(c.backend, BackendKind::Cluster);
+        assert_eq!((c.cluster.node_id.as_str(), c.cluster.partitions), ("a", 4));
+        assert_eq!(c.cluster.replicas, 3);
         let e = Config::from_toml("heartbeat = 1", std::path::Path::new("t.toml"))
             .expect_err("unknown key");
         assert!(e.to_string().contains("unknown field"), "{e}");
@@ -391,6 +414,62 @@ mod tests {
             (
                 "log_level",
                 Box::new(|c| c.log_level = "imgate=loud".into()),
+            ),
+            (
+                "cluster.nats_urls",
+                Box::new(|c| {
+                    c.backend = BackendKind::Cluster;
+                    c.cluster.nats_urls.clear();
+                }),
+            ),
+            (
+                "cluster.partitions",
+                Box::new(|c| {
+                    c.backend = BackendKind::Cluster;
+                    c.cluster.partitions = 0;
+                }),
+            ),
+            (
+                "cluster.replicas",
+                Box::new(|c| {
+                    c.backend = BackendKind::Cluster;
+                    c.cluster.replicas = 2;
+                }),
+            ),
+            (
+                "cluster.stream_prefix",
+                Box::new(|c| {
+                    c.backend = BackendKind::Cluster;
+                    c.cluster.stream_prefix = "a.b".into();
+                }),
+            ),
+            (
+                "cluster.node_id",
+                Box::new(|c| {
+                    c.backend = BackendKind::Cluster;
+                    c.cluster.node_id = "a b".into();
+                }),
+            ),
+            (
+                "cluster.publish_timeout_ms",
+                Box::new(|c| {
+                    c.backend = BackendKind::Cluster;
+                    c.cluster.publish_timeout_ms = 0;
+                }),
+            ),
+            (
+                "cluster.publish_retry_ms",
+                Box::new(|c| {
+                    c.backend = BackendKind::Cluster;
+                    c.cluster.publish_retry_ms = 1;
+                }),
+            ),
+            (
+                "cluster.max_in_flight",
+                Box::new(|c| {
+                    c.backend = BackendKind::Cluster;
+                    c.cluster.max_in_flight = 0;
+                }),
             ),
         ];
         for (key, f) in cases {

@@ -1,0 +1,394 @@
+//! The JetStream side of the cluster backend: connecting, creating the
+//! streams and buckets on first start, and the few reads and writes the
+//! delivery logic needs (a compare-and-set append, a head read, a paged
+//! read, a cursor that only rises).
+//!
+//! Reads that decide a sequence id (a head) go to the stream leader;
+//! pages use direct gets, which any replica answers: a replica that lags
+//! returns a shorter page, never a wrong one, and the client asks again.
+
+use std::time::Duration;
+
+use async_nats::{
+    Client, HeaderMap,
+    jetstream::{
+        self, Context,
+        context::PublishErrorKind,
+        kv,
+        stream::{self, Stream},
+    },
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::names::{Names, SEQ_HEADER};
+use crate::config::ClusterConfig;
+
+/// Why JetStream could not answer.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum JsError {
+    /// Connecting or setting up failed.
+    #[error("{0}")]
+    Setup(String),
+    /// Another node appended to the subject first.
+    #[error("the subject's head moved")]
+    Conflict,
+    /// No answer in time, or the connection is down; retry.
+    #[error("JetStream unavailable: {0}")]
+    Unavailable(String),
+    /// A record that cannot be read.
+    #[error("corrupt record at stream sequence {0}")]
+    Corrupt(u64),
+}
+
+/// A stored record of a subject: its sequence id in the subject, its
+/// sequence in the stream, its bytes.
+#[derive(Debug, Clone)]
+pub(super) struct Stored {
+    /// The user-level (inbox or group) sequence id.
+    pub(super) seq: u64,
+    /// The stream sequence.
+    pub(super) stream_seq: u64,
+    /// The encoded record.
+    pub(super) payload: Bytes,
+}
+
+/// What an append did.
+#[derive(Debug, Clone)]
+pub(super) enum Appended {
+    /// Stored now, at this stream sequence.
+    New(u64),
+    /// The message id was seen within the dedup window: nothing stored,
+    /// the first copy is at this stream sequence.
+    Duplicate(u64),
+}
+
+/// A connected node.
+#[derive(Debug, Clone)]
+pub(super) struct Js {
+    client: Client,
+    ctx: Context,
+    names: Names,
+    streams: Vec<Stream>,
+    cursors: kv::Store,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> JsError {
+    JsError::Unavailable(e.to_string())
+}
+
+impl Js {
+    /// Connects and makes sure every stream and bucket exists; refuses a
+    /// partition count other than the one the cluster was created with.
+    pub(super) async fn connect(
+        cfg: &ClusterConfig,
+        node: &str,
+        dedup_window: Duration,
+    ) -> Result<Js, JsError> {
+        let urls = cfg.nats_urls.join(",");
+        let addrs = cfg
+            .nats_urls
+            .iter()
+            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| JsError::Setup(format!("invalid NATS URL in {urls}: {e}")))?;
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("imgate {node}"))
+            .connection_timeout(Duration::from_secs(5))
+            .connect(addrs)
+            .await
+            .map_err(|e| JsError::Setup(format!("cannot connect to NATS at {urls}: {e}")))?;
+        let ctx = jetstream::ContextBuilder::new()
+            .timeout(Duration::from_millis(cfg.publish_timeout_ms))
+            .build(client.clone());
+        let names = Names::new(&cfg.stream_prefix, cfg.partitions);
+        let setup = |what: String| move |e: String| JsError::Setup(format!("{what}: {e}"));
+
+        // The partition count is fixed when the service is first started:
+        // it decides which stream holds each user, so every node must use
+        // the same one.
+        let meta = ctx
+            .create_or_update_key_value(kv::Config {
+                bucket: names.meta_bucket(),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: cfg.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                setup(format!("cannot create bucket {}", names.meta_bucket()))(e.to_string())
+            })?;
+        let want = cfg.partitions.to_string();
+        match meta.create("partitions", Bytes::from(want.clone())).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let have = meta
+                    .get("partitions")
+                    .await
+                    .map_err(|e| setup("cannot read the partition count".into())(e.to_string()))?
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+                    .unwrap_or_default();
+                if have != want {
+                    return Err(JsError::Setup(format!(
+                        "this node is configured with {want} partitions, but the cluster \
+                         (stream prefix {}) was created with {have}; every node must use \
+                         cluster.partitions = {have}",
+                        cfg.stream_prefix
+                    )));
+                }
+            }
+            Err(e) => {
+                return Err(setup("cannot record the partition count".into())(
+                    e.to_string(),
+                ));
+            }
+        }
+        let mut streams = Vec::with_capacity(cfg.partitions as usize);
+        for p in 0..cfg.partitions {
+            let s = ctx
+                .get_or_create_stream(stream::Config {
+                    name: names.stream(p),
+                    subjects: vec![names.stream_subjects(p)],
+                    storage: stream::StorageType::File,
+                    num_replicas: cfg.replicas,
+                    duplicate_window: dedup_window,
+                    allow_direct: true,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| {
+                    setup(format!("cannot create stream {}", names.stream(p)))(e.to_string())
+                })?;
+            streams.push(s);
+        }
+        let cursors = ctx
+            .create_or_update_key_value(kv::Config {
+                bucket: names.cursors_bucket(),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: cfg.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                setup(format!("cannot create bucket {}", names.cursors_bucket()))(e.to_string())
+            })?;
+        Ok(Js {
+            client,
+            ctx,
+            names,
+            streams,
+            cursors,
+        })
+    }
+
+    /// The names of this service.
+    pub(super) fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// The core NATS client (pushes and control messages).
+    pub(super) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Whether the connection to NATS is up.
+    pub(super) fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    fn stream_of(&self, subject: &str) -> Result<&Stream, JsError> {
+        let p = subject
+            .split('.')
+            .nth(1)
+            .and_then(|p| p.parse::<usize>().ok())
+            .ok_or_else(|| JsError::Setup(format!("not a log subject: {subject}")))?;
+        self.streams
+            .get(p)
+            .ok_or_else(|| JsError::Setup(format!("no stream for {subject}")))
+    }
+
+    /// The newest record of a subject, read from the stream leader: its
+    /// (sequence id, stream sequence), or (0, 0) for an empty subject.
+    pub(super) async fn head(&self, subject: &str) -> Result<(u64, u64), JsError> {
+        let s = self.stream_of(subject)?;
+        match s.get_last_raw_message_by_subject(subject).await {
+            Ok(m) => Ok((
+                seq_of(&m.headers).ok_or(JsError::Corrupt(m.sequence))?,
+                m.sequence,
+            )),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok((0, 0)),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Appends a record to `subject` as its sequence id `seq`, only if the
+    /// subject's newest record is still at stream sequence `after`.
+    pub(super) async fn append(
+        &self,
+        subject: &str,
+        msg_id: &str,
+        after: u64,
+        seq: u64,
+        payload: Bytes,
+    ) -> Result<Appended, JsError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(SEQ_HEADER, seq.to_string().as_str());
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .headers(headers)
+            .message_id(msg_id)
+            .expected_last_subject_sequence(after);
+        let ack = self
+            .ctx
+            .send_publish(subject.to_string(), publish)
+            .await
+            .map_err(unavailable)?
+            .await;
+        match ack {
+            Ok(a) if a.duplicate => Ok(Appended::Duplicate(a.sequence)),
+            Ok(a) => Ok(Appended::New(a.sequence)),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(JsError::Conflict),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// The record at a stream sequence, from the stream leader.
+    pub(super) async fn get(&self, subject: &str, stream_seq: u64) -> Result<Stored, JsError> {
+        let s = self.stream_of(subject)?;
+        let m = s.get_raw_message(stream_seq).await.map_err(unavailable)?;
+        Ok(Stored {
+            seq: seq_of(&m.headers).ok_or(JsError::Corrupt(m.sequence))?,
+            stream_seq: m.sequence,
+            payload: m.payload,
+        })
+    }
+
+    /// The first record of `subject` at or after stream sequence `from`.
+    pub(super) async fn first_from(
+        &self,
+        subject: &str,
+        from: u64,
+    ) -> Result<Option<Stored>, JsError> {
+        let mut v = self.read(subject, from, 1, usize::MAX).await?;
+        Ok(v.pop())
+    }
+
+    /// Up to `n` records of `subject` from stream sequence `from` on, in
+    /// order, at most about `max_bytes` of them (at least one), in one
+    /// batched direct get (any replica answers).
+    pub(super) async fn read(
+        &self,
+        subject: &str,
+        from: u64,
+        n: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Stored>, JsError> {
+        let s = self.stream_of(subject)?;
+        let api = format!("$JS.API.DIRECT.GET.{}", s.cached_info().config.name);
+        let inbox = self.client.new_inbox();
+        let mut sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(unavailable)?;
+        // Subjects are dot-separated numbers and the prefix; nothing to escape.
+        let req = format!(
+            "{{\"seq\":{},\"next_by_subj\":\"{subject}\",\"batch\":{},\"max_bytes\":{}}}",
+            from.max(1),
+            n.max(1),
+            max_bytes.min(i32::MAX as usize)
+        );
+        self.client
+            .publish_with_reply(api, inbox, Bytes::from(req))
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = match tokio::time::timeout_at(deadline, sub.next()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Err(JsError::Unavailable("read subscription closed".into())),
+                Err(_) => return Err(JsError::Unavailable("read timed out".into())),
+            };
+            match m.status.map(|s| s.as_u16()) {
+                // 204: end of the batch; 404: nothing (more) on the subject.
+                Some(204) | Some(404) => break,
+                Some(code) if code != 200 => {
+                    return Err(JsError::Unavailable(format!(
+                        "direct get answered {code} {}",
+                        m.description.unwrap_or_default()
+                    )));
+                }
+                _ => {}
+            }
+            let headers = m.headers.as_ref();
+            let stream_seq = headers
+                .and_then(|h| h.get("Nats-Sequence"))
+                .and_then(|v| v.as_str().parse::<u64>().ok())
+                .ok_or(JsError::Corrupt(0))?;
+            let seq = headers
+                .and_then(seq_of_ref)
+                .ok_or(JsError::Corrupt(stream_seq))?;
+            out.push(Stored {
+                seq,
+                stream_seq,
+                payload: m.payload,
+            });
+            if out.len() >= n {
+                // The server ends a full batch with an end marker too; not
+                // waiting for it costs nothing (the inbox is dropped).
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// A device's cursor and the bucket revision it was read at (0 when
+    /// the device has none yet).
+    pub(super) async fn cursor(&self, key: &str) -> Result<(u64, u64), JsError> {
+        match self.cursors.entry(key).await.map_err(unavailable)? {
+            Some(e) if e.operation == kv::Operation::Put => {
+                Ok((u64_value(&e.value).unwrap_or(0), e.revision))
+            }
+            Some(e) => Ok((0, e.revision)),
+            None => Ok((0, 0)),
+        }
+    }
+
+    /// Writes a cursor if the bucket still holds revision `rev` of it (0:
+    /// none); returns the new revision, or `Conflict`.
+    pub(super) async fn set_cursor(&self, key: &str, seq: u64, rev: u64) -> Result<u64, JsError> {
+        let v = Bytes::copy_from_slice(&seq.to_be_bytes());
+        if rev == 0 {
+            match self.cursors.create(key, v).await {
+                Ok(r) => Ok(r),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(JsError::Conflict),
+                Err(e) => Err(unavailable(e)),
+            }
+        } else {
+            match self.cursors.update(key, v, rev).await {
+                Ok(r) => Ok(r),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    Err(JsError::Conflict)
+                }
+                Err(e) => Err(unavailable(e)),
+            }
+        }
+    }
+}
+
+fn u64_value(v: &[u8]) -> Option<u64> {
+    v.get(..8)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_be_bytes)
+}
+
+fn seq_of_ref(h: &HeaderMap) -> Option<u64> {
+    h.get(SEQ_HEADER).and_then(|v| v.as_str().parse().ok())
+}
+
+fn seq_of(h: &HeaderMap) -> Option<u64> {
+    seq_of_ref(h)
+}

@@ -1,0 +1,189 @@
+//! The cluster backend: many gateway nodes, one service, on NATS
+//! JetStream (`backend = "cluster"`).
+//!
+//! ```text
+//!  cores ──► backend thread: Cluster::handle ──(unbounded, counted)──► cluster thread (tokio)
+//!                                                                      │  per request a task:
+//!                                                                      │  append with CAS, read, cursor
+//!                                                                      ▼
+//!            JetStream (R3, fsync): streams <prefix>_<p>, buckets <prefix>_cursors, <prefix>_meta
+//!                                                                      │
+//!  cores ◄── Router ◄── pushes in order ◄── core NATS <prefix>.push.u.<user> ◄── storing node
+//! ```
+//!
+//! Everything durable is in JetStream, so any node can serve any user and
+//! a node can die without taking anything acknowledged with it. The
+//! protocol's guarantees hold across nodes because of three properties of
+//! JetStream used together: a publish is acknowledged after a quorum of
+//! replicas wrote it (with `sync_interval: always`, to disk); an append
+//! can require the subject's newest record to be a given one, which makes
+//! per-user sequence ids contiguous without a coordinator (see
+//! [`append`]); and a message id seen within the dedup window is not
+//! stored again, whichever node sends it.
+//!
+//! The backend's own thread never waits on JetStream: `handle` passes
+//! events to the cluster thread and refuses requests with `overloaded`
+//! when too many are in flight there.
+
+mod append;
+mod js;
+pub mod names;
+mod node;
+mod requests;
+mod stats;
+pub mod wire;
+
+use std::{
+    rc::Rc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::Relaxed},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use imgate_codec::{Body, ErrorCode, frame::ErrorFrame};
+
+use crate::{
+    backend::{Backend, Inbound, Router, Start},
+    config::Config,
+};
+pub use stats::Stats;
+
+/// The cluster backend.
+pub struct Cluster {
+    cfg: Config,
+    stats: Arc<Stats>,
+    inflight: Arc<AtomicUsize>,
+    tx: Option<tokio::sync::mpsc::UnboundedSender<Inbound>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.cfg.cluster.node_id)
+            .field("inflight", &self.inflight.load(Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// A backend for `cfg`; it connects in [`Backend::start`].
+    pub fn new(cfg: &Config) -> Cluster {
+        Cluster {
+            cfg: cfg.clone(),
+            stats: Arc::new(Stats::default()),
+            inflight: Arc::new(AtomicUsize::new(0)),
+            tx: None,
+            thread: None,
+        }
+    }
+
+    /// The node's counters (for the metrics endpoint).
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+}
+
+impl Backend for Cluster {
+    fn start(&mut self, start: &Start) -> std::io::Result<()> {
+        let fail = |e: String| std::io::Error::other(e);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let cc = &self.cfg.cluster;
+        let node_name = cc.node_name();
+        let js = rt
+            .block_on(js::Js::connect(
+                cc,
+                &node_name,
+                Duration::from_millis(self.cfg.dedup_window_ms),
+            ))
+            .map_err(|e| fail(e.to_string()))?;
+        self.stats.connected.store(js.connected(), Relaxed);
+        let report: Arc<dyn crate::metrics::BackendReport> = self.stats.clone();
+        let _ = start.metrics.backend.set(report);
+        tracing::info!(
+            node = %node_name,
+            partitions = cc.partitions,
+            replicas = cc.replicas,
+            prefix = %cc.stream_prefix,
+            "cluster backend connected to JetStream"
+        );
+        let limits = node::Limits {
+            max_body: crate::delivery::rules::max_body(self.cfg.max_frame),
+            page_default: self.cfg.sync_page_default,
+            page_max: self.cfg.sync_page_max,
+            page_budget: crate::delivery::rules::page_budget(self.cfg.max_frame),
+            retry: Duration::from_millis(cc.publish_retry_ms),
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let router = start.router();
+        let (inflight, stats) = (self.inflight.clone(), self.stats.clone());
+        let grace = Duration::from_millis(self.cfg.shutdown_timeout_ms);
+        let thread = std::thread::Builder::new()
+            .name("imgate-cluster".into())
+            .spawn(move || {
+                let local = tokio::task::LocalSet::new();
+                let watch_stats = stats.clone();
+                let watch_js = js.clone();
+                let node = Rc::new(node::Node::new(js, limits, router, inflight, stats));
+                local.block_on(&rt, async move {
+                    let health = tokio::task::spawn_local(async move {
+                        loop {
+                            watch_stats.connected.store(watch_js.connected(), Relaxed);
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                        }
+                    });
+                    node.run(rx, grace).await;
+                    health.abort();
+                });
+            })?;
+        self.tx = Some(tx);
+        self.thread = Some(thread);
+        Ok(())
+    }
+
+    fn handle(&mut self, batch: &mut Vec<Inbound>, out: &mut Router) {
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        let max = self.cfg.cluster.max_in_flight;
+        for ev in batch.drain(..) {
+            if let Inbound::Frame { conn, frame, .. } = &ev {
+                if self.inflight.load(Relaxed) >= max {
+                    self.stats.refused.fetch_add(1, Relaxed);
+                    out.to_conn(
+                        *conn,
+                        ErrorFrame::new(
+                            ErrorCode::Overloaded,
+                            Some(frame.kind()),
+                            frame.request_id(),
+                            "try again",
+                        )
+                        .to_bytes(),
+                        None,
+                    );
+                    continue;
+                }
+                self.inflight.fetch_add(1, Relaxed);
+            }
+            if tx.send(ev).is_err() {
+                tracing::error!("the cluster thread stopped");
+                return;
+            }
+        }
+    }
+
+    fn shutdown(&mut self, _out: &mut Router) {
+        // Closing the channel ends the node once its requests finished.
+        self.tx = None;
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("the cluster thread panicked");
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Where everything of one service lives in JetStream: stream, bucket and
+//! subject names, the partition of a user, and the message ids that make
+//! JetStream drop a retransmitted write.
+//!
+//! A user's inbox is the subject `<prefix>.<p>.u.<user>` of stream
+//! `<prefix>_<p>`, where `p` is the user's partition; its newest record is
+//! its head (the record carries its user-level sequence id in a header).
+//! Pushes and control messages to the nodes that hold a user travel on the
+//! core subject `<prefix>.push.u.<user>`, which no stream captures.
+
+/// The names of one service (one stream prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    prefix: String,
+    partitions: u32,
+}
+
+/// The header carrying a record's sequence id in its stream (the user's
+/// inbox or the group's log), decimal.
+pub const SEQ_HEADER: &str = "Im-Seq";
+
+impl Names {
+    /// Names under `prefix` (already validated) over `partitions`.
+    pub fn new(prefix: &str, partitions: u32) -> Names {
+        Names {
+            prefix: prefix.to_string(),
+            partitions: partitions.max(1),
+        }
+    }
+
+    /// The partition count.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The partition of a user: a fixed mix of the id, so that consecutive
+    /// ids spread evenly, identical on every node and every version.
+    pub fn partition(&self, user: u64) -> u32 {
+        (mix(user) % u64::from(self.partitions)) as u32
+    }
+
+    /// The stream of partition `p`.
+    pub fn stream(&self, p: u32) -> String {
+        format!("{}_{p}", self.prefix)
+    }
+
+    /// The subjects stream `p` captures.
+    pub fn stream_subjects(&self, p: u32) -> String {
+        format!("{}.{p}.>", self.prefix)
+    }
+
+    /// A user's inbox subject and its stream.
+    pub fn inbox(&self, user: u64) -> (String, String) {
+        let p = self.partition(user);
+        (format!("{}.{p}.u.{user}", self.prefix), self.stream(p))
+    }
+
+    /// The core subject of pushes and control messages for a user's nodes.
+    pub fn push(&self, user: u64) -> String {
+        format!("{}.push.u.{user}", self.prefix)
+    }
+
+    /// The bucket of device cursors.
+    pub fn cursors_bucket(&self) -> String {
+        format!("{}_cursors", self.prefix)
+    }
+
+    /// The bucket of the service's fixed settings (the partition count).
+    pub fn meta_bucket(&self) -> String {
+        format!("{}_meta", self.prefix)
+    }
+
+    /// The key of a device's cursor on a user's inbox.
+    pub fn cursor_key(user: u64, device: u32) -> String {
+        format!("u.{user}.{device}")
+    }
+
+    /// The JetStream message id of the receiver's copy of a one-to-one
+    /// message, and of the sender's own copy: a retransmit within the
+    /// dedup window is dropped by JetStream, whichever node sends it.
+    pub fn msg_ids(sender: u64, msg_id: u64) -> (String, String) {
+        (format!("{sender}:{msg_id}"), format!("{sender}:{msg_id}:o"))
+    }
+}
+
+/// A fixed 64-bit mix (the splitmix64 finaliser).
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_fixed_and_spread() {
+        let n = Names::new("IM", 16);
+        // Fixed forever: a change would move every user's inbox.
+        assert_eq!(n.partition(1), mix(1) as u32 % 16);
+        assert_eq!(mix(1), 0x5692_161d_100b_05e5);
+        let mut counts = [0u32; 16];
+        for u in 1..=16_000 {
+            counts[n.partition(u) as usize] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn names_of_a_user() {
+        let n = Names::new("IM", 4);
+        let p = n.partition(42);
+        assert_eq!(n.inbox(42), (format!("IM.{p}.u.42"), format!("IM_{p}")));
+        assert_eq!(n.stream_subjects(p), format!("IM.{p}.>"));
+        assert_eq!(n.push(42), "IM.push.u.42");
+        assert_eq!(Names::msg_ids(7, 9), ("7:9".into(), "7:9:o".into()));
+        assert_eq!(Names::cursor_key(7, 2), "u.7.2");
+    }
+}

@@ -1,0 +1,249 @@
+//! The cluster backend on a real 3-node JetStream cluster: several
+//! gateways, one service.
+
+mod common;
+
+use std::{
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use common::{Client, Got, config, nats::NatsCluster, start_with};
+use imgate::{
+    cluster::Cluster,
+    config::{BackendKind, Config, DriverKind},
+    server::Running,
+};
+use imgate_codec::{
+    ErrorCode, Frame, KickReason,
+    frame::{AckR, MsgR, SyncR},
+};
+
+/// A gateway node on the cluster backend, stopped when dropped.
+struct Node(Option<Running>);
+
+impl Node {
+    fn start(nats: &NatsCluster, prefix: &str, f: impl FnOnce(&mut Config)) -> Node {
+        let mut cfg = config(DriverKind::Auto);
+        cfg.backend = BackendKind::Cluster;
+        cfg.cluster.nats_urls = nats.urls();
+        cfg.cluster.stream_prefix = prefix.to_string();
+        cfg.cluster.partitions = 2;
+        cfg.cluster.replicas = 3;
+        f(&mut cfg);
+        let backend = Box::new(Cluster::new(&cfg));
+        Node(Some(start_with(cfg, backend)))
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        self.0.as_ref().expect("running").addr()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            r.shutdown();
+        }
+    }
+}
+
+/// A stream prefix of its own for each test: they share one cluster.
+fn prefix(name: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "T{}_{}_{name}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn shared() -> Option<&'static NatsCluster> {
+    let c = common::nats::shared();
+    if c.is_none() {
+        eprintln!("skipped: nats-server not installed");
+    }
+    c
+}
+
+fn msg(id: u64, to: u64, body: &'static [u8]) -> MsgR {
+    MsgR {
+        msg_id: id,
+        group: 0,
+        to,
+        retry: false,
+        body: Bytes::from_static(body),
+    }
+}
+
+/// Frames until one matches `f` (others are returned too).
+fn until(c: &mut Client, what: &str, f: impl Fn(&Frame) -> bool) -> (Frame, Vec<Frame>) {
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        match c.next(Duration::from_millis(200)) {
+            Got::Frame(fr) if f(&fr) => return (fr, seen),
+            Got::Frame(fr) => seen.push(fr),
+            Got::Closed => panic!("closed while waiting for {what}; saw {seen:?}"),
+            Got::Timeout => {}
+        }
+    }
+    panic!("no {what} in 20 s; saw {seen:?}");
+}
+
+#[test]
+fn one_to_one_across_two_nodes() {
+    let Some(nats) = shared() else { return };
+    let p = prefix("one");
+    let a = Node::start(nats, &p, |_| {});
+    let b = Node::start(nats, &p, |_| {});
+    let mut alice = Client::login(a.addr(), 1, 1);
+    let mut bob = Client::login(b.addr(), 2, 1);
+    alice.send(msg(10, 2, b"hello"));
+    let (ack, _) = until(&mut alice, "msg:A", |f| matches!(f, Frame::MsgA(_)));
+    let Frame::MsgA(ack) = ack else {
+        unreachable!()
+    };
+    assert_eq!((ack.msg_id, ack.seq, ack.own_seq), (10, 1, 1));
+    let (n, _) = until(&mut bob, "msg:N", |f| matches!(f, Frame::MsgN(_)));
+    let Frame::MsgN(n) = n else { unreachable!() };
+    assert_eq!((n.seq, n.from, n.to, &n.body[..]), (1, 1, 2, &b"hello"[..]));
+    bob.send(AckR { group: 0, seq: 1 });
+    let (a1, _) = until(&mut bob, "ack:A", |f| matches!(f, Frame::AckA(_)));
+    assert!(matches!(a1, Frame::AckA(ref x) if x.seq == 1), "{a1:?}");
+
+    // The sender's retransmit through the other node: the same answer,
+    // no second copy.
+    drop(alice);
+    let mut alice = Client::login(b.addr(), 1, 1);
+    alice.send(MsgR {
+        retry: true,
+        ..msg(10, 2, b"hello")
+    });
+    let (again, _) = until(&mut alice, "msg:A", |f| matches!(f, Frame::MsgA(_)));
+    let Frame::MsgA(again) = again else {
+        unreachable!()
+    };
+    assert_eq!(
+        (again.seq, again.own_seq, again.server_time),
+        (1, 1, ack.server_time)
+    );
+    // The same id for another message is refused.
+    alice.send(msg(10, 2, b"other"));
+    let (e, _) = until(&mut alice, "error", |f| matches!(f, Frame::Error(_)));
+    assert!(
+        matches!(e, Frame::Error(ref x) if x.code == ErrorCode::MsgIdReused.to_wire()),
+        "{e:?}"
+    );
+    // Next message: seq 2, contiguous.
+    alice.send(msg(11, 2, b"two"));
+    let (m2, _) = until(&mut alice, "msg:A", |f| matches!(f, Frame::MsgA(_)));
+    assert!(
+        matches!(m2, Frame::MsgA(ref x) if x.seq == 2 && x.own_seq == 2),
+        "{m2:?}"
+    );
+    let (n2, _) = until(&mut bob, "msg:N 2", |f| matches!(f, Frame::MsgN(_)));
+    assert!(matches!(n2, Frame::MsgN(ref x) if x.seq == 2), "{n2:?}");
+}
+
+#[test]
+fn offline_pages_and_cursors_from_any_node() {
+    let Some(nats) = shared() else { return };
+    let p = prefix("pages");
+    let a = Node::start(nats, &p, |c| {
+        c.sync_page_default = 4;
+    });
+    let b = Node::start(nats, &p, |c| {
+        c.sync_page_default = 4;
+    });
+    let mut alice = Client::login(a.addr(), 1, 1);
+    for i in 1..=10u64 {
+        alice.send(MsgR {
+            msg_id: 100 + i,
+            group: 0,
+            to: 3,
+            retry: false,
+            body: Bytes::from(format!("m{i}")),
+        });
+    }
+    let mut acked = 0;
+    while acked < 10 {
+        let (f, _) = until(&mut alice, "msg:A", |f| matches!(f, Frame::MsgA(_)));
+        let Frame::MsgA(x) = f else { unreachable!() };
+        acked += 1;
+        assert_eq!(x.seq, x.msg_id - 100, "in send order");
+    }
+    // User 3 was offline: pages from the other node, each acknowledging
+    // the one before.
+    let mut carol = Client::login(b.addr(), 3, 1);
+    let mut after = 0;
+    let mut got = Vec::new();
+    loop {
+        carol.send(SyncR {
+            group: 0,
+            after,
+            limit: 0,
+        });
+        let (f, _) = until(&mut carol, "sync page", |f| matches!(f, Frame::SyncPage(_)));
+        let Frame::SyncPage(page) = f else {
+            unreachable!()
+        };
+        assert_eq!(page.head, 10);
+        let entries: Vec<_> = page.entries().collect();
+        if entries.is_empty() {
+            break;
+        }
+        assert!(entries.len() <= 4);
+        for e in &entries {
+            got.push(e.seq);
+        }
+        after = entries.last().map_or(after, |e| e.seq);
+    }
+    assert_eq!(got, (1..=10).collect::<Vec<_>>());
+    // The cursor moved to 10 (the last page asked after 10): a page from
+    // the middle still reads, and ack:A reports the cursor.
+    drop(carol);
+    let mut carol = Client::login(a.addr(), 3, 1);
+    carol.send(SyncR {
+        group: 0,
+        after: 6,
+        limit: 2,
+    });
+    let (f, _) = until(&mut carol, "sync page", |f| matches!(f, Frame::SyncPage(_)));
+    let Frame::SyncPage(page) = f else {
+        unreachable!()
+    };
+    let seqs: Vec<u64> = page.entries().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![7, 8]);
+    carol.send(AckR { group: 0, seq: 3 });
+    let (f, _) = until(&mut carol, "ack:A", |f| matches!(f, Frame::AckA(_)));
+    assert!(
+        matches!(f, Frame::AckA(ref x) if x.seq == 10),
+        "cursors never go back: {f:?}"
+    );
+    carol.send(AckR { group: 0, seq: 11 });
+    let (f, _) = until(&mut carol, "error", |f| matches!(f, Frame::Error(_)));
+    assert!(
+        matches!(f, Frame::Error(ref x) if x.code == ErrorCode::InvalidRequest.to_wire()),
+        "{f:?}"
+    );
+}
+
+#[test]
+fn a_login_on_another_node_replaces_the_device() {
+    let Some(nats) = shared() else { return };
+    let p = prefix("replace");
+    let a = Node::start(nats, &p, |_| {});
+    let b = Node::start(nats, &p, |_| {});
+    let mut old = Client::login(a.addr(), 5, 1);
+    let _other_device = Client::login(a.addr(), 5, 2);
+    let _new = Client::login(b.addr(), 5, 1);
+    let frames = old.closed();
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(f, Frame::Kick(k) if k.reason == KickReason::Replaced.to_wire())),
+        "{frames:?}"
+    );
+}
