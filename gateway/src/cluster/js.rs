@@ -102,78 +102,24 @@ impl Js {
             .timeout(Duration::from_millis(cfg.publish_timeout_ms))
             .build(client.clone());
         let names = Names::new(&cfg.stream_prefix, cfg.partitions);
-        let setup = |what: String| move |e: String| JsError::Setup(format!("{what}: {e}"));
-
-        // The partition count is fixed when the service is first started:
-        // it decides which stream holds each user, so every node must use
-        // the same one.
-        let meta = ctx
-            .create_or_update_key_value(kv::Config {
-                bucket: names.meta_bucket(),
-                history: 1,
-                storage: stream::StorageType::File,
-                num_replicas: cfg.replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| {
-                setup(format!("cannot create bucket {}", names.meta_bucket()))(e.to_string())
-            })?;
-        let want = cfg.partitions.to_string();
-        match meta.create("partitions", Bytes::from(want.clone())).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                let have = meta
-                    .get("partitions")
-                    .await
-                    .map_err(|e| setup("cannot read the partition count".into())(e.to_string()))?
-                    .map(|v| String::from_utf8_lossy(&v).into_owned())
-                    .unwrap_or_default();
-                if have != want {
-                    return Err(JsError::Setup(format!(
-                        "this node is configured with {want} partitions, but the cluster \
-                         (stream prefix {}) was created with {have}; every node must use \
-                         cluster.partitions = {have}",
-                        cfg.stream_prefix
-                    )));
+        // A JetStream cluster that just started (or is electing) answers
+        // its API late or not at all: keep trying for as long as a write
+        // would, then give up with the last error.
+        let admin = jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(3))
+            .build(client.clone());
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.publish_retry_ms);
+        let (streams, cursors) = loop {
+            match setup(&admin, cfg, &names, dedup_window).await {
+                Ok(parts) => break parts,
+                Err(JsError::Unavailable(why)) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %why, "JetStream not ready; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
+                Err(JsError::Unavailable(why)) => return Err(JsError::Setup(why)),
+                Err(e) => return Err(e),
             }
-            Err(e) => {
-                return Err(setup("cannot record the partition count".into())(
-                    e.to_string(),
-                ));
-            }
-        }
-        let mut streams = Vec::with_capacity(cfg.partitions as usize);
-        for p in 0..cfg.partitions {
-            let s = ctx
-                .get_or_create_stream(stream::Config {
-                    name: names.stream(p),
-                    subjects: vec![names.stream_subjects(p)],
-                    storage: stream::StorageType::File,
-                    num_replicas: cfg.replicas,
-                    duplicate_window: dedup_window,
-                    allow_direct: true,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| {
-                    setup(format!("cannot create stream {}", names.stream(p)))(e.to_string())
-                })?;
-            streams.push(s);
-        }
-        let cursors = ctx
-            .create_or_update_key_value(kv::Config {
-                bucket: names.cursors_bucket(),
-                history: 1,
-                storage: stream::StorageType::File,
-                num_replicas: cfg.replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| {
-                setup(format!("cannot create bucket {}", names.cursors_bucket()))(e.to_string())
-            })?;
+        };
         Ok(Js {
             client,
             ctx,
@@ -377,6 +323,89 @@ impl Js {
             }
         }
     }
+}
+
+/// Creates what is missing (first start) and checks the partition count;
+/// `Setup` errors are final, `Unavailable` ones worth a retry.
+async fn setup(
+    ctx: &Context,
+    cfg: &ClusterConfig,
+    names: &Names,
+    dedup_window: Duration,
+) -> Result<(Vec<Stream>, kv::Store), JsError> {
+    let setup = |what: String| move |e: String| JsError::Unavailable(format!("{what}: {e}"));
+
+    // The partition count is fixed when the service is first started:
+    // it decides which stream holds each user, so every node must use
+    // the same one.
+    let meta = ctx
+        .create_or_update_key_value(kv::Config {
+            bucket: names.meta_bucket(),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: cfg.replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            setup(format!("cannot create bucket {}", names.meta_bucket()))(e.to_string())
+        })?;
+    let want = cfg.partitions.to_string();
+    match meta.create("partitions", Bytes::from(want.clone())).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            let have = meta
+                .get("partitions")
+                .await
+                .map_err(|e| setup("cannot read the partition count".into())(e.to_string()))?
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                .unwrap_or_default();
+            if have != want {
+                return Err(JsError::Setup(format!(
+                    "this node is configured with {want} partitions, but the cluster \
+                         (stream prefix {}) was created with {have}; every node must use \
+                         cluster.partitions = {have}",
+                    cfg.stream_prefix
+                )));
+            }
+        }
+        Err(e) => {
+            return Err(setup("cannot record the partition count".into())(
+                e.to_string(),
+            ));
+        }
+    }
+    let mut streams = Vec::with_capacity(cfg.partitions as usize);
+    for p in 0..cfg.partitions {
+        let s = ctx
+            .get_or_create_stream(stream::Config {
+                name: names.stream(p),
+                subjects: vec![names.stream_subjects(p)],
+                storage: stream::StorageType::File,
+                num_replicas: cfg.replicas,
+                duplicate_window: dedup_window,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                setup(format!("cannot create stream {}", names.stream(p)))(e.to_string())
+            })?;
+        streams.push(s);
+    }
+    let cursors = ctx
+        .create_or_update_key_value(kv::Config {
+            bucket: names.cursors_bucket(),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: cfg.replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            setup(format!("cannot create bucket {}", names.cursors_bucket()))(e.to_string())
+        })?;
+    Ok((streams, cursors))
 }
 
 fn u64_value(v: &[u8]) -> Option<u64> {

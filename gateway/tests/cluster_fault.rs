@@ -1,0 +1,359 @@
+//! The cluster backend under faults: two real `imgate` processes on a
+//! private 3-node JetStream cluster; a gateway and the leader of a stream
+//! in use are SIGKILLed mid-burst and restarted. Every message a sender saw
+//! acknowledged must be stored exactly once at its acknowledged sequence
+//! id, inboxes must be contiguous, and each sender's order kept.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    process::{Child, Command},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use common::{Client, Got, SECRET, nats::NatsCluster};
+use imgate_codec::{
+    Frame,
+    frame::{Login, MsgR, SyncR},
+};
+
+const SENDERS: u64 = 4;
+const PER_SENDER: u64 = 150;
+const WINDOW: usize = 16;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+/// A gateway process; SIGKILLed when dropped.
+struct Gateway {
+    child: Option<Child>,
+    port: u16,
+    args: Vec<String>,
+    log: std::path::PathBuf,
+}
+
+impl Gateway {
+    fn spawn(port: u16, args: Vec<String>, log: std::path::PathBuf) -> Gateway {
+        let mut g = Gateway {
+            child: None,
+            port,
+            args,
+            log,
+        };
+        g.start();
+        g
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_imgate"))
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(&self.args)
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn imgate");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not start; log: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill with the pid of a child not yet reaped.
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpListener::bind(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the killed gateway's port stays taken"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn token(user: u64) -> Bytes {
+    common::token(user, 1)
+}
+
+/// Logs in at one of `ports` (starting with `first`), or None.
+fn connect(ports: &[u16], first: usize, user: u64) -> Option<Client> {
+    for i in 0..ports.len() {
+        let port = ports[(first + i) % ports.len()];
+        let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            continue;
+        };
+        drop(stream);
+        let mut c = Client::connect(([127, 0, 0, 1], port).into());
+        c.send(Login {
+            user,
+            device: 1,
+            resume: 0,
+            token: token(user),
+        });
+        match c.next(Duration::from_secs(10)) {
+            Got::Frame(Frame::LoginOk(_)) => return Some(c),
+            _ => continue,
+        }
+    }
+    None
+}
+
+/// What a sender saw acknowledged: msg id → (seq, own seq).
+type Acked = BTreeMap<u64, (u64, u64)>;
+
+/// Sends PER_SENDER messages to `to`, at most WINDOW unacknowledged,
+/// reconnecting (to the other gateway first) and retransmitting with the
+/// same ids whenever its connection breaks.
+fn sender(
+    user: u64,
+    to: u64,
+    ports: Vec<u16>,
+    first: usize,
+    acked_total: Arc<AtomicUsize>,
+) -> Acked {
+    let mut acked = Acked::new();
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let mut at = first;
+    while (acked.len() as u64) < PER_SENDER {
+        assert!(
+            Instant::now() < deadline,
+            "user {user}: {} of {PER_SENDER} acked",
+            acked.len()
+        );
+        let Some(mut c) = connect(&ports, at, user) else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        at += 1;
+        let mut inflight: Vec<u64> = Vec::new();
+        let mut next = 1u64;
+        let mut silent = Instant::now();
+        'conn: loop {
+            // Unacknowledged ids in order, from the lowest: a retransmit
+            // (the same id, flagged) or a first send.
+            while inflight.len() < WINDOW && next <= PER_SENDER {
+                if !acked.contains_key(&next) {
+                    c.send(MsgR {
+                        msg_id: next,
+                        group: 0,
+                        to,
+                        retry: true,
+                        body: Bytes::from(format!("{user}:{next}")),
+                    });
+                    inflight.push(next);
+                }
+                next += 1;
+            }
+            if inflight.is_empty() {
+                break 'conn;
+            }
+            match c.next(Duration::from_millis(500)) {
+                Got::Frame(Frame::MsgA(a)) => {
+                    silent = Instant::now();
+                    inflight.retain(|&id| id != a.msg_id);
+                    if let Some(prev) = acked.insert(a.msg_id, (a.seq, a.own_seq)) {
+                        assert_eq!(
+                            prev,
+                            (a.seq, a.own_seq),
+                            "user {user}: a second answer differs"
+                        );
+                    } else {
+                        acked_total.fetch_add(1, Relaxed);
+                    }
+                }
+                Got::Frame(Frame::Error(_)) => {
+                    // overloaded during an election: retransmit later.
+                    silent = Instant::now();
+                    break 'conn;
+                }
+                Got::Frame(_) => {}
+                Got::Closed => break 'conn,
+                Got::Timeout if silent.elapsed() > Duration::from_secs(40) => break 'conn,
+                Got::Timeout => {}
+            }
+        }
+    }
+    acked
+}
+
+/// Every entry of a user's inbox, read in pages through `port`.
+fn inbox(port: u16, user: u64) -> Vec<(u64, u64, u64)> {
+    let mut c = connect(&[port], 0, user).expect("login for the check");
+    let mut after = 0;
+    let mut out = Vec::new();
+    loop {
+        c.send(SyncR {
+            group: 0,
+            after,
+            limit: 500,
+        });
+        let page = loop {
+            match c.next(Duration::from_secs(10)) {
+                Got::Frame(Frame::SyncPage(p)) => break p,
+                Got::Frame(_) => {}
+                other => panic!("no page: {other:?}"),
+            }
+        };
+        let entries: Vec<_> = page.entries().collect();
+        if entries.is_empty() {
+            assert_eq!(after, page.head, "user {user}: pages end at the head");
+            return out;
+        }
+        for e in entries {
+            out.push((e.seq, e.from, e.msg_id));
+            after = e.seq;
+        }
+    }
+}
+
+#[test]
+fn acknowledged_messages_survive_a_gateway_and_a_stream_leader_sigkill() {
+    let Some(mut nats) = NatsCluster::start(3) else {
+        eprintln!("skipped: nats-server not installed");
+        return;
+    };
+    let dir = nats.dir().to_path_buf();
+    let args = |node: &str| {
+        [
+            "--no-metrics",
+            "--secret",
+            SECRET,
+            "--workers",
+            "1",
+            "--backend",
+            "cluster",
+            "--cluster-stream-prefix",
+            "FAULT",
+            "--cluster-partitions",
+            "2",
+            "--cluster-node-id",
+            node,
+            "--cluster-nats-urls",
+            &nats.url_list(),
+            "--max-frames-per-sec",
+            "100000",
+            "--frame-burst",
+            "100000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+    };
+    let ports = vec![free_port(), free_port()];
+    let mut a = Gateway::spawn(ports[0], args("a"), dir.join("a.log"));
+    let _b = Gateway::spawn(ports[1], args("b"), dir.join("b.log"));
+
+    let acked_total = Arc::new(AtomicUsize::new(0));
+    let results = Arc::new(Mutex::new(HashMap::new()));
+    let mut threads = Vec::new();
+    for s in 1..=SENDERS {
+        let (ports, acked_total, results) = (ports.clone(), acked_total.clone(), results.clone());
+        // Senders alternate nodes; their receivers are offline.
+        threads.push(std::thread::spawn(move || {
+            let acked = sender(s, 100 + s, ports, (s % 2) as usize, acked_total);
+            results.lock().expect("results").insert(s, acked);
+        }));
+    }
+    let total = (SENDERS * PER_SENDER) as usize;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while acked_total.load(Relaxed) < total / 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the burst did not start: {} acked; logs in {}",
+            acked_total.load(Relaxed),
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Mid-burst: a gateway, then the leader of a stream in use.
+    a.kill9();
+    let leader = nats
+        .stream_leader("FAULT_0")
+        .and_then(|n| nats.node_index(&n))
+        .expect("stream FAULT_0 has a leader");
+    nats.kill(leader);
+    let at_kill = acked_total.load(Relaxed);
+    assert!(at_kill < total, "the kills landed after the burst");
+    std::thread::sleep(Duration::from_millis(500));
+    nats.restart(leader);
+    a.start();
+    for t in threads {
+        t.join().expect("sender");
+    }
+    let results = results.lock().expect("results");
+
+    for s in 1..=SENDERS {
+        let acked = &results[&s];
+        assert_eq!(acked.len() as u64, PER_SENDER);
+        // The receiver's inbox: contiguous, each message once, at its
+        // acknowledged seq, in the sender's order.
+        let theirs = inbox(ports[0], 100 + s);
+        let seqs: Vec<u64> = theirs.iter().map(|e| e.0).collect();
+        assert_eq!(
+            seqs,
+            (1..=PER_SENDER).collect::<Vec<_>>(),
+            "user {}: contiguous, nothing extra",
+            100 + s
+        );
+        for &(seq, from, id) in &theirs {
+            assert_eq!(from, s);
+            assert_eq!(
+                acked[&id].0,
+                seq,
+                "user {}: msg {id} at its acked seq",
+                100 + s
+            );
+        }
+        let ids: Vec<u64> = theirs.iter().map(|e| e.2).collect();
+        assert_eq!(
+            ids,
+            (1..=PER_SENDER).collect::<Vec<_>>(),
+            "sender {s}'s order"
+        );
+        // The sender's own copies likewise.
+        let own = inbox(ports[1], s);
+        assert_eq!(own.len() as u64, PER_SENDER, "sender {s}: own copies");
+        for (i, &(seq, _, id)) in own.iter().enumerate() {
+            assert_eq!(seq, i as u64 + 1);
+            assert_eq!(
+                acked[&id].1, seq,
+                "sender {s}: msg {id} at its acked own seq"
+            );
+        }
+    }
+    eprintln!("killed with {at_kill} of {total} acknowledged; all {total} stored once, in order");
+}
