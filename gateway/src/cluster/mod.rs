@@ -26,6 +26,7 @@
 //! when too many are in flight there.
 
 mod append;
+mod cursors;
 mod js;
 pub mod names;
 mod node;

@@ -97,8 +97,6 @@ pub(super) struct User {
     pub(super) head: u64,
     /// Recent (sequence id, stream sequence) pairs, oldest first.
     pub(super) hints: Vec<(u64, u64)>,
-    /// Cached cursors per device: (sequence id, bucket revision).
-    pub(super) cursors: AHashMap<u32, (u64, u64)>,
 }
 
 impl User {
@@ -135,6 +133,7 @@ pub(super) struct Node {
     flush: Notify,
     pub(super) users: RefCell<AHashMap<u64, User>>,
     pub(super) queues: Queues,
+    pub(super) cursor_slots: RefCell<AHashMap<(u64, u32), super::cursors::Slot>>,
     pub(super) inflight: Arc<AtomicUsize>,
     pub(super) stats: Arc<Stats>,
     stopping: Cell<bool>,
@@ -160,6 +159,7 @@ impl Node {
             flush: Notify::new(),
             users: RefCell::new(AHashMap::new()),
             queues: Queues::default(),
+            cursor_slots: RefCell::new(AHashMap::new()),
             inflight,
             stats,
             stopping: Cell::new(false),
@@ -265,7 +265,6 @@ impl Node {
                     fill_armed: false,
                     head: 0,
                     hints: Vec::new(),
-                    cursors: AHashMap::new(),
                 }
             });
             u.sessions.push(Session {

@@ -157,7 +157,13 @@ impl Node {
         Ok(())
     }
 
-    async fn ack(&self, conn: ConnId, user: u64, device: u32, a: AckR) -> Result<(), Failed> {
+    async fn ack(
+        self: &Rc<Self>,
+        conn: ConnId,
+        user: u64,
+        device: u32,
+        a: AckR,
+    ) -> Result<(), Failed> {
         if a.group != 0 {
             return Err(Refuse(
                 ErrorCode::InvalidRequest,
@@ -179,7 +185,13 @@ impl Node {
         Ok(())
     }
 
-    async fn sync(&self, conn: ConnId, user: u64, device: u32, r: SyncR) -> Result<(), Failed> {
+    async fn sync(
+        self: &Rc<Self>,
+        conn: ConnId,
+        user: u64,
+        device: u32,
+        r: SyncR,
+    ) -> Result<(), Failed> {
         if r.group != 0 {
             return Err(Refuse(
                 ErrorCode::InvalidRequest,
@@ -259,54 +271,6 @@ impl Node {
             }
         }
         Ok((head, ss))
-    }
-
-    /// Raises a device's cursor to `to` (never lowers it); returns the
-    /// cursor after. Concurrent writers (two nodes during a replaced
-    /// login) meet in the bucket's compare-and-set.
-    pub(super) async fn raise_cursor(
-        &self,
-        user: u64,
-        device: u32,
-        to: u64,
-    ) -> Result<u64, JsError> {
-        let key = Names::cursor_key(user, device);
-        let mut known = self
-            .users
-            .borrow()
-            .get(&user)
-            .and_then(|u| u.cursors.get(&device).copied());
-        let mut conflicts = 0u32;
-        loop {
-            let (cur, rev) = match known.take() {
-                Some(k) => k,
-                None => self.js.cursor(&key).await?,
-            };
-            let result = if to <= cur {
-                Ok((cur, rev))
-            } else {
-                self.js.set_cursor(&key, to, rev).await.map(|r| (to, r))
-            };
-            match result {
-                Ok((seq, rev)) => {
-                    if let Some(u) = self.users.borrow_mut().get_mut(&user) {
-                        u.cursors.insert(device, (seq, rev));
-                    }
-                    return Ok(seq);
-                }
-                Err(JsError::Conflict) => {
-                    conflicts += 1;
-                    if conflicts > 3 {
-                        // A replica that lags behind the write we lost to.
-                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                    }
-                    if conflicts > 200 {
-                        return Err(JsError::Unavailable("the cursor kept moving".into()));
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
     }
 
     /// A stream sequence to read `subject` from so that the first record
