@@ -247,3 +247,25 @@ fn a_login_on_another_node_replaces_the_device() {
         "{frames:?}"
     );
 }
+
+#[test]
+fn a_node_with_another_partition_count_refuses_to_start() {
+    let Some(nats) = shared() else { return };
+    let p = prefix("parts");
+    let _first = Node::start(nats, &p, |_| {});
+    let mut cfg = config(DriverKind::Auto);
+    cfg.backend = BackendKind::Cluster;
+    cfg.cluster.nats_urls = nats.urls();
+    cfg.cluster.stream_prefix = p.clone();
+    cfg.cluster.partitions = 3;
+    let v = std::sync::Arc::new(imgate::token::HmacVerifier::new(cfg.secret.as_bytes()));
+    let backend = Box::new(Cluster::new(&cfg));
+    let err = imgate::server::start(cfg, backend, v)
+        .err()
+        .expect("a node with 3 partitions must not start beside one with 2")
+        .to_string();
+    assert!(
+        err.contains("configured with 3 partitions") && err.contains("created with 2"),
+        "{err}"
+    );
+}

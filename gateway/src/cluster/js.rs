@@ -338,18 +338,7 @@ async fn setup(
     // The partition count is fixed when the service is first started:
     // it decides which stream holds each user, so every node must use
     // the same one.
-    let meta = ctx
-        .create_or_update_key_value(kv::Config {
-            bucket: names.meta_bucket(),
-            history: 1,
-            storage: stream::StorageType::File,
-            num_replicas: cfg.replicas,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| {
-            setup(format!("cannot create bucket {}", names.meta_bucket()))(e.to_string())
-        })?;
+    let meta = bucket(ctx, names.meta_bucket(), cfg.replicas).await?;
     let want = cfg.partitions.to_string();
     match meta.create("partitions", Bytes::from(want.clone())).await {
         Ok(_) => {}
@@ -393,19 +382,21 @@ async fn setup(
             })?;
         streams.push(s);
     }
-    let cursors = ctx
-        .create_or_update_key_value(kv::Config {
-            bucket: names.cursors_bucket(),
-            history: 1,
-            storage: stream::StorageType::File,
-            num_replicas: cfg.replicas,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| {
-            setup(format!("cannot create bucket {}", names.cursors_bucket()))(e.to_string())
-        })?;
+    let cursors = bucket(ctx, names.cursors_bucket(), cfg.replicas).await?;
     Ok((streams, cursors))
+}
+
+/// A key-value bucket of one version per key, on disk, created if missing.
+async fn bucket(ctx: &Context, name: String, replicas: usize) -> Result<kv::Store, JsError> {
+    ctx.create_or_update_key_value(kv::Config {
+        bucket: name.clone(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| JsError::Unavailable(format!("cannot create bucket {name}: {e}")))
 }
 
 fn u64_value(v: &[u8]) -> Option<u64> {

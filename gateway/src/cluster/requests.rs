@@ -70,11 +70,7 @@ impl Node {
     async fn msg(self: &Rc<Self>, conn: ConnId, user: u64, m: MsgR) -> Result<(), Failed> {
         rules::check_msg(&m, user, self.limits.max_body).map_err(|(c, t)| Refuse(c, t))?;
         if m.group != 0 {
-            return Err(Refuse(
-                ErrorCode::InvalidRequest,
-                "groups are not available on the cluster backend yet",
-            )
-            .into());
+            return Err(NO_GROUPS.into());
         }
         let digest = keys::digest(0, m.to, &m.body);
         let rec = Record {
@@ -165,11 +161,7 @@ impl Node {
         a: AckR,
     ) -> Result<(), Failed> {
         if a.group != 0 {
-            return Err(Refuse(
-                ErrorCode::InvalidRequest,
-                "groups are not available on the cluster backend yet",
-            )
-            .into());
+            return Err(NO_GROUPS.into());
         }
         let known = self.users.borrow().get(&user).map_or(0, |u| u.head);
         if a.seq > known {
@@ -193,11 +185,7 @@ impl Node {
         r: SyncR,
     ) -> Result<(), Failed> {
         if r.group != 0 {
-            return Err(Refuse(
-                ErrorCode::InvalidRequest,
-                "groups are not available on the cluster backend yet",
-            )
-            .into());
+            return Err(NO_GROUPS.into());
         }
         let limit = match usize::from(r.limit) {
             0 => self.limits.page_default,
@@ -311,8 +299,14 @@ impl Node {
     }
 }
 
+/// Groups are not on the cluster backend yet.
+const NO_GROUPS: Refuse = Refuse(
+    ErrorCode::InvalidRequest,
+    "groups are not available on the cluster backend yet",
+);
+
 /// A request refused by the rules.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct Refuse(ErrorCode, &'static str);
 
 #[derive(Debug)]
