@@ -1,5 +1,7 @@
 //! The real `imgate` binary: flags, config errors, tokens, signals.
 
+mod common;
+
 use std::{
     io::{Read, Write},
     net::TcpStream,
@@ -8,6 +10,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
+use common::process::free_port;
 use imgate_codec::{Decoder, Frame, KickReason, frame::Login};
 
 fn imgate() -> Command {
@@ -139,13 +142,6 @@ impl Drop for Reap {
             let _ = c.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
 }
 
 #[test]

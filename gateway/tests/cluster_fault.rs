@@ -8,7 +8,7 @@ mod common;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    process::{Child, Command},
+    ffi::OsString,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering::Relaxed},
@@ -17,7 +17,11 @@ use std::{
 };
 
 use bytes::Bytes;
-use common::{Client, Got, SECRET, nats::NatsCluster};
+use common::{
+    Client, Got, SECRET,
+    nats::NatsCluster,
+    process::{Gateway, free_port},
+};
 use imgate_codec::{
     Frame,
     frame::{Login, MsgR, SyncR},
@@ -26,84 +30,6 @@ use imgate_codec::{
 const SENDERS: u64 = 4;
 const PER_SENDER: u64 = 150;
 const WINDOW: usize = 16;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
-/// A gateway process; SIGKILLed when dropped.
-struct Gateway {
-    child: Option<Child>,
-    port: u16,
-    args: Vec<String>,
-    log: std::path::PathBuf,
-}
-
-impl Gateway {
-    fn spawn(port: u16, args: Vec<String>, log: std::path::PathBuf) -> Gateway {
-        let mut g = Gateway {
-            child: None,
-            port,
-            args,
-            log,
-        };
-        g.start();
-        g
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_imgate"))
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .args(&self.args)
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn imgate");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "gateway did not start; log: {}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: kill with the pid of a child not yet reaped.
-            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
-            let _ = c.wait();
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpListener::bind(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the killed gateway's port stays taken"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn token(user: u64) -> Bytes {
     common::token(user, 1)
@@ -270,12 +196,13 @@ fn acknowledged_messages_survive_a_gateway_and_a_stream_leader_sigkill() {
             "100000",
         ]
         .iter()
-        .map(|s| s.to_string())
+        .map(OsString::from)
         .collect::<Vec<_>>()
     };
     let ports = vec![free_port(), free_port()];
-    let mut a = Gateway::spawn(ports[0], args("a"), dir.join("a.log"));
-    let _b = Gateway::spawn(ports[1], args("b"), dir.join("b.log"));
+    let start = Duration::from_secs(30);
+    let mut a = Gateway::spawn(ports[0], args("a"), Some(dir.join("a.log")), start);
+    let _b = Gateway::spawn(ports[1], args("b"), Some(dir.join("b.log")), start);
 
     let acked_total = Arc::new(AtomicUsize::new(0));
     let results = Arc::new(Mutex::new(HashMap::new()));

@@ -7,102 +7,37 @@ mod common;
 
 use std::{
     collections::HashSet,
+    ffi::OsString,
     net::SocketAddr,
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{SECRET, peer::Peer};
+use common::{
+    SECRET,
+    peer::Peer,
+    process::{Gateway, free_port},
+};
 use imgate_codec::client::Event;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
-/// The gateway process; killed when dropped, so a failing test leaves no
-/// server behind on a port the next test may reuse.
-struct Gateway {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl Gateway {
-    /// Kills the gateway and waits until its listeners are closed.
-    ///
-    /// A reaped process's io_uring listeners linger until the kernel has
-    /// torn down its rings, and accept (then reset) connections meanwhile:
-    /// a readiness probe right after the kill would be answered by them,
-    /// not by the restarted gateway. A plain bind succeeds once no socket
-    /// listens on the port.
-    fn kill9(&mut self) {
-        if !self.kill() {
-            return;
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpListener::bind(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the killed gateway's port stays taken"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    /// SIGKILL and reap; false if it was already gone.
-    fn kill(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else {
-            return false;
-        };
-        // SAFETY: kill with the pid of a child not yet reaped.
-        unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
-        let _ = c.wait();
-        true
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 fn spawn(port: u16, dir: &std::path::Path) -> Gateway {
-    let child = Command::new(env!("CARGO_BIN_EXE_imgate"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--no-metrics")
-        .args([
-            "--secret",
-            SECRET,
-            "--workers",
-            "2",
-            "--durability",
-            "fsync",
-        ])
+    let args = [
+        "--no-metrics",
+        "--secret",
+        SECRET,
+        "--workers",
+        "2",
+        "--durability",
+        "fsync",
         // The burst below is far above a chat client's rate.
-        .args([
-            "--max-frames-per-sec",
-            "1000000",
-            "--frame-burst",
-            "1000000",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn imgate");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "gateway did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Gateway {
-        child: Some(child),
-        port,
-    }
+        "--max-frames-per-sec",
+        "1000000",
+        "--frame-burst",
+        "1000000",
+        "--data-dir",
+    ];
+    let mut args: Vec<OsString> = args.iter().map(OsString::from).collect();
+    args.push(dir.into());
+    Gateway::spawn(port, args, None, Duration::from_secs(10))
 }
 
 #[test]

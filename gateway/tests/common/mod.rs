@@ -5,6 +5,7 @@
 
 pub mod nats;
 pub mod peer;
+pub mod process;
 
 use std::{
     io::{ErrorKind, Read, Write},
