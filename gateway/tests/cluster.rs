@@ -9,44 +9,33 @@ use std::{
 };
 
 use bytes::Bytes;
-use common::{Client, Got, config, nats::NatsCluster, start_with};
+use common::{Client, Got, Gw, config, nats::NatsCluster, start_with};
 use imgate::{
     cluster::Cluster,
     config::{BackendKind, Config, DriverKind},
-    server::Running,
 };
 use imgate_codec::{
     ErrorCode, Frame, KickReason,
     frame::{AckR, MsgR, SyncR},
 };
 
-/// A gateway node on the cluster backend, stopped when dropped.
-struct Node(Option<Running>);
-
-impl Node {
-    fn start(nats: &NatsCluster, prefix: &str, f: impl FnOnce(&mut Config)) -> Node {
-        let mut cfg = config(DriverKind::Auto);
-        cfg.backend = BackendKind::Cluster;
-        cfg.cluster.nats_urls = nats.urls();
-        cfg.cluster.stream_prefix = prefix.to_string();
-        cfg.cluster.partitions = 2;
-        cfg.cluster.replicas = 3;
-        f(&mut cfg);
-        let backend = Box::new(Cluster::new(&cfg));
-        Node(Some(start_with(cfg, backend)))
-    }
-
-    fn addr(&self) -> std::net::SocketAddr {
-        self.0.as_ref().expect("running").addr()
-    }
+/// The configuration of a node on the cluster backend under `prefix`.
+fn cluster_config(nats: &NatsCluster, prefix: &str) -> Config {
+    let mut cfg = config(DriverKind::Auto);
+    cfg.backend = BackendKind::Cluster;
+    cfg.cluster.nats_urls = nats.urls();
+    cfg.cluster.stream_prefix = prefix.to_string();
+    cfg.cluster.partitions = 2;
+    cfg.cluster.replicas = 3;
+    cfg
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(r) = self.0.take() {
-            r.shutdown();
-        }
-    }
+/// A gateway node on the cluster backend, stopped when dropped.
+fn node(nats: &NatsCluster, prefix: &str, f: impl FnOnce(&mut Config)) -> Gw {
+    let mut cfg = cluster_config(nats, prefix);
+    f(&mut cfg);
+    let backend = Box::new(Cluster::new(&cfg));
+    Gw(Some(start_with(cfg, backend)))
 }
 
 /// A stream prefix of its own for each test: they share one cluster.
@@ -96,8 +85,8 @@ fn until(c: &mut Client, what: &str, f: impl Fn(&Frame) -> bool) -> (Frame, Vec<
 fn one_to_one_across_two_nodes() {
     let Some(nats) = shared() else { return };
     let p = prefix("one");
-    let a = Node::start(nats, &p, |_| {});
-    let b = Node::start(nats, &p, |_| {});
+    let a = node(nats, &p, |_| {});
+    let b = node(nats, &p, |_| {});
     let mut alice = Client::login(a.addr(), 1, 1);
     let mut bob = Client::login(b.addr(), 2, 1);
     alice.send(msg(10, 2, b"hello"));
@@ -151,10 +140,10 @@ fn one_to_one_across_two_nodes() {
 fn offline_pages_and_cursors_from_any_node() {
     let Some(nats) = shared() else { return };
     let p = prefix("pages");
-    let a = Node::start(nats, &p, |c| {
+    let a = node(nats, &p, |c| {
         c.sync_page_default = 4;
     });
-    let b = Node::start(nats, &p, |c| {
+    let b = node(nats, &p, |c| {
         c.sync_page_default = 4;
     });
     let mut alice = Client::login(a.addr(), 1, 1);
@@ -234,8 +223,8 @@ fn offline_pages_and_cursors_from_any_node() {
 fn a_login_on_another_node_replaces_the_device() {
     let Some(nats) = shared() else { return };
     let p = prefix("replace");
-    let a = Node::start(nats, &p, |_| {});
-    let b = Node::start(nats, &p, |_| {});
+    let a = node(nats, &p, |_| {});
+    let b = node(nats, &p, |_| {});
     let mut old = Client::login(a.addr(), 5, 1);
     let _other_device = Client::login(a.addr(), 5, 2);
     let _new = Client::login(b.addr(), 5, 1);
@@ -252,11 +241,8 @@ fn a_login_on_another_node_replaces_the_device() {
 fn a_node_with_another_partition_count_refuses_to_start() {
     let Some(nats) = shared() else { return };
     let p = prefix("parts");
-    let _first = Node::start(nats, &p, |_| {});
-    let mut cfg = config(DriverKind::Auto);
-    cfg.backend = BackendKind::Cluster;
-    cfg.cluster.nats_urls = nats.urls();
-    cfg.cluster.stream_prefix = p.clone();
+    let _first = node(nats, &p, |_| {});
+    let mut cfg = cluster_config(nats, &p);
     cfg.cluster.partitions = 3;
     let v = std::sync::Arc::new(imgate::token::HmacVerifier::new(cfg.secret.as_bytes()));
     let backend = Box::new(Cluster::new(&cfg));
@@ -268,4 +254,44 @@ fn a_node_with_another_partition_count_refuses_to_start() {
         err.contains("configured with 3 partitions") && err.contains("created with 2"),
         "{err}"
     );
+}
+
+#[test]
+fn health_and_metrics_follow_the_nats_connection() {
+    let Some(mut nats) = NatsCluster::start(1) else {
+        eprintln!("skipped: nats-server not installed");
+        return;
+    };
+    let port = common::process::free_port();
+    let gw = node(&nats, &prefix("health"), |c| {
+        c.cluster.replicas = 1;
+        c.metrics_listen = Some(([127, 0, 0, 1], port).into());
+    });
+    let get = |path: &str| common::nats::http_get(port, path).expect("endpoint answers");
+    assert_eq!(get("/healthz"), (200, "ok\n".to_string()));
+    let mut alice = Client::login(gw.addr(), 1, 1);
+    alice.send(msg(1, 2, b"counted"));
+    until(&mut alice, "msg:A", |f| matches!(f, Frame::MsgA(_)));
+    let (_, m) = get("/metrics");
+    assert!(m.contains("imgate_cluster_connected 1"), "{m}");
+    assert!(
+        m.contains("imgate_cluster_appends_total 2"),
+        "two copies: {m}"
+    );
+
+    nats.kill(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get("/healthz");
+        if status == 503 {
+            assert!(body.contains("JetStream unreachable"), "{body}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(get("/metrics").1.contains("imgate_cluster_connected 0"));
 }

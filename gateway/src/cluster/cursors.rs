@@ -21,7 +21,7 @@ pub(super) struct Slot {
     target: u64,
     /// Whether a writer task runs.
     running: bool,
-    waiters: Vec<(u64, oneshot::Sender<Result<u64, String>>)>,
+    waiters: Vec<oneshot::Sender<Result<u64, String>>>,
     /// The cursor and key revision last read or written.
     known: Option<(u64, u64)>,
 }
@@ -40,7 +40,7 @@ impl Node {
             let mut slots = self.cursor_slots.borrow_mut();
             let slot = slots.entry((user, device)).or_default();
             slot.target = slot.target.max(to);
-            slot.waiters.push((to, tx));
+            slot.waiters.push(tx);
             !std::mem::replace(&mut slot.running, true)
         };
         if spawn {
@@ -81,14 +81,14 @@ impl Node {
             match r {
                 Ok(k) => {
                     slot.known = Some(k);
-                    for (_, tx) in waiters {
+                    for tx in waiters {
                         let _ = tx.send(Ok(k.0));
                     }
                 }
                 Err(e) => {
                     slot.known = None;
                     let why = e.to_string();
-                    for (_, tx) in waiters {
+                    for tx in waiters {
                         let _ = tx.send(Err(why.clone()));
                     }
                 }

@@ -139,11 +139,6 @@ impl Js {
         &self.client
     }
 
-    /// Whether the connection to NATS is up.
-    pub(super) fn connected(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
-    }
-
     fn stream_of(&self, subject: &str) -> Result<&Stream, JsError> {
         let p = subject
             .split('.')
@@ -275,7 +270,7 @@ impl Js {
                 .and_then(|v| v.as_str().parse::<u64>().ok())
                 .ok_or(JsError::Corrupt(0))?;
             let seq = headers
-                .and_then(seq_of_ref)
+                .and_then(seq_of)
                 .ok_or(JsError::Corrupt(stream_seq))?;
             out.push(Stored {
                 seq,
@@ -405,10 +400,6 @@ fn u64_value(v: &[u8]) -> Option<u64> {
         .map(u64::from_be_bytes)
 }
 
-fn seq_of_ref(h: &HeaderMap) -> Option<u64> {
-    h.get(SEQ_HEADER).and_then(|v| v.as_str().parse().ok())
-}
-
 fn seq_of(h: &HeaderMap) -> Option<u64> {
-    seq_of_ref(h)
+    h.get(SEQ_HEADER).and_then(|v| v.as_str().parse().ok())
 }

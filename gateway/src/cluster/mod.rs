@@ -103,8 +103,10 @@ impl Backend for Cluster {
                 Duration::from_millis(self.cfg.dedup_window_ms),
             ))
             .map_err(|e| fail(e.to_string()))?;
-        self.stats.connected.store(js.connected(), Relaxed);
-        let report: Arc<dyn crate::metrics::BackendReport> = self.stats.clone();
+        let report: Arc<dyn crate::metrics::BackendReport> = Arc::new(stats::Report {
+            stats: self.stats.clone(),
+            client: js.client().clone(),
+        });
         let _ = start.metrics.backend.set(report);
         tracing::info!(
             node = %node_name,
@@ -128,19 +130,8 @@ impl Backend for Cluster {
             .name("imgate-cluster".into())
             .spawn(move || {
                 let local = tokio::task::LocalSet::new();
-                let watch_stats = stats.clone();
-                let watch_js = js.clone();
                 let node = Rc::new(node::Node::new(js, limits, router, inflight, stats));
-                local.block_on(&rt, async move {
-                    let health = tokio::task::spawn_local(async move {
-                        loop {
-                            watch_stats.connected.store(watch_js.connected(), Relaxed);
-                            tokio::time::sleep(Duration::from_millis(250)).await;
-                        }
-                    });
-                    node.run(rx, grace).await;
-                    health.abort();
-                });
+                local.block_on(&rt, node.run(rx, grace));
             })?;
         self.tx = Some(tx);
         self.thread = Some(thread);

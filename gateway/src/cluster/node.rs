@@ -299,11 +299,10 @@ impl Node {
                 },
             )
             .await;
-        let (subject, _) = self.js.names().inbox(user);
         let deadline = tokio::time::Instant::now() + self.limits.retry;
-        let (head, head_ss) = loop {
-            match self.js.head(&subject).await {
-                Ok(h) => break h,
+        let head = loop {
+            match self.inbox_head(user).await {
+                Ok((h, _)) => break h,
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::debug!(user, error = %e, "inbox head read failed; retrying");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -327,9 +326,6 @@ impl Node {
         let Some(u) = users.get_mut(&user) else {
             return;
         };
-        if head_ss > 0 {
-            u.hint(head, head_ss);
-        }
         // Pushes this node already made are in the log: the head shown
         // covers them, so the device syncs them instead of missing them.
         let shown = head.max(u.next.saturating_sub(1));
@@ -342,10 +338,9 @@ impl Node {
         router.login_ok(conn, shown);
         if u.next == 0 {
             u.next = shown + 1;
-            let later = u.held.split_off(&u.next);
-            u.held = later;
+            u.held = u.held.split_off(&u.next);
         }
-        self.drain_held(user, u, &mut router);
+        self.drain_held(u, &mut router);
         drop(router);
         let arm = u.next <= u.head || !u.held.is_empty();
         drop(users);
@@ -429,7 +424,7 @@ impl Node {
                     return; // the first login has not read the head yet
                 }
                 let mut router = self.router.borrow_mut();
-                self.drain_held(user, u, &mut router);
+                self.drain_held(u, &mut router);
                 let gap = !u.held.is_empty() || u.next <= u.head;
                 drop(router);
                 drop(users);
@@ -441,7 +436,7 @@ impl Node {
     }
 
     /// Pushes the held pushes that continue the sequence.
-    fn drain_held(&self, _user: u64, u: &mut User, router: &mut Router) {
+    fn drain_held(&self, u: &mut User, router: &mut Router) {
         while let Some(h) = u.held.remove(&u.next) {
             let seq = u.next;
             self.deliver(u, seq, &h.frame, h.origin_node, h.origin_conn, router);
@@ -564,7 +559,7 @@ impl Node {
             u.next = r.seq + 1;
             moved = true;
         }
-        self.drain_held(user, u, &mut router);
+        self.drain_held(u, &mut router);
         Some(moved)
     }
 }

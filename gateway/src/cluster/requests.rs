@@ -214,6 +214,7 @@ impl Node {
                 .read(&subject, start, want, self.limits.page_budget + 4096)
                 .await?;
             let mut n = 0;
+            let mut last = None;
             for s in recs.into_iter().filter(|s| s.seq > r.after) {
                 let Some(rec) = Record::decode(&s.payload) else {
                     tracing::error!(user, stream_seq = s.stream_seq, "corrupt record in the log");
@@ -222,9 +223,7 @@ impl Node {
                 if !rules::fits_page(buf.len(), rec.body.len(), self.limits.page_budget) {
                     break;
                 }
-                if let Some(u) = self.users.borrow_mut().get_mut(&user) {
-                    u.hint(s.seq, s.stream_seq);
-                }
+                last = Some((s.seq, s.stream_seq));
                 page.push(
                     &mut buf,
                     &Entry {
@@ -241,6 +240,10 @@ impl Node {
                     break;
                 }
             }
+            // Where this page ends is where the next one starts.
+            if let (Some((seq, ss)), Some(u)) = (last, self.users.borrow_mut().get_mut(&user)) {
+                u.hint(seq, ss);
+            }
         }
         self.router
             .borrow_mut()
@@ -249,7 +252,7 @@ impl Node {
     }
 
     /// The inbox head, read from the stream leader; remembered.
-    async fn inbox_head(&self, user: u64) -> Result<(u64, u64), JsError> {
+    pub(super) async fn inbox_head(&self, user: u64) -> Result<(u64, u64), JsError> {
         let subject = self.js.names().inbox(user).0;
         let (head, ss) = self.js.head(&subject).await?;
         if let Some(u) = self.users.borrow_mut().get_mut(&user) {

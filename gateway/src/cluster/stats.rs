@@ -1,7 +1,10 @@
 //! The cluster backend's counters, read by the metrics endpoint.
 
 use std::{
-    sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     time::Duration,
 };
 
@@ -27,17 +30,29 @@ pub struct Stats {
     pub gap_fills: AtomicU64,
     /// Requests refused with `overloaded` (too many in flight).
     pub refused: AtomicU64,
-    /// Whether the NATS connection is up.
-    pub connected: AtomicBool,
 }
 
-impl crate::metrics::BackendReport for Stats {
+/// What the operator's endpoint reads of a node: its counters, and the
+/// state of its NATS connection at the moment of asking.
+#[derive(Debug)]
+pub(super) struct Report {
+    pub(super) stats: Arc<Stats>,
+    pub(super) client: async_nats::Client,
+}
+
+impl Report {
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+impl crate::metrics::BackendReport for Report {
     fn render(&self, out: &mut String) {
-        Stats::render(self, out);
+        self.stats.render(out, self.connected());
     }
 
     fn health(&self) -> Result<(), String> {
-        if self.connected.load(Relaxed) {
+        if self.connected() {
             Ok(())
         } else {
             Err("JetStream unreachable: the NATS connection is down".into())
@@ -56,8 +71,9 @@ impl Stats {
         }
     }
 
-    /// The Prometheus text of these counters.
-    pub fn render(&self, out: &mut String) {
+    /// The Prometheus text of these counters, and whether the NATS
+    /// connection is up.
+    pub fn render(&self, out: &mut String, connected: bool) {
         use std::fmt::Write;
         let c = |v: &AtomicU64| v.load(Relaxed);
         let rows: [(&str, &str, &str, u64); 9] = [
@@ -124,7 +140,7 @@ impl Stats {
                 let _ = writeln!(out, "{name} {v}");
             }
         }
-        let up = u8::from(self.connected.load(Relaxed));
+        let up = u8::from(connected);
         let _ = writeln!(
             out,
             "# HELP imgate_cluster_connected Whether the NATS connection is up.\n# TYPE imgate_cluster_connected gauge\nimgate_cluster_connected {up}"

@@ -541,8 +541,8 @@ fn quote(path: &Path) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-/// A plain HTTP/1.0 GET (no client crate): (status, body).
-fn http_get(port: u16, path: &str) -> io::Result<(u16, String)> {
+/// A plain HTTP/1.0 GET of a loopback port (no client crate): (status, body).
+pub fn http_get(port: u16, path: &str) -> io::Result<(u16, String)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
