@@ -1,5 +1,7 @@
 //! Reliable delivery end to end: real sockets, the codec's client state
-//! machine, the default backend on a real store.
+//! machine, on every backend that keeps the protocol's promises: the
+//! default one on a real store (in memory and with fsync), and the cluster
+//! backend on a real 3-node JetStream cluster.
 
 mod common;
 
@@ -9,7 +11,8 @@ use bytes::Bytes;
 use common::{Client, Got, config, peer::Peer, start_with};
 use imgate::{
     clock::ManualClock,
-    config::{Config, DriverKind, Durability},
+    cluster::Cluster,
+    config::{BackendKind, Config, DriverKind, Durability},
     delivery::Delivery,
     server::Running,
 };
@@ -62,8 +65,43 @@ impl Drop for TempDir {
     }
 }
 
-fn gateway(durability: Durability, f: impl FnOnce(&mut Config)) -> Gw {
+/// The backend a gateway of a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum On {
+    /// The default backend, in memory.
+    Memory,
+    /// The default backend, on disk with fsync.
+    Fsync,
+    /// The cluster backend, on the shared 3-node JetStream cluster, under
+    /// a stream prefix of its own.
+    Cluster,
+}
+
+fn gateway(on: On, f: impl FnOnce(&mut Config)) -> Gw {
     let mut cfg = config(DriverKind::Auto);
+    if on == On::Cluster {
+        let nats = common::nats::shared().expect("nats-server");
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        cfg.backend = BackendKind::Cluster;
+        cfg.cluster.nats_urls = nats.urls();
+        cfg.cluster.stream_prefix = format!(
+            "D{}_{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        cfg.cluster.partitions = 2;
+        f(&mut cfg);
+        let backend = Cluster::new(&cfg);
+        return Gw {
+            running: Some(start_with(cfg, Box::new(backend))),
+            _dir: None,
+        };
+    }
+    let durability = if on == On::Memory {
+        Durability::Memory
+    } else {
+        Durability::Fsync
+    };
     cfg.durability = durability;
     f(&mut cfg);
     let dir = (durability != Durability::Memory).then(|| TempDir::new("delivery"));
@@ -78,13 +116,33 @@ fn gateway(durability: Durability, f: impl FnOnce(&mut Config)) -> Gw {
     }
 }
 
-fn both() -> [Durability; 2] {
-    [Durability::Memory, Durability::Fsync]
+/// The cluster, when nats-server is here (under CI=true it must be:
+/// the harness fails the test instead).
+fn cluster() -> Option<On> {
+    if common::nats::shared().is_some() {
+        Some(On::Cluster)
+    } else {
+        eprintln!("cluster backend skipped: nats-server not installed");
+        None
+    }
+}
+
+/// Every backend.
+fn all() -> Vec<On> {
+    [On::Memory, On::Fsync]
+        .into_iter()
+        .chain(cluster())
+        .collect()
+}
+
+/// The default backend in memory and on disk.
+fn both() -> [On; 2] {
+    [On::Memory, On::Fsync]
 }
 
 #[test]
 fn one_to_one_online_is_acked_delivered_and_receipted() {
-    for d in both() {
+    for d in all() {
         let gw = gateway(d, |_| {});
         let mut a = Peer::login(gw.addr(), 1, 1);
         let mut b = Peer::login(gw.addr(), 2, 1);
@@ -112,7 +170,7 @@ fn one_to_one_online_is_acked_delivered_and_receipted() {
 
 #[test]
 fn an_offline_receiver_pages_everything_in_order() {
-    for d in both() {
+    for d in all() {
         let gw = gateway(d, |c| c.sync_page_max = 100);
         let mut a = Peer::login(gw.addr(), 1, 1);
         for i in 0..250u32 {
@@ -141,7 +199,7 @@ fn an_offline_receiver_pages_everything_in_order() {
 
 #[test]
 fn a_retransmitted_msg_r_gets_the_same_answer_and_one_copy() {
-    for d in both() {
+    for d in all() {
         // Kept after the ack, so that a second device can page it below.
         let gw = gateway(d, |c| c.purge_acked = false);
         let mut raw = Client::login(gw.addr(), 1, 1);
@@ -180,7 +238,13 @@ fn a_retransmitted_msg_r_gets_the_same_answer_and_one_copy() {
 
 #[test]
 fn unacked_pushes_are_resent_then_the_device_syncs() {
-    let gw = gateway(Durability::Fsync, |c| {
+    for on in [On::Fsync].into_iter().chain(cluster()) {
+        unacked_pushes_are_resent_then_the_device_syncs_on(on);
+    }
+}
+
+fn unacked_pushes_are_resent_then_the_device_syncs_on(on: On) {
+    let gw = gateway(on, |c| {
         c.push_timeout_ms = 60;
         c.push_retries = 1;
     });
@@ -207,9 +271,15 @@ fn unacked_pushes_are_resent_then_the_device_syncs() {
 
 #[test]
 fn devices_of_one_user_sync_and_ack_on_their_own() {
+    for on in [On::Fsync].into_iter().chain(cluster()) {
+        devices_of_one_user_sync_and_ack_on_their_own_on(on);
+    }
+}
+
+fn devices_of_one_user_sync_and_ack_on_their_own_on(on: On) {
     // History is kept after the phone's ack, so that devices logging in for
     // the first time (unknown to the server until then) can page it.
-    let gw = gateway(Durability::Fsync, |c| c.purge_acked = false);
+    let gw = gateway(on, |c| c.purge_acked = false);
     let mut a = Peer::login(gw.addr(), 1, 1);
     let mut phone = Peer::login(gw.addr(), 2, 1);
     for i in 0..3u8 {
@@ -255,7 +325,7 @@ fn devices_of_one_user_sync_and_ack_on_their_own() {
 
 #[test]
 fn groups_store_once_push_to_online_members_and_page_to_the_rest() {
-    for d in both() {
+    for d in all() {
         let gw = gateway(d, |_| {});
         let mut a = Peer::login(gw.addr(), 1, 1);
         let mut b = Peer::login(gw.addr(), 2, 1);
@@ -322,7 +392,13 @@ fn groups_store_once_push_to_online_members_and_page_to_the_rest() {
 
 #[test]
 fn read_receipts_reach_the_sender_and_the_readers_other_devices() {
-    let gw = gateway(Durability::Fsync, |_| {});
+    for on in [On::Fsync].into_iter().chain(cluster()) {
+        read_receipts_reach_the_sender_and_the_readers_other_devices_on(on);
+    }
+}
+
+fn read_receipts_reach_the_sender_and_the_readers_other_devices_on(on: On) {
+    let gw = gateway(on, |_| {});
     let mut a = Peer::login(gw.addr(), 1, 1);
     let mut b = Peer::login(gw.addr(), 2, 1);
     let mut b2 = Peer::login(gw.addr(), 2, 2);
@@ -356,7 +432,13 @@ fn read_receipts_reach_the_sender_and_the_readers_other_devices() {
 
 #[test]
 fn users_cannot_touch_groups_they_are_not_in() {
-    let gw = gateway(Durability::Memory, |_| {});
+    for on in [On::Memory].into_iter().chain(cluster()) {
+        users_cannot_touch_groups_they_are_not_in_on(on);
+    }
+}
+
+fn users_cannot_touch_groups_they_are_not_in_on(on: On) {
+    let gw = gateway(on, |_| {});
     let mut a = Peer::login(gw.addr(), 1, 1);
     a.client
         .group_request(GroupOp::Create, 0, &[2], std::time::Instant::now())
@@ -404,7 +486,13 @@ fn users_cannot_touch_groups_they_are_not_in() {
 
 #[test]
 fn groups_over_the_size_limit_are_refused() {
-    let gw = gateway(Durability::Memory, |c| c.max_group_size = 3);
+    for on in [On::Memory].into_iter().chain(cluster()) {
+        groups_over_the_size_limit_are_refused_on(on);
+    }
+}
+
+fn groups_over_the_size_limit_are_refused_on(on: On) {
+    let gw = gateway(on, |c| c.max_group_size = 3);
     let mut a = Peer::login(gw.addr(), 1, 1);
     let refused = |p: &Peer| {
         p.events
@@ -489,7 +577,7 @@ fn ack(c: &mut Client, seq: u64) {
 fn messages_every_device_acked_are_deleted_and_the_rest_kept() {
     let dir;
     {
-        let mut gw = gateway(Durability::Fsync, |c| c.retention_ms = 0);
+        let mut gw = gateway(On::Fsync, |c| c.retention_ms = 0);
         // Kept past the gateway, to look at the store after it stopped.
         dir = gw._dir.take().expect("dir");
         let mut phone = Client::login(gw.addr(), 2, 1);

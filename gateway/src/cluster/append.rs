@@ -60,6 +60,8 @@ struct Job {
     steps: Vec<Step>,
     at: usize,
     payload: Bytes,
+    /// The group of a group message (0: one-to-one).
+    group: u64,
     /// The digest of (group, to, body), to tell a retransmit from a
     /// reused message id.
     digest: u64,
@@ -81,19 +83,34 @@ impl Node {
         self: &Rc<Self>,
         steps: Vec<Step>,
         payload: Bytes,
+        group: u64,
         digest: u64,
     ) -> Result<Vec<Stored>, ChainError> {
+        self.queue_chain(steps, payload, group, digest).await
+    }
+
+    /// Queues the chain now; the future resolves when it is stored.
+    pub(super) fn queue_chain(
+        self: &Rc<Self>,
+        steps: Vec<Step>,
+        payload: Bytes,
+        group: u64,
+        digest: u64,
+    ) -> impl std::future::Future<Output = Result<Vec<Stored>, ChainError>> + use<> {
         let (done, rx) = oneshot::channel();
         self.enqueue(Job {
             steps,
             at: 0,
             payload,
+            group,
             digest,
             stored: Vec::new(),
             done,
         });
-        rx.await
-            .map_err(|_| ChainError::Js(JsError::Unavailable("the node is stopping".into())))?
+        async move {
+            rx.await
+                .map_err(|_| ChainError::Js(JsError::Unavailable("the node is stopping".into())))?
+        }
     }
 
     fn enqueue(self: &Rc<Self>, job: Job) {
@@ -151,7 +168,7 @@ impl Node {
                 if duplicate && job.at == 0 {
                     // A retransmit: the same message, or a reused id.
                     match Record::decode(&stored.payload) {
-                        Some(rec) if keys::digest(0, rec.to, &rec.body) == job.digest => {
+                        Some(rec) if keys::digest(job.group, rec.to, &rec.body) == job.digest => {
                             // The later copies repeat the first one's
                             // record (its time), whichever node writes them.
                             job.payload = stored.payload.clone();

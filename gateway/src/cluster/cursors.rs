@@ -1,4 +1,5 @@
-//! Device cursors in the cursor bucket, written one at a time per device.
+//! Device cursors in the cursor bucket, written one at a time per device
+//! and stream (the inbox, or a group's log).
 //!
 //! A client acknowledges every push, so acks come faster than JetStream
 //! writes a replicated key. Each device has at most one write in flight:
@@ -12,7 +13,13 @@ use std::rc::Rc;
 
 use tokio::sync::oneshot;
 
-use super::{js::JsError, names::Names, node::Node};
+use bytes::Bytes;
+
+use super::{
+    js::{Bucket, JsError, u64_value},
+    names::Names,
+    node::Node,
+};
 
 /// Writes in flight and waiting, for one device.
 #[derive(Debug, Default)]
@@ -27,10 +34,11 @@ pub(super) struct Slot {
 }
 
 impl Node {
-    /// Raises a device's cursor to `to` (never lowers it); returns the
-    /// cursor after.
+    /// Raises a device's cursor on the stream (`group` 0: the inbox) to
+    /// `to` (never lowers it); returns the cursor after.
     pub(super) async fn raise_cursor(
         self: &Rc<Self>,
+        group: u64,
         user: u64,
         device: u32,
         to: u64,
@@ -38,26 +46,28 @@ impl Node {
         let (tx, rx) = oneshot::channel();
         let spawn = {
             let mut slots = self.cursor_slots.borrow_mut();
-            let slot = slots.entry((user, device)).or_default();
+            let slot = slots.entry((group, user, device)).or_default();
             slot.target = slot.target.max(to);
             slot.waiters.push(tx);
             !std::mem::replace(&mut slot.running, true)
         };
         if spawn {
-            tokio::task::spawn_local(self.clone().write_cursor(user, device));
+            tokio::task::spawn_local(self.clone().write_cursor(group, user, device));
         }
         rx.await
             .map_err(|_| JsError::Unavailable("the node is stopping".into()))?
             .map_err(JsError::Unavailable)
     }
 
-    /// The writer of one device's cursor: until no ack waits.
-    async fn write_cursor(self: Rc<Self>, user: u64, device: u32) {
-        let key = Names::cursor_key(user, device);
+    /// The writer of one device's cursor: until no ack waits. A raise of
+    /// an inbox cursor is followed by the delivered receipts it makes.
+    async fn write_cursor(self: Rc<Self>, group: u64, user: u64, device: u32) {
+        let key = Names::cursor_key(group, user, device);
+        let slot_key = (group, user, device);
         loop {
             let (target, known, waiters) = {
                 let mut slots = self.cursor_slots.borrow_mut();
-                let Some(slot) = slots.get_mut(&(user, device)) else {
+                let Some(slot) = slots.get_mut(&slot_key) else {
                     return;
                 };
                 if slot.waiters.is_empty() {
@@ -69,17 +79,23 @@ impl Node {
                         .get(&user)
                         .is_some_and(|u| !u.sessions.is_empty());
                     if !online {
-                        slots.remove(&(user, device));
+                        slots.remove(&slot_key);
                     }
                     return;
                 }
                 (slot.target, slot.known, std::mem::take(&mut slot.waiters))
             };
             let r = self.cas_cursor(&key, target, known).await;
+            if let (0, Ok((before, after, _))) = (group, &r)
+                && after > before
+            {
+                tokio::task::spawn_local(self.clone().delivered(user, *before, *after));
+            }
             let mut slots = self.cursor_slots.borrow_mut();
-            let slot = slots.entry((user, device)).or_default();
+            let slot = slots.entry(slot_key).or_default();
             match r {
-                Ok(k) => {
+                Ok((_, after, rev)) => {
+                    let k = (after, rev);
                     slot.known = Some(k);
                     for tx in waiters {
                         let _ = tx.send(Ok(k.0));
@@ -96,25 +112,52 @@ impl Node {
         }
     }
 
+    /// The cursor of a device on a stream, read from the bucket.
+    pub(super) async fn read_cursor(
+        &self,
+        group: u64,
+        user: u64,
+        device: u32,
+    ) -> Result<u64, JsError> {
+        if let Some(slot) = self.cursor_slots.borrow().get(&(group, user, device))
+            && let Some((c, _)) = slot.known
+        {
+            return Ok(c);
+        }
+        let e = self
+            .js
+            .get_key(Bucket::Cursors, &Names::cursor_key(group, user, device))
+            .await?;
+        Ok(e.value.as_deref().and_then(u64_value).unwrap_or(0))
+    }
+
     /// One compare-and-set raise, re-reading the key when another writer
-    /// got there first; returns the cursor and revision after.
+    /// got there first; returns the cursor before and after, and the
+    /// revision after.
     async fn cas_cursor(
         &self,
         key: &str,
         to: u64,
         mut known: Option<(u64, u64)>,
-    ) -> Result<(u64, u64), JsError> {
+    ) -> Result<(u64, u64, u64), JsError> {
         let mut conflicts = 0u32;
         loop {
             let (cur, rev) = match known.take() {
                 Some(k) => k,
-                None => self.js.cursor(key).await?,
+                None => {
+                    let e = self.js.get_key(Bucket::Cursors, key).await?;
+                    (
+                        e.value.as_deref().and_then(u64_value).unwrap_or(0),
+                        e.revision,
+                    )
+                }
             };
             if to <= cur {
-                return Ok((cur, rev));
+                return Ok((cur, cur, rev));
             }
-            match self.js.set_cursor(key, to, rev).await {
-                Ok(r) => return Ok((to, r)),
+            let v = Bytes::copy_from_slice(&to.to_be_bytes());
+            match self.js.put_key(Bucket::Cursors, key, v, rev).await {
+                Ok(r) => return Ok((cur, to, r)),
                 Err(JsError::Conflict) => {
                     conflicts += 1;
                     if conflicts > 50 {

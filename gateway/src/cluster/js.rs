@@ -1,7 +1,7 @@
 //! The JetStream side of the cluster backend: connecting, creating the
 //! streams and buckets on first start, and the few reads and writes the
 //! delivery logic needs (a compare-and-set append, a head read, a paged
-//! read, a cursor that only rises).
+//! read, compare-and-set keys, a scan of the keys under a prefix).
 //!
 //! Reads that decide a sequence id (a head) go to the stream leader;
 //! pages use direct gets, which any replica answers: a replica that lags
@@ -63,6 +63,37 @@ pub(super) enum Appended {
     Duplicate(u64),
 }
 
+/// The key-value buckets of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Bucket {
+    /// Device cursors.
+    Cursors,
+    /// Receipt marks (one-to-one and group read marks).
+    Marks,
+    /// Group members and each user's groups.
+    Groups,
+    /// Fixed settings and counters.
+    Meta,
+}
+
+/// A key read from a bucket: its value (None: absent or deleted) and the
+/// revision to write it at (0: never written).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Entry {
+    pub(super) value: Option<Bytes>,
+    pub(super) revision: u64,
+}
+
+/// A record of a stream read in a batch: its subject, stream sequence,
+/// headers and bytes.
+#[derive(Debug)]
+struct Raw {
+    subject: String,
+    stream_seq: u64,
+    headers: Option<HeaderMap>,
+    payload: Bytes,
+}
+
 /// A connected node.
 #[derive(Debug, Clone)]
 pub(super) struct Js {
@@ -70,7 +101,8 @@ pub(super) struct Js {
     ctx: Context,
     names: Names,
     streams: Vec<Stream>,
-    cursors: kv::Store,
+    /// Indexed by [`Bucket`].
+    buckets: Vec<kv::Store>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> JsError {
@@ -109,7 +141,7 @@ impl Js {
             .timeout(Duration::from_secs(3))
             .build(client.clone());
         let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.publish_retry_ms);
-        let (streams, cursors) = loop {
+        let (streams, buckets) = loop {
             match setup(&admin, cfg, &names, dedup_window).await {
                 Ok(parts) => break parts,
                 Err(JsError::Unavailable(why)) if tokio::time::Instant::now() < deadline => {
@@ -125,8 +157,18 @@ impl Js {
             ctx,
             names,
             streams,
-            cursors,
+            buckets,
         })
+    }
+
+    fn bucket(&self, b: Bucket) -> &kv::Store {
+        let i = match b {
+            Bucket::Cursors => 0,
+            Bucket::Marks => 1,
+            Bucket::Groups => 2,
+            Bucket::Meta => 3,
+        };
+        &self.buckets[i]
     }
 
     /// The names of this service.
@@ -190,7 +232,9 @@ impl Js {
         match ack {
             Ok(a) if a.duplicate => Ok(Appended::Duplicate(a.sequence)),
             Ok(a) => Ok(Appended::New(a.sequence)),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(JsError::Conflict),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence || wrong_last(&e) => {
+                Err(JsError::Conflict)
+            }
             Err(e) => Err(unavailable(e)),
         }
     }
@@ -227,16 +271,45 @@ impl Js {
         max_bytes: usize,
     ) -> Result<Vec<Stored>, JsError> {
         let s = self.stream_of(subject)?;
-        let api = format!("$JS.API.DIRECT.GET.{}", s.cached_info().config.name);
+        let name = s.cached_info().config.name.clone();
+        let raw = self.batch(&name, subject, from, n, max_bytes).await?;
+        raw.into_iter()
+            .map(|m| {
+                let seq = m
+                    .headers
+                    .as_ref()
+                    .and_then(seq_of)
+                    .ok_or(JsError::Corrupt(m.stream_seq))?;
+                Ok(Stored {
+                    seq,
+                    stream_seq: m.stream_seq,
+                    payload: m.payload,
+                })
+            })
+            .collect()
+    }
+
+    /// One batched direct get: up to `n` records of stream `stream` whose
+    /// subject matches `filter`, from stream sequence `from` on.
+    async fn batch(
+        &self,
+        stream: &str,
+        filter: &str,
+        from: u64,
+        n: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Raw>, JsError> {
+        let api = format!("$JS.API.DIRECT.GET.{stream}");
         let inbox = self.client.new_inbox();
         let mut sub = self
             .client
             .subscribe(inbox.clone())
             .await
             .map_err(unavailable)?;
-        // Subjects are dot-separated numbers and the prefix; nothing to escape.
+        // Subjects are dot-separated numbers, letters and wildcards; nothing
+        // to escape.
         let req = format!(
-            "{{\"seq\":{},\"next_by_subj\":\"{subject}\",\"batch\":{},\"max_bytes\":{}}}",
+            "{{\"seq\":{},\"next_by_subj\":\"{filter}\",\"batch\":{},\"max_bytes\":{}}}",
             from.max(1),
             n.max(1),
             max_bytes.min(i32::MAX as usize)
@@ -264,17 +337,20 @@ impl Js {
                 }
                 _ => {}
             }
-            let headers = m.headers.as_ref();
-            let stream_seq = headers
-                .and_then(|h| h.get("Nats-Sequence"))
-                .and_then(|v| v.as_str().parse::<u64>().ok())
+            let header = |name: &str| {
+                m.headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_string())
+            };
+            let stream_seq = header("Nats-Sequence")
+                .and_then(|v| v.parse::<u64>().ok())
                 .ok_or(JsError::Corrupt(0))?;
-            let seq = headers
-                .and_then(seq_of)
-                .ok_or(JsError::Corrupt(stream_seq))?;
-            out.push(Stored {
-                seq,
+            let subject = header("Nats-Subject").unwrap_or_default();
+            out.push(Raw {
+                subject,
                 stream_seq,
+                headers: m.headers,
                 payload: m.payload,
             });
             if out.len() >= n {
@@ -286,35 +362,73 @@ impl Js {
         Ok(out)
     }
 
-    /// A device's cursor and the bucket revision it was read at (0 when
-    /// the device has none yet).
-    pub(super) async fn cursor(&self, key: &str) -> Result<(u64, u64), JsError> {
-        match self.cursors.entry(key).await.map_err(unavailable)? {
-            Some(e) if e.operation == kv::Operation::Put => {
-                Ok((u64_value(&e.value).unwrap_or(0), e.revision))
-            }
-            Some(e) => Ok((0, e.revision)),
-            None => Ok((0, 0)),
+    /// A key of a bucket.
+    pub(super) async fn get_key(&self, b: Bucket, key: &str) -> Result<Entry, JsError> {
+        match self.bucket(b).entry(key).await.map_err(unavailable)? {
+            Some(e) if e.operation == kv::Operation::Put => Ok(Entry {
+                value: Some(e.value),
+                revision: e.revision,
+            }),
+            Some(e) => Ok(Entry {
+                value: None,
+                revision: e.revision,
+            }),
+            None => Ok(Entry::default()),
         }
     }
 
-    /// Writes a cursor if the bucket still holds revision `rev` of it (0:
-    /// none); returns the new revision, or `Conflict`.
-    pub(super) async fn set_cursor(&self, key: &str, seq: u64, rev: u64) -> Result<u64, JsError> {
-        let v = Bytes::copy_from_slice(&seq.to_be_bytes());
-        if rev == 0 {
-            match self.cursors.create(key, v).await {
-                Ok(r) => Ok(r),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(JsError::Conflict),
-                Err(e) => Err(unavailable(e)),
+    /// Writes a key if the bucket still holds revision `rev` of it (0:
+    /// never written); returns the new revision, or `Conflict`.
+    pub(super) async fn put_key(
+        &self,
+        b: Bucket,
+        key: &str,
+        value: Bytes,
+        rev: u64,
+    ) -> Result<u64, JsError> {
+        // Revision 0 requires that the key was never written: the same
+        // check as any other revision, answered by the stream leader (a
+        // create that re-read the key from a replica could miss a write
+        // that just happened).
+        match self.bucket(b).update(key, value, rev).await {
+            Ok(r) => Ok(r),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision || wrong_last(&e) => {
+                Err(JsError::Conflict)
             }
-        } else {
-            match self.cursors.update(key, v, rev).await {
-                Ok(r) => Ok(r),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    Err(JsError::Conflict)
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Every live key of a bucket under `prefix` (a key prefix ending in
+    /// a dot), with its value, in batches of `page`.
+    pub(super) async fn scan_keys(
+        &self,
+        b: Bucket,
+        prefix: &str,
+        page: usize,
+    ) -> Result<Vec<(String, Bytes)>, JsError> {
+        let kv = self.bucket(b);
+        let filter = format!("{}{prefix}>", kv.prefix);
+        let mut out = Vec::new();
+        let mut from = 1;
+        loop {
+            let got = self
+                .batch(&kv.stream_name, &filter, from, page, usize::MAX)
+                .await?;
+            let full = got.len() >= page;
+            for m in got {
+                from = m.stream_seq + 1;
+                let deleted = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("KV-Operation"))
+                    .is_some_and(|op| op.as_str() != "PUT");
+                if let (false, Some(key)) = (deleted, m.subject.strip_prefix(kv.prefix.as_str())) {
+                    out.push((key.to_string(), m.payload));
                 }
-                Err(e) => Err(unavailable(e)),
+            }
+            if !full {
+                return Ok(out);
             }
         }
     }
@@ -327,7 +441,7 @@ async fn setup(
     cfg: &ClusterConfig,
     names: &Names,
     dedup_window: Duration,
-) -> Result<(Vec<Stream>, kv::Store), JsError> {
+) -> Result<(Vec<Stream>, Vec<kv::Store>), JsError> {
     let setup = |what: String| move |e: String| JsError::Unavailable(format!("{what}: {e}"));
 
     // The partition count is fixed when the service is first started:
@@ -377,8 +491,16 @@ async fn setup(
             })?;
         streams.push(s);
     }
-    let cursors = bucket(ctx, names.cursors_bucket(), cfg.replicas).await?;
-    Ok((streams, cursors))
+    let mut buckets = Vec::with_capacity(4);
+    for name in [
+        names.cursors_bucket(),
+        names.marks_bucket(),
+        names.groups_bucket(),
+    ] {
+        buckets.push(bucket(ctx, name, cfg.replicas).await?);
+    }
+    buckets.push(meta);
+    Ok((streams, buckets))
 }
 
 /// A key-value bucket of one version per key, on disk, created if missing.
@@ -394,7 +516,26 @@ async fn bucket(ctx: &Context, name: String, replicas: usize) -> Result<kv::Stor
     .map_err(|e| JsError::Unavailable(format!("cannot create bucket {name}: {e}")))
 }
 
-fn u64_value(v: &[u8]) -> Option<u64> {
+/// Whether JetStream refused a write because the subject's last record
+/// is not the one expected. Besides the error the client library names,
+/// a clustered stream answers a check that fails before its proposal with
+/// another code for the same thing.
+fn wrong_last(e: &(dyn std::error::Error + 'static)) -> bool {
+    const WRONG_LAST: [u64; 2] = [10071, 10164];
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(js) = err.downcast_ref::<jetstream::Error>()
+            && WRONG_LAST.contains(&js.error_code().0)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The big-endian u64 a value starts with.
+pub(super) fn u64_value(v: &[u8]) -> Option<u64> {
     v.get(..8)
         .and_then(|s| s.try_into().ok())
         .map(u64::from_be_bytes)

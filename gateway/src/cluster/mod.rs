@@ -6,9 +6,9 @@
 //!                                                                      │  per request a task:
 //!                                                                      │  append with CAS, read, cursor
 //!                                                                      ▼
-//!            JetStream (R3, fsync): streams <prefix>_<p>, buckets <prefix>_cursors, <prefix>_meta
+//!            JetStream (R3, fsync): streams <prefix>_<p>; buckets <prefix>_cursors, _marks, _groups, _meta
 //!                                                                      │
-//!  cores ◄── Router ◄── pushes in order ◄── core NATS <prefix>.push.u.<user> ◄── storing node
+//!  cores ◄── Router ◄── pushes in order ◄── core NATS <prefix>.push.{u,g}.<id> ◄── storing node
 //! ```
 //!
 //! Everything durable is in JetStream, so any node can serve any user and
@@ -27,11 +27,15 @@
 
 mod append;
 mod cursors;
+mod feed;
+mod groups;
 mod js;
 pub mod names;
 mod node;
+mod receipts;
 mod requests;
 mod stats;
+mod unread;
 pub mod wire;
 
 use std::{
@@ -117,6 +121,9 @@ impl Backend for Cluster {
         );
         let limits = node::Limits {
             max_body: crate::delivery::rules::max_body(self.cfg.max_frame),
+            max_frame: self.cfg.max_frame,
+            max_group_size: self.cfg.max_group_size,
+            unread_scan_limit: self.cfg.unread_scan_limit,
             page_default: self.cfg.sync_page_default,
             page_max: self.cfg.sync_page_max,
             page_budget: crate::delivery::rules::page_budget(self.cfg.max_frame),

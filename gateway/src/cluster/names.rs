@@ -7,6 +7,20 @@
 //! its head (the record carries its user-level sequence id in a header).
 //! Pushes and control messages to the nodes that hold a user travel on the
 //! core subject `<prefix>.push.u.<user>`, which no stream captures.
+//!
+//! A group's log is the subject `<prefix>.<p>.g.<group>` (the partition of
+//! the group id), stored once; its pushes go once to the core subject
+//! `<prefix>.push.g.<group>`, which every node holding a member subscribes
+//! to. Membership, receipt marks and cursors are keys of three buckets:
+//!
+//! | bucket | key | value |
+//! |---|---|---|
+//! | `<prefix>_cursors` | `u.<user>.<device>`, `g.<group>.<user>.<device>` | the device's cursor (u64) |
+//! | `<prefix>_marks` | `m.<sender>.<peer>` | (delivered, read) of sender's messages to peer; exists once sender wrote to peer |
+//! | `<prefix>_marks` | `r.<group>.<user>` | the member's read mark (u64) |
+//! | `<prefix>_groups` | `g.<group>` | the members and the seq each joined at |
+//! | `<prefix>_groups` | `u.<user>` | the groups a user may be in (a superset: checked against `g.<group>`) |
+//! | `<prefix>_meta` | `partitions`, `groups.next` | the partition count; the next group id to give out |
 
 /// The names of one service (one stream prefix).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +74,37 @@ impl Names {
         format!("{}.push.u.{user}", self.prefix)
     }
 
+    /// A group's log subject.
+    pub fn group_log(&self, group: u64) -> String {
+        let p = self.partition(group);
+        format!("{}.{p}.g.{group}", self.prefix)
+    }
+
+    /// The log subject of a stream: the user's inbox (`group` 0) or the
+    /// group's log.
+    pub fn log(&self, user: u64, group: u64) -> String {
+        if group == 0 {
+            self.inbox(user).0
+        } else {
+            self.group_log(group)
+        }
+    }
+
+    /// The core subject of a group's pushes and membership notices.
+    pub fn group_push(&self, group: u64) -> String {
+        format!("{}.push.g.{group}", self.prefix)
+    }
+
+    /// The bucket of receipt marks.
+    pub fn marks_bucket(&self) -> String {
+        format!("{}_marks", self.prefix)
+    }
+
+    /// The bucket of group memberships.
+    pub fn groups_bucket(&self) -> String {
+        format!("{}_groups", self.prefix)
+    }
+
     /// The bucket of device cursors.
     pub fn cursors_bucket(&self) -> String {
         format!("{}_cursors", self.prefix)
@@ -70,9 +115,39 @@ impl Names {
         format!("{}_meta", self.prefix)
     }
 
-    /// The key of a device's cursor on a user's inbox.
-    pub fn cursor_key(user: u64, device: u32) -> String {
-        format!("u.{user}.{device}")
+    /// The key of a device's cursor on a user's inbox (`group` 0) or on
+    /// a group's log.
+    pub fn cursor_key(group: u64, user: u64, device: u32) -> String {
+        if group == 0 {
+            format!("u.{user}.{device}")
+        } else {
+            format!("g.{group}.{user}.{device}")
+        }
+    }
+
+    /// The key of the receipt marks of `sender`'s messages to `peer`.
+    pub fn mark_key(sender: u64, peer: u64) -> String {
+        format!("m.{sender}.{peer}")
+    }
+
+    /// The key of a member's read mark in a group.
+    pub fn group_read_key(group: u64, user: u64) -> String {
+        format!("r.{group}.{user}")
+    }
+
+    /// The key of a group's members.
+    pub fn group_key(group: u64) -> String {
+        format!("g.{group}")
+    }
+
+    /// The key of a user's groups.
+    pub fn user_groups_key(user: u64) -> String {
+        format!("u.{user}")
+    }
+
+    /// The JetStream message id of a group message.
+    pub fn group_msg_id(sender: u64, msg_id: u64) -> String {
+        format!("{sender}:{msg_id}:g")
     }
 
     /// The JetStream message id of the receiver's copy of a one-to-one
@@ -120,6 +195,14 @@ mod tests {
         assert_eq!(n.stream_subjects(p), format!("IM.{p}.>"));
         assert_eq!(n.push(42), "IM.push.u.42");
         assert_eq!(Names::msg_ids(7, 9), ("7:9".into(), "7:9:o".into()));
-        assert_eq!(Names::cursor_key(7, 2), "u.7.2");
+        assert_eq!(Names::cursor_key(0, 7, 2), "u.7.2");
+        assert_eq!(Names::cursor_key(5, 7, 2), "g.5.7.2");
+        let g = n.partition(9);
+        assert_eq!(n.group_log(9), format!("IM.{g}.g.9"));
+        assert_eq!(n.log(42, 0), n.inbox(42).0);
+        assert_eq!(n.log(42, 9), n.group_log(9));
+        assert_eq!(n.group_push(9), "IM.push.g.9");
+        assert_eq!(Names::mark_key(1, 2), "m.1.2");
+        assert_eq!(Names::group_read_key(9, 2), "r.9.2");
     }
 }

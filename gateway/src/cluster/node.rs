@@ -5,19 +5,13 @@
 //!
 //! What a node keeps is only what is about its own connections: which
 //! users it holds (and for each a subscription to the user's push
-//! subject), the next inbox sequence id to push to them in order, pushes
-//! that arrived ahead of a gap, and cached cursors. Everything durable is
-//! in JetStream.
-//!
-//! Pushes arrive on the user's subject in whatever order the storing
-//! nodes published them; a node pushes them to its connections strictly in
-//! sequence order. A push ahead of a gap waits; if the gap is still there
-//! after [`FILL_DELAY`] (the push that fills it was lost with a node that
-//! died), the missing records are read from the log.
+//! subject), which groups those users are in (and for each a subscription
+//! to the group's push subject and a copy of its members), the order state
+//! of each such stream ([`feed`](super::feed)), and cached cursors.
+//! Everything durable is in JetStream.
 
 use std::{
     cell::{Cell, RefCell},
-    collections::BTreeMap,
     rc::Rc,
     sync::{
         Arc,
@@ -26,41 +20,37 @@ use std::{
     time::Duration,
 };
 
-use ahash::AHashMap;
-use bytes::Bytes;
+use ahash::{AHashMap, AHashSet};
 use futures_util::StreamExt;
-use imgate_codec::{Body, KickReason, frame::MsgN};
+use imgate_codec::KickReason;
 use tokio::sync::{Notify, watch};
 
 use super::{
     append::Queues,
-    js::{Js, Stored},
+    feed::{Feed, Of, Push},
+    groups::Members,
+    js::Js,
     stats::Stats,
     wire::NodeMsg,
 };
 use crate::{
-    backend::{Inbound, Router, Track},
+    backend::{Inbound, Router},
     conn_id::ConnId,
-    delivery::keys::Record,
 };
 
-/// How long a push ahead of a gap waits for the pushes before it, before
-/// the node reads them from the log.
-pub(super) const FILL_DELAY: Duration = Duration::from_millis(20);
-/// Pushes held ahead of a gap, per user; more are dropped and read from
-/// the log instead.
-const MAX_HELD: usize = 1024;
-/// Recent (sequence id, stream sequence) pairs kept per user to start
-/// reads without a search.
-const HINTS: usize = 32;
+/// Senders of recent inbox records kept per user, for delivered receipts.
+const SENDERS: usize = 4096;
 
 /// The request limits the node applies (as the embedded backend does).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Limits {
     pub(super) max_body: usize,
+    pub(super) max_frame: usize,
     pub(super) page_default: usize,
     pub(super) page_max: usize,
     pub(super) page_budget: usize,
+    pub(super) max_group_size: usize,
+    pub(super) unread_scan_limit: usize,
     pub(super) retry: Duration,
 }
 
@@ -73,14 +63,6 @@ pub(super) struct Session {
     pub(super) from: u64,
 }
 
-/// A push waiting behind a gap.
-#[derive(Debug)]
-struct Held {
-    frame: Bytes,
-    origin_node: u64,
-    origin_conn: u64,
-}
-
 /// A user this node holds connections of.
 #[derive(Debug)]
 pub(super) struct User {
@@ -88,37 +70,35 @@ pub(super) struct User {
     /// Becomes true once the push subscription is in place.
     ready: watch::Receiver<bool>,
     watcher: tokio::task::JoinHandle<()>,
-    /// The next inbox sequence id to push; 0 until the first login read
-    /// the head.
-    next: u64,
-    held: BTreeMap<u64, Held>,
-    fill_armed: bool,
-    /// The highest inbox sequence id known.
-    pub(super) head: u64,
-    /// Recent (sequence id, stream sequence) pairs, oldest first.
-    pub(super) hints: Vec<(u64, u64)>,
-}
-
-impl User {
-    pub(super) fn hint(&mut self, seq: u64, stream_seq: u64) {
-        if self.hints.last().is_some_and(|&(s, _)| s >= seq) {
-            return;
-        }
-        if self.hints.len() == HINTS {
-            self.hints.remove(0);
-        }
-        self.hints.push((seq, stream_seq));
-    }
-
-    /// The newest hint at or below `seq`.
-    pub(super) fn hint_below(&self, seq: u64) -> Option<(u64, u64)> {
-        self.hints.iter().rev().find(|&&(s, _)| s <= seq).copied()
-    }
+    /// The order of the user's inbox.
+    pub(super) feed: Feed,
+    /// The groups this node feeds the user.
+    pub(super) groups: AHashSet<u64>,
+    /// Senders of recent inbox records (sequence id → sender).
+    pub(super) senders: std::collections::BTreeMap<u64, u64>,
 }
 
 impl Drop for User {
     fn drop(&mut self) {
         // Dropping the subscription unsubscribes.
+        self.watcher.abort();
+    }
+}
+
+/// A group whose members this node holds connections of.
+#[derive(Debug)]
+pub(super) struct Group {
+    /// The order of the group's log.
+    pub(super) feed: Feed,
+    /// The members, as last read (None until read).
+    pub(super) members: Option<Members>,
+    /// Users of this node that may be members.
+    pub(super) local: AHashSet<u64>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
         self.watcher.abort();
     }
 }
@@ -132,11 +112,17 @@ pub(super) struct Node {
     pub(super) router: RefCell<Router>,
     flush: Notify,
     pub(super) users: RefCell<AHashMap<u64, User>>,
+    pub(super) groups: RefCell<AHashMap<u64, Group>>,
     pub(super) queues: Queues,
-    pub(super) cursor_slots: RefCell<AHashMap<(u64, u32), super::cursors::Slot>>,
+    pub(super) cursor_slots: RefCell<AHashMap<(u64, u64, u32), super::cursors::Slot>>,
+    /// One lock per sender of group messages: taken in arrival order
+    /// around the membership check, so its messages keep their order.
+    pub(super) send_locks: RefCell<AHashMap<u64, Rc<tokio::sync::Mutex<()>>>>,
+    /// Conversations known to be open (the sender wrote to the peer).
+    pub(super) open: RefCell<AHashSet<(u64, u64)>>,
     pub(super) inflight: Arc<AtomicUsize>,
     pub(super) stats: Arc<Stats>,
-    stopping: Cell<bool>,
+    pub(super) stopping: Cell<bool>,
 }
 
 impl Node {
@@ -158,8 +144,11 @@ impl Node {
             router: RefCell::new(router),
             flush: Notify::new(),
             users: RefCell::new(AHashMap::new()),
+            groups: RefCell::new(AHashMap::new()),
             queues: Queues::default(),
             cursor_slots: RefCell::new(AHashMap::new()),
+            send_locks: RefCell::new(AHashMap::new()),
+            open: RefCell::new(AHashSet::new()),
             inflight,
             stats,
             stopping: Cell::new(false),
@@ -182,6 +171,7 @@ impl Node {
         while self.inflight.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        self.groups.borrow_mut().clear();
         self.users.borrow_mut().clear();
         self.router.borrow_mut().flush();
         flusher.abort();
@@ -219,11 +209,23 @@ impl Node {
                 tokio::task::spawn_local(self.clone().request(conn, user, device, frame));
             }
             Inbound::Closed { conn, user, .. } => {
-                let mut users = self.users.borrow_mut();
-                if let Some(u) = users.get_mut(&user) {
-                    u.sessions.retain(|s| s.conn != conn);
-                    if u.sessions.is_empty() {
-                        users.remove(&user);
+                let gone = {
+                    let mut users = self.users.borrow_mut();
+                    match users.get_mut(&user) {
+                        Some(u) => {
+                            u.sessions.retain(|s| s.conn != conn);
+                            if u.sessions.is_empty() {
+                                users.remove(&user)
+                            } else {
+                                None
+                            }
+                        }
+                        None => None,
+                    }
+                };
+                if let Some(u) = gone {
+                    for g in &u.groups {
+                        self.detach(*g, user);
                     }
                 }
             }
@@ -250,6 +252,14 @@ impl Node {
         }
     }
 
+    /// Publishes a message to the nodes holding members of `group`.
+    pub(super) async fn tell_group(self: Rc<Self>, group: u64, m: NodeMsg) {
+        let subject = self.js.names().group_push(group);
+        if let Err(e) = self.js.client().publish(subject, m.encode()).await {
+            tracing::warn!(group, error = %e, "cannot publish to the group's nodes");
+        }
+    }
+
     fn login(self: &Rc<Self>, conn: ConnId, user: u64, device: u32, resume: u64) {
         let ready = {
             let mut users = self.users.borrow_mut();
@@ -260,11 +270,9 @@ impl Node {
                     sessions: Vec::new(),
                     ready: rx,
                     watcher,
-                    next: 0,
-                    held: BTreeMap::new(),
-                    fill_armed: false,
-                    head: 0,
-                    hints: Vec::new(),
+                    feed: Feed::default(),
+                    groups: AHashSet::new(),
+                    senders: std::collections::BTreeMap::new(),
                 }
             });
             u.sessions.push(Session {
@@ -300,11 +308,16 @@ impl Node {
             )
             .await;
         let deadline = tokio::time::Instant::now() + self.limits.retry;
-        let head = loop {
-            match self.inbox_head(user).await {
-                Ok((h, _)) => break h,
+        let (head, groups) = loop {
+            let read = async {
+                let (h, _) = self.inbox_head(user).await?;
+                let g = self.user_groups(user).await?;
+                Ok::<_, super::js::JsError>((h, g))
+            };
+            match read.await {
+                Ok(r) => break r,
                 Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::debug!(user, error = %e, "inbox head read failed; retrying");
+                    tracing::debug!(user, error = %e, "login reads failed; retrying");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => {
@@ -318,34 +331,37 @@ impl Node {
             }
         };
         if resume > 0
-            && let Err(e) = self.raise_cursor(user, device, resume.min(head)).await
+            && let Err(e) = self.raise_cursor(0, user, device, resume.min(head)).await
         {
             tracing::warn!(user, error = %e, "cannot move the cursor at login");
         }
-        let mut users = self.users.borrow_mut();
-        let Some(u) = users.get_mut(&user) else {
-            return;
+        let ready = {
+            let mut users = self.users.borrow_mut();
+            let Some(u) = users.get_mut(&user) else {
+                return;
+            };
+            // Pushes this node already made are in the log: the head shown
+            // covers them, so the device syncs them instead of missing them.
+            let shown = head.max(u.feed.next.saturating_sub(1));
+            let Some(s) = u.sessions.iter_mut().find(|s| s.conn == conn) else {
+                return;
+            };
+            s.from = shown;
+            self.router.borrow_mut().login_ok(conn, shown);
+            u.feed.start(shown);
+            (u.feed.ready(), u.feed.gap())
         };
-        // Pushes this node already made are in the log: the head shown
-        // covers them, so the device syncs them instead of missing them.
-        let shown = head.max(u.next.saturating_sub(1));
-        u.head = u.head.max(shown);
-        let Some(s) = u.sessions.iter_mut().find(|s| s.conn == conn) else {
-            return;
-        };
-        s.from = shown;
-        let mut router = self.router.borrow_mut();
-        router.login_ok(conn, shown);
-        if u.next == 0 {
-            u.next = shown + 1;
-            u.held = u.held.split_off(&u.next);
+        self.deliver(Of::Inbox(user), &ready.0);
+        if ready.1 {
+            self.arm_fill(Of::Inbox(user));
         }
-        self.drain_held(u, &mut router);
-        drop(router);
-        let arm = u.next <= u.head || !u.held.is_empty();
-        drop(users);
-        if arm {
-            self.arm_fill(user);
+        for g in groups {
+            self.attach(g, user);
+        }
+        self.kick_flush();
+        // Receipts that moved while the device was away.
+        if let Err(e) = self.replay_receipts(conn, user).await {
+            tracing::warn!(user, error = %e, "cannot read the receipts at login");
         }
         self.kick_flush();
     }
@@ -353,32 +369,37 @@ impl Node {
     /// Holds the user's push subscription while the node has the user.
     async fn watch(self: Rc<Self>, user: u64, ready: watch::Sender<bool>) {
         let subject = self.js.names().push(user);
-        let mut sub = loop {
-            match self.js.client().subscribe(subject.clone()).await {
-                Ok(s) => break s,
-                Err(e) => {
-                    tracing::warn!(user, error = %e, "cannot subscribe; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        };
-        // The subscription is in place at the server before the login
-        // reads the head: a push of anything stored later reaches us.
-        while let Err(e) = self.js.client().flush().await {
-            tracing::debug!(user, error = %e, "flush failed; retrying");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let mut sub = self.subscribe(subject).await;
         let _ = ready.send(true);
         while let Some(m) = sub.next().await {
             match NodeMsg::decode(&m.payload) {
-                Some(msg) => self.on_node_msg(user, msg),
+                Some(msg) => self.on_user_msg(user, msg),
                 None => tracing::warn!(user, "malformed node message dropped"),
             }
             self.kick_flush();
         }
     }
 
-    fn on_node_msg(self: &Rc<Self>, user: u64, msg: NodeMsg) {
+    /// Subscribes, and waits until the server has the subscription: a
+    /// push of anything stored after this returns reaches it.
+    async fn subscribe(&self, subject: String) -> async_nats::Subscriber {
+        let sub = loop {
+            match self.js.client().subscribe(subject.clone()).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!(subject, error = %e, "cannot subscribe; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        while let Err(e) = self.js.client().flush().await {
+            tracing::debug!(subject, error = %e, "flush failed; retrying");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        sub
+    }
+
+    fn on_user_msg(self: &Rc<Self>, user: u64, msg: NodeMsg) {
         match msg {
             NodeMsg::Kick {
                 reason,
@@ -397,169 +418,164 @@ impl Node {
             NodeMsg::Push {
                 seq,
                 stream_seq,
+                from,
                 origin_node,
                 origin_conn,
                 frame,
             } => {
-                let mut users = self.users.borrow_mut();
-                let Some(u) = users.get_mut(&user) else {
+                let p = Push {
+                    seq,
+                    from,
+                    frame,
+                    origin_node,
+                    origin_conn,
+                };
+                self.on_push(Of::Inbox(user), p, stream_seq);
+            }
+            NodeMsg::Notice {
+                origin_node,
+                origin_conn,
+                frame,
+            } => {
+                let users = self.users.borrow();
+                let Some(u) = users.get(&user) else {
                     return;
                 };
-                u.head = u.head.max(seq);
-                u.hint(seq, stream_seq);
-                if seq < u.next {
-                    return;
-                }
-                if u.held.len() < MAX_HELD || seq == u.next {
-                    u.held.insert(
-                        seq,
-                        Held {
-                            frame,
-                            origin_node,
-                            origin_conn,
-                        },
-                    );
-                }
-                if u.next == 0 {
-                    return; // the first login has not read the head yet
-                }
                 let mut router = self.router.borrow_mut();
-                self.drain_held(u, &mut router);
-                let gap = !u.held.is_empty() || u.next <= u.head;
-                drop(router);
-                drop(users);
-                if gap {
-                    self.arm_fill(user);
+                for s in &u.sessions {
+                    let origin = origin_node == self.token && s.conn.to_u64() == origin_conn;
+                    if s.from != u64::MAX && !origin {
+                        router.to_conn(s.conn, frame.clone(), None);
+                    }
                 }
             }
+            NodeMsg::Joined { group } => self.attach(group, user),
+            NodeMsg::Members => {}
         }
     }
 
-    /// Pushes the held pushes that continue the sequence.
-    fn drain_held(&self, u: &mut User, router: &mut Router) {
-        while let Some(h) = u.held.remove(&u.next) {
-            let seq = u.next;
-            self.deliver(u, seq, &h.frame, h.origin_node, h.origin_conn, router);
-            u.next += 1;
-        }
-    }
-
-    fn deliver(
-        &self,
-        u: &User,
-        seq: u64,
-        frame: &Bytes,
-        origin_node: u64,
-        origin_conn: u64,
-        router: &mut Router,
-    ) {
-        for s in &u.sessions {
-            if s.from >= seq || (origin_node == self.token && s.conn.to_u64() == origin_conn) {
-                continue;
-            }
-            router.to_conn(s.conn, frame.clone(), Some(Track { group: 0, seq }));
-        }
-    }
-
-    fn arm_fill(self: &Rc<Self>, user: u64) {
-        let mut users = self.users.borrow_mut();
-        if let Some(u) = users.get_mut(&user)
-            && !u.fill_armed
+    /// Feeds `group` to `user`'s connections here (from now on).
+    pub(super) fn attach(self: &Rc<Self>, group: u64, user: u64) {
         {
-            u.fill_armed = true;
-            tokio::task::spawn_local(self.clone().fill(user));
-        }
-    }
-
-    /// Reads what the pushes left out from the log and pushes it in order.
-    async fn fill(self: Rc<Self>, user: u64) {
-        tokio::time::sleep(FILL_DELAY).await;
-        let (subject, _) = self.js.names().inbox(user);
-        let mut failures = 0u32;
-        loop {
-            let (next, upto, hint) = {
-                let mut users = self.users.borrow_mut();
-                let Some(u) = users.get_mut(&user) else {
-                    return;
-                };
-                let upto = u
-                    .held
-                    .keys()
-                    .next()
-                    .map(|s| s.saturating_sub(1))
-                    .unwrap_or(u.head);
-                if u.next == 0 || u.next > upto || self.stopping.get() {
-                    u.fill_armed = false;
-                    return;
-                }
-                (u.next, upto, u.hint_below(u.next - 1))
-            };
-            self.stats.gap_fills.fetch_add(1, Relaxed);
-            let want = usize::try_from(upto - next + 1)
-                .unwrap_or(usize::MAX)
-                .min(256);
-            let read = async {
-                let start = self.locate(&subject, next - 1, hint).await?;
-                self.js
-                    .read(&subject, start, want + 64, self.limits.page_budget)
-                    .await
-            };
-            let recs = match read.await {
-                Ok(r) => r,
-                Err(e) => {
-                    failures += 1;
-                    tracing::debug!(user, error = %e, "gap fill read failed");
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(20))))
-                        .await;
-                    continue;
-                }
-            };
-            let Some(moved) = self.pushed_from_log(user, upto, recs) else {
+            let mut users = self.users.borrow_mut();
+            let Some(u) = users.get_mut(&user) else {
                 return;
             };
-            self.kick_flush();
-            if !moved {
-                // A replica behind the leader: give it a moment.
-                tokio::time::sleep(FILL_DELAY).await;
+            if !u.groups.insert(group) {
+                return;
+            }
+        }
+        let mut groups = self.groups.borrow_mut();
+        let g = groups.entry(group).or_insert_with(|| Group {
+            feed: Feed::default(),
+            members: None,
+            local: AHashSet::new(),
+            watcher: tokio::task::spawn_local(self.clone().watch_group(group)),
+        });
+        g.local.insert(user);
+    }
+
+    /// Stops feeding `group` to `user` here; the last user ends the feed.
+    fn detach(&self, group: u64, user: u64) {
+        let mut groups = self.groups.borrow_mut();
+        if let Some(g) = groups.get_mut(&group) {
+            g.local.remove(&user);
+            if g.local.is_empty() {
+                groups.remove(&group);
             }
         }
     }
 
-    /// Pushes records read from the log that continue the sequence;
-    /// returns whether any did (None: the user is gone).
-    fn pushed_from_log(&self, user: u64, upto: u64, recs: Vec<Stored>) -> Option<bool> {
-        let mut users = self.users.borrow_mut();
-        let u = users.get_mut(&user)?;
-        let mut router = self.router.borrow_mut();
-        let mut moved = false;
-        for r in recs {
-            u.hint(r.seq, r.stream_seq);
-            if r.seq < u.next || r.seq > upto {
-                continue;
-            }
-            let Some(rec) = Record::decode(&r.payload) else {
-                tracing::error!(user, stream_seq = r.stream_seq, "corrupt record skipped");
-                continue;
+    /// Holds a group's push subscription while the node has members.
+    async fn watch_group(self: Rc<Self>, group: u64) {
+        let subject = self.js.names().group_push(group);
+        let mut sub = self.subscribe(subject).await;
+        let log = self.js.names().group_log(group);
+        let mut failures = 0u32;
+        loop {
+            let read = async {
+                let (head, _) = self.js.head(&log).await?;
+                let members = self.read_members(group).await?;
+                Ok::<_, super::js::JsError>((head, members))
             };
-            // A record below the next one was purged: skip past it.
-            u.next = r.seq;
-            let frame = MsgN {
-                group: 0,
-                seq: r.seq,
-                from: rec.from,
-                to: rec.to,
-                msg_id: rec.msg_id,
-                server_time: rec.time,
-                retry: false,
-                body: rec.body,
+            match read.await {
+                Ok((head, members)) => {
+                    let mut groups = self.groups.borrow_mut();
+                    let Some(g) = groups.get_mut(&group) else {
+                        return;
+                    };
+                    g.members = Some(members.unwrap_or_default());
+                    g.feed.start(head);
+                    break;
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::debug!(group, error = %e, "group head read failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(20))))
+                        .await;
+                }
             }
-            .to_bytes();
-            u.held.remove(&r.seq);
-            self.deliver(u, r.seq, &frame, 0, 0, &mut router);
-            u.next = r.seq + 1;
-            moved = true;
         }
-        self.drain_held(u, &mut router);
-        Some(moved)
+        let (ready, gap) = self
+            .with_feed(Of::Group(group), |f| (f.ready(), f.gap()))
+            .unwrap_or_default();
+        self.deliver(Of::Group(group), &ready);
+        if gap {
+            self.arm_fill(Of::Group(group));
+        }
+        self.kick_flush();
+        while let Some(m) = sub.next().await {
+            match NodeMsg::decode(&m.payload) {
+                Some(NodeMsg::Push {
+                    seq,
+                    stream_seq,
+                    from,
+                    origin_node,
+                    origin_conn,
+                    frame,
+                }) => {
+                    let p = Push {
+                        seq,
+                        from,
+                        frame,
+                        origin_node,
+                        origin_conn,
+                    };
+                    self.on_push(Of::Group(group), p, stream_seq);
+                }
+                Some(NodeMsg::Members) => {
+                    tokio::task::spawn_local(self.clone().reload_members(group));
+                }
+                Some(_) => {}
+                None => tracing::warn!(group, "malformed node message dropped"),
+            }
+            self.kick_flush();
+        }
+    }
+
+    /// Reads a group's members again after a change.
+    async fn reload_members(self: Rc<Self>, group: u64) {
+        match self.read_members(group).await {
+            Ok(m) => {
+                if let Some(g) = self.groups.borrow_mut().get_mut(&group) {
+                    g.members = Some(m.unwrap_or_default());
+                }
+            }
+            Err(e) => tracing::warn!(group, error = %e, "cannot read the group's members"),
+        }
+    }
+
+    /// Notes the senders of inbox records pushed or paged to the user.
+    pub(super) fn note_senders(&self, user: u64, recs: &[Push]) {
+        let mut users = self.users.borrow_mut();
+        let Some(u) = users.get_mut(&user) else {
+            return;
+        };
+        for r in recs {
+            u.senders.insert(r.seq, r.from);
+        }
+        while u.senders.len() > SENDERS {
+            u.senders.pop_first();
+        }
     }
 }

@@ -1,17 +1,21 @@
-//! The requests a node answers from JetStream: msg:R, ack:R and sync:R on
-//! the inbox, with the embedded backend's rules (the shared
-//! [`rules`](crate::delivery::rules)) and answers.
+//! The requests a node answers from JetStream, with the embedded backend's
+//! rules (the shared [`rules`](crate::delivery::rules)) and answers:
+//! msg:R, ack:R and sync:R on the inbox and on groups, and the dispatch of
+//! the others (group:R in [`groups`](super::groups), read:R and
+//! receipts:R in [`receipts`](super::receipts), unread:R in
+//! [`unread`](super::unread)).
 
 use std::{rc::Rc, sync::atomic::Ordering::Relaxed};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use imgate_codec::{
     Body, ErrorCode, Frame,
-    frame::{AckA, AckR, Entry, ErrorFrame, MsgA, MsgN, MsgR, SyncPage, SyncR},
+    frame::{AckA, AckR, Entry, ErrorFrame, MsgA, MsgR, SyncPage, SyncR},
 };
 
 use super::{
     append::{ChainError, Step},
+    feed::{Of, Push, msg_n},
     js::JsError,
     names::Names,
     node::Node,
@@ -33,14 +37,16 @@ impl Node {
     pub(super) async fn request(self: Rc<Self>, conn: ConnId, user: u64, device: u32, f: Frame) {
         let (kind, id) = (f.kind(), f.request_id());
         let r = match f {
+            Frame::MsgR(m) if m.group != 0 => self.group_msg(conn, user, m).await,
             Frame::MsgR(m) => self.msg(conn, user, m).await,
             Frame::AckR(a) => self.ack(conn, user, device, a).await,
             Frame::SyncR(s) => self.sync(conn, user, device, s).await,
-            _ => Err(Refuse(
-                ErrorCode::InvalidRequest,
-                "not available on the cluster backend yet",
-            )
-            .into()),
+            Frame::ReadR(r) => self.read_request(conn, user, r).await,
+            Frame::ReceiptsR(r) => self.receipts_request(conn, user, r).await,
+            Frame::GroupR(r) => self.group_request(conn, user, r).await,
+            Frame::UnreadR(_) => self.unread(conn, user, device).await,
+            // The cores answer every other kind themselves.
+            _ => Err(Refuse(ErrorCode::InvalidRequest, "not a request").into()),
         };
         if let Err(e) = r {
             let (code, text) = match e {
@@ -69,9 +75,6 @@ impl Node {
 
     async fn msg(self: &Rc<Self>, conn: ConnId, user: u64, m: MsgR) -> Result<(), Failed> {
         rules::check_msg(&m, user, self.limits.max_body).map_err(|(c, t)| Refuse(c, t))?;
-        if m.group != 0 {
-            return Err(NO_GROUPS.into());
-        }
         let digest = keys::digest(0, m.to, &m.body);
         let rec = Record {
             from: user,
@@ -97,7 +100,14 @@ impl Node {
                 msg_id: to_id,
             },
         ];
-        let stored = match self.chain(steps, buf.into(), digest).await {
+        // The chain is queued when first polled, so it goes first: requests
+        // keep their order of arrival.
+        let (stored, opened) = tokio::join!(
+            self.chain(steps, buf.into(), 0, digest),
+            self.open_conversation(user, m.to)
+        );
+        opened?;
+        let stored = match stored {
             Ok(s) => s,
             Err(ChainError::Reused) => {
                 return Err(Refuse(
@@ -130,26 +140,96 @@ impl Node {
         // Pushed again on a retransmit too: if the node that stored it died
         // before pushing, this is the push; nodes drop what they pushed.
         for (target, s, origin_conn) in [(m.to, theirs, 0), (user, own, conn.to_u64())] {
-            let frame = MsgN {
-                group: 0,
-                seq: s.seq,
-                from: rec.from,
-                to: rec.to,
-                msg_id: rec.msg_id,
-                server_time: rec.time,
-                retry: false,
-                body: rec.body.clone(),
-            }
-            .to_bytes();
             let push = NodeMsg::Push {
                 seq: s.seq,
                 stream_seq: s.stream_seq,
+                from: rec.from,
                 origin_node: self.token,
                 origin_conn,
-                frame,
+                frame: msg_n(0, s.seq, &rec),
             };
             self.clone().tell(target, push).await;
         }
+        Ok(())
+    }
+
+    /// A group message: stored once in the group's log, pushed once to
+    /// the nodes of its members.
+    async fn group_msg(self: &Rc<Self>, conn: ConnId, user: u64, m: MsgR) -> Result<(), Failed> {
+        rules::check_msg(&m, user, self.limits.max_body).map_err(|(c, t)| Refuse(c, t))?;
+        let digest = keys::digest(m.group, 0, &m.body);
+        let rec = Record {
+            from: user,
+            to: 0,
+            msg_id: m.msg_id,
+            time: crate::unix_time().as_millis() as u64,
+            body: m.body,
+        };
+        let mut buf = Vec::with_capacity(keys::RECORD_FIXED + rec.body.len());
+        rec.encode_into(&mut buf);
+        let steps = vec![Step {
+            subject: self.js.names().group_log(m.group),
+            msg_id: Names::group_msg_id(user, m.msg_id),
+        }];
+        // The sender's messages queue in the order they arrived, though
+        // each first waits for a membership check: the lock is taken in
+        // that order and held until the append is queued.
+        let lock = self
+            .send_locks
+            .borrow_mut()
+            .entry(user)
+            .or_default()
+            .clone();
+        let guard = lock.lock().await;
+        let checked = self.membership(m.group, user).await;
+        let pending = checked.map(|_| self.queue_chain(steps, buf.into(), m.group, digest));
+        drop(guard);
+        drop(lock);
+        {
+            let mut locks = self.send_locks.borrow_mut();
+            if locks.get(&user).is_some_and(|l| Rc::strong_count(l) == 1) {
+                locks.remove(&user);
+            }
+        }
+        let stored = match pending?.await {
+            Ok(s) => s,
+            Err(ChainError::Reused) => {
+                return Err(Refuse(
+                    ErrorCode::MsgIdReused,
+                    "msg id already used for another message",
+                )
+                .into());
+            }
+            Err(ChainError::Js(e)) => return Err(e.into()),
+        };
+        let Some(s) = stored.first() else {
+            return Err(JsError::Unavailable("incomplete chain".into()).into());
+        };
+        let Some(rec) = Record::decode(&s.payload) else {
+            return Err(JsError::Corrupt(s.stream_seq).into());
+        };
+        self.router.borrow_mut().to_conn(
+            conn,
+            MsgA {
+                msg_id: rec.msg_id,
+                group: m.group,
+                seq: s.seq,
+                own_seq: 0,
+                server_time: rec.time,
+            }
+            .to_bytes(),
+            None,
+        );
+        self.kick_flush();
+        let push = NodeMsg::Push {
+            seq: s.seq,
+            stream_seq: s.stream_seq,
+            from: rec.from,
+            origin_node: self.token,
+            origin_conn: conn.to_u64(),
+            frame: msg_n(m.group, s.seq, &rec),
+        };
+        self.clone().tell_group(m.group, push).await;
         Ok(())
     }
 
@@ -160,20 +240,35 @@ impl Node {
         device: u32,
         a: AckR,
     ) -> Result<(), Failed> {
-        if a.group != 0 {
-            return Err(NO_GROUPS.into());
-        }
-        let known = self.users.borrow().get(&user).map_or(0, |u| u.head);
+        let join = if a.group == 0 {
+            0
+        } else {
+            self.membership(a.group, user).await?
+        };
+        let of = if a.group == 0 {
+            Of::Inbox(user)
+        } else {
+            Of::Group(a.group)
+        };
+        let known = self.with_feed(of, |f| f.head).unwrap_or(0);
         if a.seq > known {
-            let (head, _) = self.inbox_head(user).await?;
+            let (head, _) = self.stream_head(user, a.group).await?;
             if a.seq > head {
                 return Err(Refuse(ErrorCode::InvalidRequest, "ack beyond the head").into());
             }
         }
-        let seq = self.raise_cursor(user, device, a.seq).await?;
-        self.router
-            .borrow_mut()
-            .to_conn(conn, AckA { group: 0, seq }.to_bytes(), None);
+        let seq = self
+            .raise_cursor(a.group, user, device, a.seq.max(join))
+            .await?;
+        self.router.borrow_mut().to_conn(
+            conn,
+            AckA {
+                group: a.group,
+                seq,
+            }
+            .to_bytes(),
+            None,
+        );
         Ok(())
     }
 
@@ -184,30 +279,36 @@ impl Node {
         device: u32,
         r: SyncR,
     ) -> Result<(), Failed> {
-        if r.group != 0 {
-            return Err(NO_GROUPS.into());
-        }
+        let join = if r.group == 0 {
+            0
+        } else {
+            self.membership(r.group, user).await?
+        };
+        let of = if r.group == 0 {
+            Of::Inbox(user)
+        } else {
+            Of::Group(r.group)
+        };
         let limit = match usize::from(r.limit) {
             0 => self.limits.page_default,
             n => n.min(self.limits.page_max),
         };
-        let (head, _) = self.inbox_head(user).await?;
+        let (head, _) = self.stream_head(user, r.group).await?;
         // Asking for the page after `after` acknowledges everything up to it.
         let acked = r.after.min(head);
         if acked > 0 {
-            self.raise_cursor(user, device, acked).await?;
+            self.raise_cursor(r.group, user, device, acked).await?;
         }
-        let mut page = SyncPage::new(0, r.after, head);
+        // A member gets nothing from before it joined.
+        let from = r.after.max(join);
+        let mut page = SyncPage::new(r.group, r.after, head);
         let mut buf = BytesMut::new();
-        if r.after < head {
-            let subject = self.js.names().inbox(user).0;
-            let hint = self
-                .users
-                .borrow()
-                .get(&user)
-                .and_then(|u| u.hint_below(r.after));
-            let start = self.locate(&subject, r.after, hint).await?;
-            let skip = hint.map_or(0, |(s, _)| r.after.saturating_sub(s));
+        let mut senders = Vec::new();
+        if from < head {
+            let subject = self.js.names().log(user, r.group);
+            let hint = self.with_feed(of, |f| f.hint_below(from)).flatten();
+            let start = self.locate(&subject, from, hint).await?;
+            let skip = hint.map_or(0, |(s, _)| from.saturating_sub(s));
             let want = limit.saturating_add(usize::try_from(skip).unwrap_or(0));
             let recs = self
                 .js
@@ -215,7 +316,7 @@ impl Node {
                 .await?;
             let mut n = 0;
             let mut last = None;
-            for s in recs.into_iter().filter(|s| s.seq > r.after) {
+            for s in recs.into_iter().filter(|s| s.seq > from) {
                 let Some(rec) = Record::decode(&s.payload) else {
                     tracing::error!(user, stream_seq = s.stream_seq, "corrupt record in the log");
                     break;
@@ -224,6 +325,13 @@ impl Node {
                     break;
                 }
                 last = Some((s.seq, s.stream_seq));
+                senders.push(Push {
+                    seq: s.seq,
+                    from: rec.from,
+                    frame: Bytes::new(),
+                    origin_node: 0,
+                    origin_conn: 0,
+                });
                 page.push(
                     &mut buf,
                     &Entry {
@@ -241,9 +349,12 @@ impl Node {
                 }
             }
             // Where this page ends is where the next one starts.
-            if let (Some((seq, ss)), Some(u)) = (last, self.users.borrow_mut().get_mut(&user)) {
-                u.hint(seq, ss);
+            if let Some((seq, ss)) = last {
+                self.with_feed(of, |f| f.hint(seq, ss));
             }
+        }
+        if r.group == 0 {
+            self.note_senders(user, &senders);
         }
         self.router
             .borrow_mut()
@@ -253,14 +364,25 @@ impl Node {
 
     /// The inbox head, read from the stream leader; remembered.
     pub(super) async fn inbox_head(&self, user: u64) -> Result<(u64, u64), JsError> {
-        let subject = self.js.names().inbox(user).0;
+        self.stream_head(user, 0).await
+    }
+
+    /// The head of the user's inbox (`group` 0) or of a group's log, read
+    /// from the stream leader: (sequence id, stream sequence).
+    pub(super) async fn stream_head(&self, user: u64, group: u64) -> Result<(u64, u64), JsError> {
+        let subject = self.js.names().log(user, group);
         let (head, ss) = self.js.head(&subject).await?;
-        if let Some(u) = self.users.borrow_mut().get_mut(&user) {
-            u.head = u.head.max(head);
+        let of = if group == 0 {
+            Of::Inbox(user)
+        } else {
+            Of::Group(group)
+        };
+        self.with_feed(of, |f| {
+            f.head = f.head.max(head);
             if ss > 0 {
-                u.hint(head, ss);
+                f.hint(head, ss);
             }
-        }
+        });
         Ok((head, ss))
     }
 
@@ -302,18 +424,13 @@ impl Node {
     }
 }
 
-/// Groups are not on the cluster backend yet.
-const NO_GROUPS: Refuse = Refuse(
-    ErrorCode::InvalidRequest,
-    "groups are not available on the cluster backend yet",
-);
-
-/// A request refused by the rules.
+/// A request refused by the rules: the code and a text for humans.
 #[derive(Debug, Clone, Copy)]
-struct Refuse(ErrorCode, &'static str);
+pub(super) struct Refuse(pub(super) ErrorCode, pub(super) &'static str);
 
+/// Why a request got an error instead of its answer.
 #[derive(Debug)]
-enum Failed {
+pub(super) enum Failed {
     Refuse(Refuse),
     Js(JsError),
 }

@@ -1,0 +1,107 @@
+//! unread:R on the cluster backend: the device's news per conversation,
+//! as the embedded backend counts it (section 5.9 of the protocol).
+//!
+//! The inbox is read from the device's cursor, at most
+//! `unread_scan_limit` records; each group the user is in counts its head
+//! minus the device's cursor there (no read of the log).
+
+use std::rc::Rc;
+
+use ahash::AHashMap;
+use imgate_codec::{
+    Body, HEADER_LEN,
+    frame::{UNREAD_ENTRY, UnreadA, UnreadEntry},
+};
+
+use super::{node::Node, requests::Failed};
+use crate::{conn_id::ConnId, delivery::keys::Record};
+
+impl Node {
+    /// Answers an unread:R.
+    pub(super) async fn unread(
+        self: &Rc<Self>,
+        conn: ConnId,
+        user: u64,
+        device: u32,
+    ) -> Result<(), Failed> {
+        let cursor = self.read_cursor(0, user, device).await?;
+        let (head, _) = self.inbox_head(user).await?;
+        let mut by_peer: AHashMap<u64, (u32, u64)> = AHashMap::new();
+        let limit = self.limits.unread_scan_limit as u64;
+        let mut scanned = 0u64;
+        let mut last = cursor;
+        if cursor < head {
+            let subject = self.js.names().inbox(user).0;
+            let hint = self
+                .users
+                .borrow()
+                .get(&user)
+                .and_then(|u| u.feed.hint_below(cursor));
+            let mut start = self.locate(&subject, cursor, hint).await?;
+            'read: while scanned < limit {
+                let recs = self.js.read(&subject, start, 512, 1 << 20).await?;
+                if recs.is_empty() {
+                    break;
+                }
+                for r in recs {
+                    start = r.stream_seq + 1;
+                    if r.seq <= cursor {
+                        continue;
+                    }
+                    if let Some(rec) = Record::decode(&r.payload) {
+                        let peer = if rec.from == user { rec.to } else { rec.from };
+                        let e = by_peer.entry(peer).or_insert((0, 0));
+                        if rec.from != user {
+                            e.0 += 1;
+                        }
+                        e.1 = r.seq;
+                        last = r.seq;
+                    }
+                    scanned += 1;
+                    if scanned >= limit || r.seq >= head {
+                        break 'read;
+                    }
+                }
+            }
+        }
+        // The scan stopped at the limit with inbox entries left unread.
+        let mut partial = scanned >= limit && last < head;
+        let mut entries: Vec<UnreadEntry> = by_peer
+            .into_iter()
+            .map(|(peer, (unread, last_seq))| UnreadEntry {
+                group: 0,
+                peer,
+                unread,
+                last_seq,
+            })
+            .collect();
+        for g in self.user_groups(user).await? {
+            let Some(members) = self.read_members(g).await? else {
+                continue;
+            };
+            let Some(join) = members.join(user) else {
+                continue;
+            };
+            let (head, _) = self.stream_head(user, g).await?;
+            let c = self.read_cursor(g, user, device).await?.max(join);
+            entries.push(UnreadEntry {
+                group: g,
+                peer: 0,
+                unread: u32::try_from(head.saturating_sub(c)).unwrap_or(u32::MAX),
+                last_seq: head,
+            });
+        }
+        entries.sort_by_key(|e| std::cmp::Reverse(e.last_seq));
+        let fit = self.limits.max_frame.saturating_sub(HEADER_LEN) / UNREAD_ENTRY;
+        if entries.len() > fit {
+            partial = true;
+            entries.truncate(fit);
+        }
+        let mut summary = UnreadA::from_entries(&entries);
+        summary.partial = partial;
+        self.router
+            .borrow_mut()
+            .to_conn(conn, summary.to_bytes(), None);
+        Ok(())
+    }
+}
