@@ -9,14 +9,15 @@ use std::{
 };
 
 use bytes::Bytes;
-use common::{Client, Got, Gw, config, nats::NatsCluster, start_with};
+use common::{Client, Got, Gw, config, nats::NatsCluster, peer::Peer, start_with};
 use imgate::{
     cluster::Cluster,
     config::{BackendKind, Config, DriverKind},
 };
 use imgate_codec::{
     ErrorCode, Frame, KickReason,
-    frame::{AckR, MsgR, SyncR},
+    client::Event,
+    frame::{AckR, GroupOp, MsgR, ReadR, SyncR},
 };
 
 /// The configuration of a node on the cluster backend under `prefix`.
@@ -294,4 +295,186 @@ fn health_and_metrics_follow_the_nats_connection() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(get("/metrics").1.contains("imgate_cluster_connected 0"));
+}
+
+#[test]
+fn receipts_cross_nodes_and_come_back_at_login() {
+    let Some(nats) = shared() else { return };
+    let p = prefix("receipts");
+    let a = node(nats, &p, |_| {});
+    let b = node(nats, &p, |_| {});
+    let mut alice = Peer::login(a.addr(), 1, 1);
+    let mut bob = Peer::login(b.addr(), 2, 1);
+    let mut bob2 = Peer::login(a.addr(), 2, 2);
+    let id = alice.send_to(2, b"read me");
+    bob.wait(
+        |e| matches!(e, Event::Message { seq: 1, .. }),
+        "bob gets it",
+    );
+    // Bob's client acks: alice, on the other node, hears it was delivered.
+    let got = alice.wait(|e| matches!(e, Event::Delivered { .. }), "ack:N");
+    assert_eq!(
+        got,
+        Event::Delivered {
+            msg_id: id,
+            peer: 2
+        }
+    );
+    bob.client
+        .mark_read(0, 1, 1, std::time::Instant::now())
+        .expect("mark read");
+    bob.flush();
+    let got = alice.wait(|e| matches!(e, Event::Read { .. }), "read:N");
+    assert_eq!(
+        got,
+        Event::Read {
+            msg_id: id,
+            peer: 2
+        }
+    );
+    let got = bob2.wait(
+        |e| matches!(e, Event::ReadElsewhere { .. }),
+        "read elsewhere",
+    );
+    assert_eq!(
+        got,
+        Event::ReadElsewhere {
+            group: 0,
+            peer: 1,
+            seq: 1
+        }
+    );
+    // A device of alice that was away gets both marks at login, on either
+    // node.
+    let mut later = Client::login(b.addr(), 1, 7);
+    let (f, seen) = until(&mut later, "read:N at login", |f| {
+        matches!(f, Frame::ReadN(_))
+    });
+    assert!(
+        matches!(f, Frame::ReadN(ref r) if (r.reader, r.peer, r.seq) == (2, 1, 1)),
+        "{f:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|f| matches!(f, Frame::AckN(n) if (n.peer, n.seq) == (2, 1))),
+        "{seen:?}"
+    );
+    // Only a peer that wrote may be marked read.
+    let mut carol = Client::login(a.addr(), 3, 1);
+    carol.send(ReadR {
+        group: 0,
+        peer: 1,
+        seq: 0,
+    });
+    let (f, _) = until(&mut carol, "error", |f| matches!(f, Frame::Error(_)));
+    assert!(
+        matches!(f, Frame::Error(ref e) if e.code == ErrorCode::InvalidRequest.to_wire()),
+        "seq 0: {f:?}"
+    );
+}
+
+#[test]
+fn a_group_split_across_nodes() {
+    let Some(nats) = shared() else { return };
+    let p = prefix("group");
+    let a = node(nats, &p, |_| {});
+    let b = node(nats, &p, |_| {});
+    let mut alice = Peer::login(a.addr(), 1, 1);
+    let mut alice2 = Peer::login(b.addr(), 1, 2);
+    let mut bob = Peer::login(b.addr(), 2, 1);
+    let mut carol = Peer::login(a.addr(), 3, 1);
+    alice
+        .client
+        .group_request(GroupOp::Create, 0, &[2, 3], std::time::Instant::now())
+        .expect("create");
+    let Event::GroupAnswer(g) = alice.wait(|e| matches!(e, Event::GroupAnswer(_)), "group:A")
+    else {
+        unreachable!()
+    };
+    assert_eq!((g.group, g.total), (1, 3));
+    let group = g.group;
+    for i in 0..5u8 {
+        alice.send_group(group, &[i]);
+    }
+    let five = |e: &Event| matches!(e, Event::Message { group: g, seq: 5, .. } if *g == group);
+    for (who, p) in [
+        ("bob", &mut bob),
+        ("carol", &mut carol),
+        ("alice2", &mut alice2),
+    ] {
+        p.wait(five, who);
+        let got: Vec<(u64, u64, u64)> = p.messages().iter().map(|m| (m.0, m.1, m.2)).collect();
+        let want: Vec<(u64, u64, u64)> = (1..=5).map(|s| (group, s, 1)).collect();
+        assert_eq!(got, want, "{who}: every message once, in order");
+    }
+    assert!(
+        alice.messages().is_empty(),
+        "the sending connection gets msg:A, not msg:N"
+    );
+    // Dave joins while online on node b: he gets what comes after, only.
+    let mut dave = Peer::login(b.addr(), 4, 1);
+    bob.client
+        .group_request(GroupOp::Add, group, &[4], std::time::Instant::now())
+        .expect("add");
+    bob.wait(
+        |e| matches!(e, Event::GroupAnswer(g) if g.op == GroupOp::Add as u8),
+        "added",
+    );
+    // Carol leaves: she gets nothing after.
+    carol
+        .client
+        .group_request(GroupOp::Remove, group, &[3], std::time::Instant::now())
+        .expect("remove");
+    carol.wait(
+        |e| matches!(e, Event::GroupAnswer(g) if g.op == GroupOp::Remove as u8),
+        "removed",
+    );
+    // Nodes learn of membership changes from a notice: give it a moment.
+    bob.pump(Duration::from_millis(300));
+    bob.send_group(group, b"six");
+    dave.wait(
+        |e| matches!(e, Event::Message { seq: 6, .. }),
+        "dave gets 6",
+    );
+    let dave_got: Vec<u64> = dave
+        .messages()
+        .iter()
+        .filter(|m| m.0 == group)
+        .map(|m| m.1)
+        .collect();
+    assert_eq!(dave_got, vec![6]);
+    alice.wait(
+        |e| matches!(e, Event::Message { seq: 6, .. }),
+        "alice gets 6",
+    );
+    carol.pump(Duration::from_millis(300));
+    assert!(
+        !carol.messages().iter().any(|m| m.1 == 6),
+        "a removed member gets no more"
+    );
+    // Receipts: members now are alice, bob, dave; all got 6 and acked it.
+    for p in [&mut alice, &mut dave] {
+        p.pump(Duration::from_millis(300));
+    }
+    alice
+        .client
+        .request_receipts(group, 6, std::time::Instant::now())
+        .expect("receipts");
+    let Event::Receipts(r) = alice.wait(|e| matches!(e, Event::Receipts(_)), "receipts:A") else {
+        unreachable!()
+    };
+    assert_eq!(r.members, 3);
+    assert!(r.delivered >= 2, "{r:?}");
+    // Carol may no longer send, list or sync.
+    let mut raw = Client::login(a.addr(), 3, 2);
+    raw.send(SyncR {
+        group,
+        after: 0,
+        limit: 10,
+    });
+    let (f, _) = until(&mut raw, "error", |f| matches!(f, Frame::Error(_)));
+    assert!(
+        matches!(f, Frame::Error(ref e) if e.code == ErrorCode::Forbidden.to_wire()),
+        "{f:?}"
+    );
 }
