@@ -8,7 +8,9 @@
 //!
 //! The admin path kicks connections (`POST /admin/kick?user=U[&device=D]`,
 //! reason `admin`; the kick goes through the backend, which knows every
-//! node) and lists a user's sessions (`GET /admin/sessions?user=U`). It is off unless an admin token is configured,
+//! node) and lists a user's sessions (`GET /admin/sessions?user=U`; on a
+//! backend that spans several gateways, the sessions on every node, each
+//! with its node's name). It is off unless an admin token is configured,
 //! and every admin request must carry it as `Authorization: Bearer <token>`:
 //! the metrics address is often opened to a scraper, and a kick must not
 //! be open with it.
@@ -195,11 +197,27 @@ impl Endpoint {
                 if !authorized(lines, &admin.token) {
                     return Response::text("401 Unauthorized", "missing or wrong bearer token");
                 }
-                admin.handle(method, p, query)
+                admin.handle(method, p, query, &self.metrics)
             }
             _ => Response::text("404 Not Found", "not found"),
         }
     }
+}
+
+/// `s` as a JSON string.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// True if a header `Authorization: Bearer <token>` matches, compared in
@@ -239,14 +257,41 @@ fn target(query: &str) -> Result<(u64, Option<u32>), Response> {
 }
 
 impl Admin {
-    fn handle(&self, method: &str, path: &str, query: &str) -> Response {
+    /// The user's sessions as JSON objects: on every node if the backend
+    /// knows them, else on this one.
+    fn sessions(
+        &self,
+        user: u64,
+        device: Option<u32>,
+        metrics: &Metrics,
+    ) -> Result<Vec<String>, Response> {
+        if let Some(found) = metrics.backend.get().and_then(|b| b.sessions(user, device)) {
+            return found.map_err(|why| {
+                Response::json_status(
+                    "503 Service Unavailable",
+                    format!("{{\"error\":{}}}\n", json_string(&why)),
+                )
+            });
+        }
+        Ok(self
+            .registry
+            .sessions(user, device)
+            .iter()
+            .map(|(d, c)| format!("{{\"device\":{d},\"core\":{}}}", c.core))
+            .collect())
+    }
+
+    fn handle(&self, method: &str, path: &str, query: &str, metrics: &Metrics) -> Response {
         let (user, device) = match target(query) {
             Ok(t) => t,
             Err(r) => return r,
         };
         match (method, path) {
             ("POST", "/admin/kick") => {
-                let sessions = self.registry.sessions(user, device);
+                let sessions = match self.sessions(user, device, metrics) {
+                    Ok(s) => s,
+                    Err(r) => return r,
+                };
                 let sent = self
                     .cores
                     .first()
@@ -261,12 +306,10 @@ impl Admin {
                 Response::json(format!("{{\"kicked\":{}}}\n", sessions.len()))
             }
             ("GET", "/admin/sessions") => {
-                let list: Vec<String> = self
-                    .registry
-                    .sessions(user, device)
-                    .iter()
-                    .map(|(d, c)| format!("{{\"device\":{d},\"core\":{}}}", c.core))
-                    .collect();
+                let list = match self.sessions(user, device, metrics) {
+                    Ok(s) => s,
+                    Err(r) => return r,
+                };
                 Response::json(format!(
                     "{{\"user\":{user},\"sessions\":[{}]}}\n",
                     list.join(",")

@@ -80,6 +80,12 @@ pub trait BackendReport: Send + Sync + std::fmt::Debug {
     fn render(&self, out: &mut String);
     /// Whether the backend can serve, and if not why.
     fn health(&self) -> Result<(), String>;
+    /// A user's sessions on every node, as JSON objects, when the backend
+    /// spans several gateways; None when this node's registry is the whole
+    /// picture.
+    fn sessions(&self, _user: u64, _device: Option<u32>) -> Option<Result<Vec<String>, String>> {
+        None
+    }
 }
 
 impl Metrics {

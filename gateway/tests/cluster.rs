@@ -478,3 +478,55 @@ fn a_group_split_across_nodes() {
         "{f:?}"
     );
 }
+
+#[test]
+fn the_admin_path_sees_and_kicks_sessions_on_every_node() {
+    let Some(nats) = shared() else { return };
+    let p = prefix("admin");
+    let ports = [common::process::free_port(), common::process::free_port()];
+    let nodes: Vec<Gw> = ["n-a", "n-b"]
+        .iter()
+        .zip(ports)
+        .map(|(name, port)| {
+            node(nats, &p, |c| {
+                c.cluster.node_id = name.to_string();
+                c.admin_token = "s3cret".into();
+                c.metrics_listen = Some(([127, 0, 0, 1], port).into());
+            })
+        })
+        .collect();
+    let mut phone = Client::login(nodes[0].addr(), 9, 1);
+    let mut laptop = Client::login(nodes[1].addr(), 9, 2);
+    let ask = |port: u16, method: &str, target: &str| {
+        imgate::http::request(
+            ([127, 0, 0, 1], port).into(),
+            method,
+            target,
+            Some("s3cret"),
+        )
+        .expect("admin answers")
+    };
+    let (status, body) = ask(ports[0], "GET", "/admin/sessions?user=9");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"node\":\"n-a\",\"device\":1")
+            && body.contains("\"node\":\"n-b\",\"device\":2"),
+        "both nodes answer: {body}"
+    );
+    let (_, body) = ask(ports[1], "GET", "/admin/sessions?user=9&device=2");
+    assert!(
+        body.contains("\"device\":2") && !body.contains("\"device\":1"),
+        "{body}"
+    );
+    let (status, body) = ask(ports[1], "POST", "/admin/kick?user=9");
+    assert_eq!((status, body.as_str()), (200, "{\"kicked\":2}\n"));
+    for c in [&mut phone, &mut laptop] {
+        let frames = c.closed();
+        assert!(
+            frames
+                .iter()
+                .any(|f| matches!(f, Frame::Kick(k) if k.reason == KickReason::Admin.to_wire())),
+            "{frames:?}"
+        );
+    }
+}

@@ -110,6 +110,7 @@ impl Backend for Cluster {
         let report: Arc<dyn crate::metrics::BackendReport> = Arc::new(stats::Report {
             stats: self.stats.clone(),
             client: js.client().clone(),
+            names: js.names().clone(),
         });
         let _ = start.metrics.backend.set(report);
         tracing::info!(
@@ -137,7 +138,9 @@ impl Backend for Cluster {
             .name("imgate-cluster".into())
             .spawn(move || {
                 let local = tokio::task::LocalSet::new();
-                let node = Rc::new(node::Node::new(js, limits, router, inflight, stats));
+                let node = Rc::new(node::Node::new(
+                    js, node_name, limits, router, inflight, stats,
+                ));
                 local.block_on(&rt, node.run(rx, grace));
             })?;
         self.tx = Some(tx);

@@ -108,6 +108,8 @@ pub(super) struct Node {
     pub(super) js: Js,
     /// This node's id on the wire (random per start).
     pub(super) token: u64,
+    /// This node's name (`cluster.node_id`, or the host's).
+    pub(super) name: String,
     pub(super) limits: Limits,
     pub(super) router: RefCell<Router>,
     flush: Notify,
@@ -128,6 +130,7 @@ pub(super) struct Node {
 impl Node {
     pub(super) fn new(
         js: Js,
+        name: String,
         limits: Limits,
         router: Router,
         inflight: Arc<AtomicUsize>,
@@ -140,6 +143,7 @@ impl Node {
         Node {
             js,
             token,
+            name,
             limits,
             router: RefCell::new(router),
             flush: Notify::new(),
@@ -373,10 +377,38 @@ impl Node {
         let _ = ready.send(true);
         while let Some(m) = sub.next().await {
             match NodeMsg::decode(&m.payload) {
+                Some(NodeMsg::Who { device }) => {
+                    if let Some(reply) = m.reply {
+                        tokio::task::spawn_local(self.clone().who(user, device, reply));
+                    }
+                }
                 Some(msg) => self.on_user_msg(user, msg),
                 None => tracing::warn!(user, "malformed node message dropped"),
             }
             self.kick_flush();
+        }
+    }
+
+    /// Answers which of the user's sessions this node holds.
+    async fn who(self: Rc<Self>, user: u64, device: Option<u32>, reply: async_nats::Subject) {
+        let lines: String = self
+            .router
+            .borrow()
+            .registry()
+            .sessions(user, device)
+            .iter()
+            .map(|(d, c)| {
+                format!(
+                    "{{\"node\":\"{}\",\"device\":{d},\"core\":{}}}\n",
+                    self.name, c.core
+                )
+            })
+            .collect();
+        if lines.is_empty() {
+            return;
+        }
+        if let Err(e) = self.js.client().publish(reply, lines.into()).await {
+            tracing::debug!(user, error = %e, "cannot answer a session query");
         }
     }
 
@@ -450,7 +482,7 @@ impl Node {
                 }
             }
             NodeMsg::Joined { group } => self.attach(group, user),
-            NodeMsg::Members => {}
+            NodeMsg::Members | NodeMsg::Who { .. } => {}
         }
     }
 

@@ -32,17 +32,55 @@ pub struct Stats {
     pub refused: AtomicU64,
 }
 
-/// What the operator's endpoint reads of a node: its counters, and the
-/// state of its NATS connection at the moment of asking.
+/// How long a session query waits for the nodes' answers (it cannot know
+/// how many nodes hold the user).
+const WHO_WAIT: Duration = Duration::from_millis(250);
+
+/// What the operator's endpoint reads of a node: its counters, the state
+/// of its NATS connection at the moment of asking, and a user's sessions
+/// on every node.
 #[derive(Debug)]
 pub(super) struct Report {
     pub(super) stats: Arc<Stats>,
     pub(super) client: async_nats::Client,
+    pub(super) names: super::names::Names,
 }
 
 impl Report {
     fn connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Asks every node holding `user` for its sessions (on the endpoint's
+    /// thread, which has no runtime: a small one for the question).
+    fn ask_sessions(&self, user: u64, device: Option<u32>) -> Result<Vec<String>, String> {
+        use futures_util::StreamExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let fail = |e: &dyn std::fmt::Display| format!("cannot ask the nodes: {e}");
+            let inbox = self.client.new_inbox();
+            let mut sub = self
+                .client
+                .subscribe(inbox.clone())
+                .await
+                .map_err(|e| fail(&e))?;
+            let ask = super::wire::NodeMsg::Who { device }.encode();
+            self.client
+                .publish_with_reply(self.names.push(user), inbox, ask)
+                .await
+                .map_err(|e| fail(&e))?;
+            self.client.flush().await.map_err(|e| fail(&e))?;
+            let deadline = tokio::time::Instant::now() + WHO_WAIT;
+            let mut out = Vec::new();
+            while let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.next()).await {
+                let text = String::from_utf8_lossy(&m.payload);
+                out.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_string));
+            }
+            Ok(out)
+        })
     }
 }
 
@@ -57,6 +95,10 @@ impl crate::metrics::BackendReport for Report {
         } else {
             Err("JetStream unreachable: the NATS connection is down".into())
         }
+    }
+
+    fn sessions(&self, user: u64, device: Option<u32>) -> Option<Result<Vec<String>, String>> {
+        Some(self.ask_sessions(user, device))
     }
 }
 

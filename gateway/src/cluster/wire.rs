@@ -12,7 +12,11 @@
 //!  notice:  3u8 | origin node u64 | origin conn u64 | frame      (a receipt for the user's devices)
 //!  joined:  4u8 | group u64                                       (the user joined a group)
 //!  members: 5u8                                                   (the group's members changed)
+//!  who:     6u8 | device u32 | all devices u8                     (a request: which sessions do you hold?)
 //! ```
+//!
+//! A node answers `who` on the request's reply subject with one line of
+//! JSON per session it holds (`{"node":..,"device":..,"core":..}`).
 //!
 //! Big-endian; `origin conn` is the sending connection (0 = none), which
 //! its own node leaves out.
@@ -25,6 +29,7 @@ const KICK: u8 = 2;
 const NOTICE: u8 = 3;
 const JOINED: u8 = 4;
 const MEMBERS: u8 = 5;
+const WHO: u8 = 6;
 const PUSH_FIXED: usize = 1 + 8 * 5;
 const NOTICE_FIXED: usize = 1 + 8 * 2;
 const KICK_LEN: usize = 1 + 1 + 4 + 1 + 8 + 8;
@@ -74,6 +79,11 @@ pub enum NodeMsg {
     },
     /// The group's members changed: read them again.
     Members,
+    /// Which of the user's sessions (of this device, if set) a node holds.
+    Who {
+        /// Only this device's, if set.
+        device: Option<u32>,
+    },
 }
 
 impl NodeMsg {
@@ -132,6 +142,13 @@ impl NodeMsg {
                 b.freeze()
             }
             NodeMsg::Members => Bytes::from_static(&[MEMBERS]),
+            NodeMsg::Who { device } => {
+                let mut b = BytesMut::with_capacity(6);
+                b.put_u8(WHO);
+                b.put_u32(device.unwrap_or(0));
+                b.put_u8(u8::from(device.is_none()));
+                b.freeze()
+            }
         }
     }
 
@@ -159,6 +176,16 @@ impl NodeMsg {
             }),
             JOINED if b.len() == 9 => Some(NodeMsg::Joined { group: u64_at(1)? }),
             MEMBERS if b.len() == 1 => Some(NodeMsg::Members),
+            WHO if b.len() == 6 => {
+                let device = b
+                    .get(1..5)
+                    .and_then(|s| s.try_into().ok())
+                    .map(u32::from_be_bytes)?;
+                let all = *b.get(5)? != 0;
+                Some(NodeMsg::Who {
+                    device: (!all).then_some(device),
+                })
+            }
             KICK if b.len() == KICK_LEN => {
                 let device = b
                     .get(2..6)
@@ -211,6 +238,8 @@ mod tests {
             },
             NodeMsg::Joined { group: 77 },
             NodeMsg::Members,
+            NodeMsg::Who { device: Some(4) },
+            NodeMsg::Who { device: None },
         ];
         for m in msgs {
             let b = m.encode();
