@@ -9,6 +9,8 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::{Serialize, Serializer};
 
+use crate::placement::Placement;
+
 /// imgate load generator: real connections against an imgate gateway,
 /// open-loop schedules, latency percentiles corrected for coordinated
 /// omission, and a ledger that proves nothing was lost or duplicated.
@@ -31,12 +33,33 @@ pub struct Cli {
 /// Flags shared by every scenario.
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct Common {
-    /// Gateway address.
-    #[arg(long, default_value = "127.0.0.1:7000", global = true)]
-    pub target: SocketAddr,
-    /// Gateway metrics endpoint (host:port) for RSS and CPU readings, or
+    /// Gateway addresses: one host:port, or several (comma-separated, or
+    /// the flag repeated) for a cluster's nodes. `--placement` decides which
+    /// connection goes where; a connection that cannot reach its target
+    /// moves to the next one in the list.
+    #[arg(
+        long,
+        value_name = "HOST:PORT[,...]",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7000",
+        global = true
+    )]
+    #[serde(serialize_with = "comma_list")]
+    pub target: Vec<SocketAddr>,
+    /// Which target each connection goes to, when there are several. It
+    /// depends on the connection's index alone, so every --shard places a
+    /// user alike.
+    #[arg(long, value_enum, default_value_t = Placement::Spread, global = true)]
+    pub placement: Placement,
+    /// Gateway metrics endpoints (host:port, comma-separated, one per
+    /// gateway process) for RSS and CPU readings, summed over them, or
     /// `none`.
-    #[arg(long, default_value = "127.0.0.1:9100", global = true)]
+    #[arg(
+        long,
+        value_name = "HOST:PORT[,...]|none",
+        default_value = "127.0.0.1:9100",
+        global = true
+    )]
     pub metrics: String,
     /// Worker threads, one monoio runtime each; 0 = one per CPU.
     #[arg(long, default_value_t = 0, global = true)]
@@ -339,6 +362,12 @@ impl Shard {
     }
 }
 
+/// A list as one comma-separated string, as it was given.
+fn comma_list<S: Serializer, T: fmt::Display>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+    let text: Vec<String> = v.iter().map(ToString::to_string).collect();
+    s.serialize_str(&text.join(","))
+}
+
 /// A duration on the command line: `250ms`, `30s`, `2m`, `1h`, or plain
 /// seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -420,10 +449,66 @@ mod tests {
             "127.0.0.1:1",
         ])
         .expect("parses");
-        assert_eq!(c.common.target.port(), 1);
+        assert_eq!(c.common.target, vec!["127.0.0.1:1".parse().expect("addr")]);
+        assert_eq!(c.common.placement, Placement::Spread);
         match c.scenario {
             Scenario::Chat(a) => assert_eq!(a.pairs, 3),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn targets(args: &[&str]) -> Result<Vec<SocketAddr>, clap::Error> {
+        let mut argv = vec!["imgate-loadgen", "idle"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|c| c.common.target)
+    }
+
+    #[test]
+    fn a_target_list_parses_from_commas_and_repeats() {
+        let a: SocketAddr = "127.0.0.1:7000".parse().expect("addr");
+        let b: SocketAddr = "127.0.0.2:7001".parse().expect("addr");
+        let c: SocketAddr = "[::1]:7002".parse().expect("addr");
+        assert_eq!(targets(&[]).expect("default"), vec![a]);
+        assert_eq!(
+            targets(&["--target", "127.0.0.1:7000,127.0.0.2:7001"]).expect("commas"),
+            vec![a, b]
+        );
+        assert_eq!(
+            targets(&[
+                "--target",
+                "127.0.0.1:7000",
+                "--target",
+                "127.0.0.2:7001,[::1]:7002"
+            ])
+            .expect("repeated"),
+            vec![a, b, c]
+        );
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.1:7000,",
+            "x:1",
+            "127.0.0.1:7000,,127.0.0.2:7001",
+        ] {
+            let e = targets(&["--target", bad]).expect_err(bad);
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+            assert_eq!(e.exit_code(), 2);
+        }
+    }
+
+    #[test]
+    fn the_target_list_is_recorded_as_given() {
+        let c = Cli::try_parse_from([
+            "imgate-loadgen",
+            "chat",
+            "--target",
+            "127.0.0.1:7000,127.0.0.1:7001",
+            "--placement",
+            "round-robin",
+        ])
+        .expect("parses");
+        let v = serde_json::to_value(&c).expect("serializes");
+        assert_eq!(v["common"]["target"], "127.0.0.1:7000,127.0.0.1:7001");
+        assert_eq!(v["common"]["placement"], "round-robin");
+        assert!(Cli::try_parse_from(["imgate-loadgen", "chat", "--placement", "scatter"]).is_err());
     }
 }

@@ -25,7 +25,8 @@
 //! a gateway started with `imgate::server::start`; `main.rs` only parses
 //! the command line, prints the table and maps the verdict to an exit
 //! status. How to use it for capacity planning is in
-//! `docs/capacity-planning.md`.
+//! `docs/capacity-planning.md`; against several gateway nodes (a list of
+//! targets, [`placement`]), in `docs/cluster.md`.
 
 pub mod body;
 pub mod cli;
@@ -40,6 +41,7 @@ mod mailbox;
 pub mod measure;
 pub mod net;
 pub mod output;
+pub mod placement;
 /// What the process knows of itself (clock, fd limit, memory, CPU): the
 /// gateway's own source file, compiled in here so that the load generator
 /// depends on the codec alone and the two cannot drift.

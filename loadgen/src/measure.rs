@@ -153,6 +153,9 @@ counters! {
     login_failures,
     /// Re-connections after a cut, a kick or a lost connection.
     reconnects,
+    /// Moves of a connection to the next target in `--target`, because its
+    /// own could not be reached.
+    failovers,
     /// Connections cut on purpose (storm, chaos).
     cuts,
     /// Messages handed to the client (each counter once).

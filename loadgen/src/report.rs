@@ -97,14 +97,41 @@ pub struct LoadgenFigures {
     pub cpu_seconds: f64,
 }
 
-/// One reading of the gateway's metrics.
+/// One reading of the gateway's metrics: every endpoint at one moment.
 #[derive(Debug, Clone, Serialize)]
 pub struct GatewayReading {
     /// When in the run it was taken.
     pub label: String,
-    /// The figures.
+    /// The figures, summed over the endpoints (one gateway: its own).
     #[serde(flatten)]
     pub sample: GatewaySample,
+    /// Each endpoint's own figures, in `--metrics` order.
+    pub endpoints: Vec<EndpointReading>,
+}
+
+/// One endpoint's part of a reading.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointReading {
+    /// The metrics endpoint, host:port.
+    pub endpoint: String,
+    /// Its figures.
+    #[serde(flatten)]
+    pub sample: GatewaySample,
+}
+
+/// What one target (`--target` entry) got.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct TargetFigures {
+    /// The gateway, host:port.
+    pub address: String,
+    /// Connections the placement gave it.
+    pub placed: u64,
+    /// TCP connections it accepted (reconnections and failovers included).
+    pub connects: u64,
+    /// Logins it answered (re-logins included).
+    pub logins: u64,
+    /// Connections whose last login was on it.
+    pub last: u64,
 }
 
 fn as_map<S: serde::Serializer>(
@@ -134,6 +161,10 @@ pub struct Report {
     pub driver: String,
     /// This process's shard.
     pub shard: String,
+    /// How connections were placed on the targets.
+    pub placement: String,
+    /// Per target, in `--target` order.
+    pub targets: Vec<TargetFigures>,
     /// Wall time of the whole run, seconds.
     pub elapsed_s: f64,
     /// Opening connections.
@@ -195,6 +226,22 @@ impl Report {
             "== imgate-loadgen {}  run {}  threads {} ({})  shard {}  {:.1} s",
             self.scenario, self.run_id, self.threads, self.driver, self.shard, self.elapsed_s
         );
+        for t in &self.targets {
+            let _ = writeln!(
+                s,
+                "target       {}  placed {}  connects {}  logins {}  last login here {}{}",
+                t.address,
+                t.placed,
+                t.connects,
+                t.logins,
+                t.last,
+                if self.targets.len() > 1 {
+                    format!("  ({})", self.placement)
+                } else {
+                    String::new()
+                }
+            );
+        }
         let c = &self.connections;
         let _ = writeln!(
             s,
@@ -259,15 +306,38 @@ impl Report {
                 "\ngateway      {:>12} {:>12} {:>12}",
                 "rss MiB", "cpu s", "conns"
             );
-            for GatewayReading { label, sample: g } in &self.gateway {
+            for GatewayReading {
+                label,
+                sample: g,
+                endpoints,
+            } in &self.gateway
+            {
                 let _ = writeln!(
                     s,
-                    "  {:<10} {:>12.1} {:>12.2} {:>12.0}",
+                    "  {:<10} {:>12.1} {:>12.2} {:>12.0}{}",
                     label,
                     g.rss_bytes / 1048576.0,
                     g.cpu_seconds,
-                    g.connections
+                    g.connections,
+                    if endpoints.len() > 1 { "  (sum)" } else { "" }
                 );
+                if endpoints.len() > 1 {
+                    for EndpointReading {
+                        endpoint,
+                        sample: e,
+                    } in endpoints
+                    {
+                        let _ = writeln!(
+                            s,
+                            "    {:<8} {:>12.1} {:>12.2} {:>12.0}  {}",
+                            "",
+                            e.rss_bytes / 1048576.0,
+                            e.cpu_seconds,
+                            e.connections,
+                            endpoint
+                        );
+                    }
+                }
             }
         }
         for (name, v) in &self.figures {
@@ -276,12 +346,13 @@ impl Report {
         let k = &self.counters;
         let _ = writeln!(
             s,
-            "loadgen      rss {:.1} MiB  cpu {:.2} s  reconnects {}  cuts {}  connect failures {}",
+            "loadgen      rss {:.1} MiB  cpu {:.2} s  reconnects {}  cuts {}  connect failures {}  failovers {}",
             self.loadgen.rss_bytes as f64 / 1048576.0,
             self.loadgen.cpu_seconds,
             k.reconnects,
             k.cuts,
-            k.connect_failures
+            k.connect_failures,
+            k.failovers
         );
         for (title, m) in [
             ("connect errors", &k.connect_errors),

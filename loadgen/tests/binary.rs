@@ -17,6 +17,11 @@ fn bad_usage_exits_2_with_one_line() {
         &["nosuch"],
         &["chat", "--shard", "3/2"],
         &["chat", "--size", "8"],
+        &["chat", "--target", "127.0.0.1"],
+        &["chat", "--target", "127.0.0.1:7000,nohost"],
+        &["chat", "--target", "127.0.0.1:7000,127.0.0.1:7000"],
+        &["chat", "--placement", "scatter"],
+        &["chat", "--metrics", "127.0.0.1:9100,"],
     ] {
         let out = bin().args(args).output().expect("runs");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -76,6 +81,12 @@ fn a_chat_run_writes_its_files_and_exits_0() {
     assert_eq!(v["scenario"], "chat");
     assert_eq!(v["params"]["scenario"]["pairs"], 4);
     assert!(v["params"]["common"].get("secret").is_none());
+    // One target: recorded as the address it always was, and all on it.
+    assert_eq!(v["params"]["common"]["target"], gw.addr().to_string());
+    assert_eq!(v["targets"][0]["address"], gw.addr().to_string());
+    assert_eq!(v["targets"][0]["placed"], 8);
+    assert_eq!(v["targets"][0]["logins"], 8);
+    assert_eq!(v["counters"]["failovers"], 0);
     assert_eq!(v["verdict"]["lost"], 0);
     assert!(v["windows"][0]["delivery"]["p99_ms"].as_f64().is_some());
     let plot = std::fs::read_to_string(&svg).expect("svg");

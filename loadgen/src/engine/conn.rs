@@ -6,6 +6,13 @@
 //!        └──── delay (cut: as told; lost: backoff) ◄── handle_disconnect ◄┘
 //! ```
 //!
+//! A connection that cannot reach its target (refused, timed out) moves to
+//! the next one in `--target`, wrapping, and counts a failover: a
+//! connection that was logged in before after one failed attempt, a first
+//! connection after its `--connect-retries` (it gives up only when every
+//! target failed it). Users are not tied
+//! to a node, so the ledger's per-user checks hold wherever it lands.
+//!
 //! The reader owns the read half and never has its read cancelled: it ends
 //! when the socket does (the peer closed, or the writer cut it). The writer
 //! sleeps on the connection's [`Wake`]; whoever queues frames in the
@@ -87,6 +94,10 @@ pub(crate) struct Conn {
     pub(crate) group_size: u32,
     pub(crate) history: bool,
     pub(crate) first_msg_id: u64,
+    /// The target it connects to (an index into the target list).
+    pub(crate) target: Cell<usize>,
+    /// The target of its last login.
+    pub(crate) logged_in_at: Cell<Option<usize>>,
     pub(crate) client: RefCell<Client>,
     /// Encoded frames waiting for the writer.
     pub(crate) out: RefCell<BytesMut>,
@@ -118,6 +129,8 @@ impl Conn {
             group_size: spec.group_size,
             history: spec.history,
             first_msg_id,
+            target: Cell::new(spec.target),
+            logged_in_at: Cell::new(None),
             client: RefCell::new(client),
             out: RefCell::new(BytesMut::new()),
             signal: Wake::default(),
@@ -154,20 +167,30 @@ impl Conn {
 pub(crate) async fn run(p: Rc<Player>, c: Rc<Conn>) {
     p.live.set(p.live.get() + 1);
     let mut failures: u32 = 0;
+    // Targets a first connection has tried its retries on and left.
+    let mut left_behind: usize = 0;
     loop {
         if p.stopping.get() {
             break;
         }
         c.attempt_started.set(Instant::now());
         let source = net::source_for(&p.opts.sources, c.id as usize);
-        let r = monoio::time::timeout(p.opts.connect_timeout, net::connect(p.opts.target, source))
-            .await;
-        let ok = match r {
+        let target = c.target.get();
+        let r = match p.opts.target(target) {
+            Some(addr) => {
+                monoio::time::timeout(p.opts.connect_timeout, net::connect(addr, source)).await
+            }
+            None => Ok(Err(std::io::Error::other("no such target"))),
+        };
+        let (ok, unreachable) = match r {
             Ok(Ok(stream)) => {
                 let now = Instant::now();
                 {
                     let mut rec = p.rec.borrow_mut();
                     rec.counters.connects += 1;
+                    if let Some(t) = rec.targets.get_mut(target) {
+                        t.connects += 1;
+                    }
                     if !c.ever_logged_in.get() {
                         let ns =
                             u64::try_from(now.duration_since(c.attempt_started.get()).as_nanos())
@@ -175,22 +198,30 @@ pub(crate) async fn run(p: Rc<Player>, c: Rc<Conn>) {
                         record_ns(&mut rec.connect, ns);
                     }
                 }
-                session(&p, &c, stream).await
+                (session(&p, &c, stream).await, false)
             }
             Ok(Err(e)) => {
                 connect_failed(&p, describe(&e));
-                false
+                (false, true)
             }
             Err(_) => {
                 connect_failed(&p, "connect timed out".to_string());
-                false
+                (false, true)
             }
         };
+        let several = p.opts.targets.len() > 1;
         if ok {
             failures = 0;
         } else {
             failures += 1;
             if !c.ever_logged_in.get() && failures > p.opts.connect_retries {
+                if unreachable && left_behind + 1 < p.opts.targets.len() {
+                    // This target is down: the next one, with fresh retries.
+                    left_behind += 1;
+                    failures = 0;
+                    fail_over(&p, &c);
+                    continue;
+                }
                 // A first connection that never made it: give up.
                 p.open_failed.set(p.open_failed.get() + 1);
                 p.opening.set(p.opening.get().saturating_sub(1));
@@ -201,6 +232,9 @@ pub(crate) async fn run(p: Rc<Player>, c: Rc<Conn>) {
         let first_try = !c.ever_logged_in.get();
         if p.stopping.get() || (!c.reconnect.get() && !first_try) {
             break;
+        }
+        if unreachable && several && !first_try {
+            fail_over(&p, &c);
         }
         let delay = c
             .next_delay
@@ -222,6 +256,12 @@ pub(crate) async fn run(p: Rc<Player>, c: Rc<Conn>) {
     }
     c.done.set(true);
     p.live.set(p.live.get().saturating_sub(1));
+}
+
+/// Points `c` at the next target and counts it.
+fn fail_over(p: &Player, c: &Conn) {
+    c.target.set(p.opts.next_target(c.target.get()));
+    p.rec.borrow_mut().counters.failovers += 1;
 }
 
 fn connect_failed(p: &Player, why: String) {

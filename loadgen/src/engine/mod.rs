@@ -50,7 +50,8 @@ use crate::{
 /// What every thread needs to know about the run.
 #[derive(Debug, Clone)]
 pub(crate) struct EngineOpts {
-    pub(crate) target: SocketAddr,
+    /// The gateways, in `--target` order (never empty).
+    pub(crate) targets: Vec<SocketAddr>,
     pub(crate) sources: Vec<IpAddr>,
     pub(crate) threads: usize,
     pub(crate) uring: bool,
@@ -65,6 +66,37 @@ pub(crate) struct EngineOpts {
     pub(crate) clock: Clock,
 }
 
+impl EngineOpts {
+    /// The address of target `i`.
+    pub(crate) fn target(&self, i: usize) -> Option<SocketAddr> {
+        self.targets.get(i).copied()
+    }
+
+    /// The target after `i` in the list, wrapping.
+    pub(crate) fn next_target(&self, i: usize) -> usize {
+        (i + 1) % self.targets.len().max(1)
+    }
+}
+
+/// What happened at one target, counted by one thread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct TargetCounts {
+    /// TCP connections it accepted (reconnections included).
+    pub(crate) connects: u64,
+    /// login:ok it answered (re-logins included).
+    pub(crate) logins: u64,
+    /// Connections whose last login was there.
+    pub(crate) last: u64,
+}
+
+impl TargetCounts {
+    fn add(&mut self, o: &TargetCounts) {
+        self.connects += o.connects;
+        self.logins += o.logins;
+        self.last += o.last;
+    }
+}
+
 /// One connection to open.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConnSpec {
@@ -74,6 +106,8 @@ pub(crate) struct ConnSpec {
     pub(crate) user: u64,
     /// The thread that owns it.
     pub(crate) thread: usize,
+    /// The target it connects to first (an index into the target list).
+    pub(crate) target: usize,
     /// Members of its group, when it is a group member (for the
     /// last-member latency); 0 otherwise.
     pub(crate) group_size: u32,
@@ -158,6 +192,8 @@ pub(crate) struct Snapshot {
     pub(crate) pull: Hist,
     /// First connect started -> last first login:ok, if any.
     pub(crate) open_span: Option<(Instant, Instant)>,
+    /// Per target, in `--target` order.
+    pub(crate) targets: Vec<TargetCounts>,
     /// Resident memory of the whole process when taken, bytes.
     pub(crate) rss: u64,
 }
@@ -172,6 +208,7 @@ impl Snapshot {
             relogin: new_hist(),
             pull: new_hist(),
             open_span: None,
+            targets: Vec::new(),
             rss: 0,
         }
     }
@@ -194,6 +231,13 @@ impl Snapshot {
             (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
             (x, None) | (None, x) => x,
         };
+        if self.targets.len() < o.targets.len() {
+            self.targets
+                .resize(o.targets.len(), TargetCounts::default());
+        }
+        for (t, ot) in self.targets.iter_mut().zip(&o.targets) {
+            t.add(ot);
+        }
         self.rss = self.rss.max(o.rss);
     }
 }

@@ -21,7 +21,7 @@ use imgate_codec::{
 };
 
 use super::{
-    Cmd, ConnSpec, EngineOpts, GroupCreate, Reply, Snapshot, ThreadProgress,
+    Cmd, ConnSpec, EngineOpts, GroupCreate, Reply, Snapshot, TargetCounts, ThreadProgress,
     conn::{self, Conn, Sender as SenderState},
     pacer,
 };
@@ -46,13 +46,15 @@ pub(crate) struct Recorder {
     pub(crate) pull: Hist,
     pub(crate) first_connect: Option<Instant>,
     pub(crate) last_login: Option<Instant>,
+    /// Connections and logins per target, in `--target` order.
+    pub(crate) targets: Vec<TargetCounts>,
     /// Group messages on their way to every member: (sender, counter) ->
     /// (members reached, latest delivery ns).
     pub(crate) group_pending: AHashMap<(u32, u64), (u32, u64)>,
 }
 
 impl Recorder {
-    fn new() -> Recorder {
+    fn new(targets: usize) -> Recorder {
         Recorder {
             counters: Counters::default(),
             windows: Vec::new(),
@@ -63,6 +65,7 @@ impl Recorder {
             pull: new_hist(),
             first_connect: None,
             last_login: None,
+            targets: vec![TargetCounts::default(); targets],
             group_pending: AHashMap::new(),
         }
     }
@@ -354,6 +357,11 @@ impl Player {
         }
         let mut rec = self.rec.borrow_mut();
         rec.counters.logins += 1;
+        let target = c.target.get();
+        c.logged_in_at.set(Some(target));
+        if let Some(t) = rec.targets.get_mut(target) {
+            t.logins += 1;
+        }
         if !c.ever_logged_in.replace(true) {
             record_ns(&mut rec.login, ns_between(c.attempt_started.get(), now));
             rec.last_login = Some(rec.last_login.map_or(now, |l| l.max(now)));
@@ -510,6 +518,12 @@ impl Player {
             counters.pings_sent += s.pings_sent;
         }
         let open_span = rec.first_connect.zip(rec.last_login);
+        let mut targets = rec.targets.clone();
+        for c in self.conns.borrow().iter() {
+            if let Some(t) = c.logged_in_at.get().and_then(|t| targets.get_mut(t)) {
+                t.last += 1;
+            }
+        }
         let rec = &mut *rec;
         Snapshot {
             counters,
@@ -519,6 +533,7 @@ impl Player {
             relogin: rec.relogin.clone(),
             pull: rec.pull.clone(),
             open_span,
+            targets,
             rss: crate::process::process_stats().0,
         }
     }
@@ -704,6 +719,7 @@ pub(crate) async fn run(
     tx: Sender<(usize, Reply)>,
 ) {
     let minter = TokenKey::new(opts.secret.as_bytes());
+    let targets = opts.targets.len();
     let p = Rc::new(Player {
         index,
         arena: RefCell::new(Arena::new(opts.body_size)),
@@ -711,7 +727,7 @@ pub(crate) async fn run(
         progress,
         conns: RefCell::new(Vec::new()),
         by_id: RefCell::new(AHashMap::new()),
-        rec: RefCell::new(Recorder::new()),
+        rec: RefCell::new(Recorder::new(targets)),
         timers: RefCell::new(BinaryHeap::new()),
         opening: Cell::new(0),
         open_failed: Cell::new(0),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use imgate_codec::client::Dest;
 
 use super::{Ctx, RunError, period_ns, plan};
-use crate::{cli::ChatArgs, measure::Window, report::Report};
+use crate::{cli::ChatArgs, measure::Window, placement::Layout, report::Report};
 
 /// The receiver of sender `id` in a pair layout.
 pub(crate) fn peer(id: u32) -> Vec<u32> {
@@ -28,8 +28,8 @@ pub(crate) fn open_pairs(
     let mut specs = Vec::new();
     let mut senders = Vec::new();
     for k in range {
-        specs.push(ctx.spec(2 * k));
-        specs.push(ctx.spec(2 * k + 1));
+        specs.push(ctx.spec(2 * k, Layout::Pairs));
+        specs.push(ctx.spec(2 * k + 1, Layout::Pairs));
         senders.push(2 * k);
     }
     let opened = ctx.open(specs, reconnect)?;

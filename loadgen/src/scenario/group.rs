@@ -12,6 +12,7 @@ use crate::{
     cli::GroupArgs,
     engine::{Cmd, GroupCreate, Reply},
     measure::Window,
+    placement::Layout,
     report::Report,
 };
 
@@ -26,7 +27,7 @@ pub(crate) fn run(mut ctx: Ctx, a: &GroupArgs) -> Result<Report, RunError> {
     let mut specs = Vec::new();
     for &g in &groups {
         for m in 0..s {
-            let mut spec = ctx.spec(g * s + m);
+            let mut spec = ctx.spec(g * s + m, Layout::Groups { members: s });
             spec.thread = g as usize % threads;
             spec.group_size = s;
             specs.push(spec);

@@ -3,7 +3,7 @@
 //! per connection and its CPU while they idle.
 
 use super::{Ctx, RunError};
-use crate::{cli::IdleArgs, report::Report};
+use crate::{cli::IdleArgs, placement::Layout, report::Report};
 
 pub(crate) fn run(mut ctx: Ctx, a: &IdleArgs) -> Result<Report, RunError> {
     if a.connections == 0 {
@@ -15,7 +15,7 @@ pub(crate) fn run(mut ctx: Ctx, a: &IdleArgs) -> Result<Report, RunError> {
         .common
         .shard
         .range(a.connections)
-        .map(|i| ctx.spec(i))
+        .map(|i| ctx.spec(i, Layout::Alone))
         .collect();
     let opened = ctx.open(specs, true)?;
     let snap = ctx.engine.snapshot()?;

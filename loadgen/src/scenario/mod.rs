@@ -8,6 +8,10 @@
 //! never share a user, and a sender and everyone it sends to are always in
 //! the same process. That is why one monotonic clock per process is enough
 //! for latencies and the ledger closes in each process on its own.
+//!
+//! Targets: with several `--target`s, each scenario says how it lays out
+//! its connections (alone, in pairs, in groups) and [`crate::placement`]
+//! picks each connection's target from its index, the same in every shard.
 
 mod capacity;
 mod chaos;
@@ -32,8 +36,12 @@ use crate::{
     gwmetrics::{self, GatewaySample},
     measure::{Ledger, Summary, Window},
     net,
+    placement::{self, Layout},
     progress::Progress,
-    report::{ConnFigures, LoadgenFigures, Report, WindowFigures},
+    report::{
+        ConnFigures, EndpointReading, GatewayReading, LoadgenFigures, Report, TargetFigures,
+        WindowFigures,
+    },
 };
 
 /// Why a run could not produce a verdict.
@@ -70,9 +78,10 @@ pub(crate) struct Ctx {
     pub(crate) cli: Cli,
     pub(crate) engine: Engine,
     pub(crate) clock: Clock,
-    pub(crate) metrics: Option<SocketAddr>,
+    /// Metrics endpoints still read (all of them, until one fails).
+    pub(crate) metrics: Vec<SocketAddr>,
     pub(crate) report: Report,
-    /// Opened connections, by id, with their thread.
+    /// Opened connections, by id, with their thread and target.
     pub(crate) placed: Vec<ConnSpec>,
 }
 
@@ -86,12 +95,16 @@ impl Ctx {
         self.cli.common.user_base + u64::from(id)
     }
 
-    /// A spec for connection `id` on the default thread (id mod threads).
-    pub(crate) fn spec(&self, id: u32) -> ConnSpec {
+    /// A spec for connection `id` of a scenario laid out as `layout`, on
+    /// the default thread (id mod threads) and the target the placement
+    /// gives it.
+    pub(crate) fn spec(&self, id: u32, layout: Layout) -> ConnSpec {
+        let c = &self.cli.common;
         ConnSpec {
             id,
             user: self.user(id),
             thread: id as usize % self.engine.threads(),
+            target: placement::target_of(c.placement, layout, c.target.len(), id),
             group_size: 0,
             history: false,
         }
@@ -141,9 +154,16 @@ impl Ctx {
                 .chain(snap.counters.kicks.iter())
                 .map(|(k, n)| format!("{k} (x{n})"))
                 .collect();
+            let targets: Vec<String> = self
+                .cli
+                .common
+                .target
+                .iter()
+                .map(ToString::to_string)
+                .collect();
             return Err(RunError::Failed(format!(
                 "no connection to {} logged in: {}",
-                self.cli.common.target,
+                targets.join(", "),
                 if why.is_empty() {
                     "no answer".to_string()
                 } else {
@@ -214,25 +234,38 @@ impl Ctx {
         }
     }
 
-    /// A reading of the gateway's metrics, kept in the report.
+    /// A reading of every gateway metrics endpoint, kept in the report
+    /// (each, and their sum); returns the sum.
     pub(crate) fn sample(&mut self, label: &str) -> Option<GatewaySample> {
-        let addr = self.metrics?;
-        match gwmetrics::scrape(addr) {
-            Ok(s) => {
-                self.report.gateway.push(crate::report::GatewayReading {
-                    label: label.to_string(),
-                    sample: s,
-                });
-                Some(s)
-            }
-            Err(e) => {
-                self.report.warnings.push(format!(
-                    "no gateway reading ({label}): {e}; use --metrics none to skip"
-                ));
-                self.metrics = None;
-                None
+        if self.metrics.is_empty() {
+            return None;
+        }
+        let mut each = Vec::with_capacity(self.metrics.len());
+        for &addr in &self.metrics {
+            match gwmetrics::scrape(addr) {
+                Ok(sample) => each.push(EndpointReading {
+                    endpoint: addr.to_string(),
+                    sample,
+                }),
+                Err(e) => {
+                    // A sum over fewer processes than before would not
+                    // compare with the earlier readings: stop reading.
+                    self.report.warnings.push(format!(
+                        "no gateway reading ({label}): {e}; no more readings this run (use --metrics none to skip, or list only live endpoints)"
+                    ));
+                    self.metrics.clear();
+                    return None;
+                }
             }
         }
+        let samples: Vec<GatewaySample> = each.iter().map(|r| r.sample).collect();
+        let total = gwmetrics::sum(&samples);
+        self.report.gateway.push(GatewayReading {
+            label: label.to_string(),
+            sample: total,
+            endpoints: each,
+        });
+        Some(total)
     }
 
     /// Time on the run's clock a moment from now, for a phase start.
@@ -287,6 +320,7 @@ impl Ctx {
             engine,
             mut report,
             cli,
+            placed,
             ..
         } = self;
         engine.progress.phase("closing");
@@ -299,6 +333,22 @@ impl Ctx {
             report.connections.relogin = Summary::of(&snap.relogin);
         }
         report.counters = snap.counters.clone();
+        report.targets = cli
+            .common
+            .target
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| {
+                let t = snap.targets.get(i).copied().unwrap_or_default();
+                TargetFigures {
+                    address: addr.to_string(),
+                    placed: placed.iter().filter(|s| s.target == i).count() as u64,
+                    connects: t.connects,
+                    logins: t.logins,
+                    last: t.last,
+                }
+            })
+            .collect();
         report.loadgen = LoadgenFigures {
             rss_bytes: snap.rss,
             cpu_seconds: crate::process::cpu_seconds(),
@@ -408,6 +458,20 @@ pub(crate) fn period_ns(senders: u64, rate: f64) -> u64 {
     ((senders as f64) * 1e9 / rate).max(1.0) as u64
 }
 
+/// Checks `--target`: at least one address, none twice (a second entry of
+/// the same gateway would put a "spread" pair on one node).
+fn check_targets(targets: &[SocketAddr]) -> Result<(), RunError> {
+    if targets.is_empty() {
+        return Err(usage("--target: at least one address"));
+    }
+    for (i, a) in targets.iter().enumerate() {
+        if targets[..i].contains(a) {
+            return Err(usage(format!("--target: {a} is listed twice")));
+        }
+    }
+    Ok(())
+}
+
 /// Runs the scenario `cli` names and returns its report (with the files
 /// asked for written). The report's `failures` decide the verdict.
 pub fn run(cli: Cli) -> Result<Report, RunError> {
@@ -423,8 +487,9 @@ pub fn run(cli: Cli) -> Result<Report, RunError> {
     if c.max_in_flight == 0 {
         return Err(usage("--max-in-flight must be at least 1"));
     }
+    check_targets(&c.target)?;
     let sources = net::parse_sources(&c.source_ips).map_err(usage)?;
-    let metrics = gwmetrics::parse_endpoint(&c.metrics).map_err(usage)?;
+    let metrics = gwmetrics::parse_endpoints(&c.metrics).map_err(usage)?;
     let threads = if c.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -447,7 +512,7 @@ pub fn run(cli: Cli) -> Result<Report, RunError> {
     let run_id = (crate::process::unix_time().as_millis() as u32) ^ (std::process::id() << 16);
     let progress = Arc::new(Progress::new(threads, c.quiet));
     let opts = EngineOpts {
-        target: c.target,
+        targets: c.target.clone(),
         sources,
         threads,
         uring,
@@ -469,6 +534,7 @@ pub fn run(cli: Cli) -> Result<Report, RunError> {
         threads,
         driver: if uring { "io_uring" } else { "epoll" }.to_string(),
         shard: c.shard.to_string(),
+        placement: c.placement.name().to_string(),
         ..Report::default()
     };
     let ctx = Ctx {

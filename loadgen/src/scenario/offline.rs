@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use imgate_codec::client::Dest;
 
 use super::{Ctx, RunError, period_ns, plan};
-use crate::{cli::OfflineArgs, measure::Summary, report::Report};
+use crate::{cli::OfflineArgs, measure::Summary, placement::Layout, report::Report};
 
 pub(crate) fn run(mut ctx: Ctx, a: &OfflineArgs) -> Result<Report, RunError> {
     super::chat::check_rate(a.users, a.rate)?;
@@ -17,7 +17,10 @@ pub(crate) fn run(mut ctx: Ctx, a: &OfflineArgs) -> Result<Report, RunError> {
     }
     let range: Vec<u32> = ctx.cli.common.shard.range(a.users).collect();
     let senders: Vec<u32> = range.iter().map(|k| 2 * k).collect();
-    let specs = senders.iter().map(|&id| ctx.spec(id)).collect();
+    let specs = senders
+        .iter()
+        .map(|&id| ctx.spec(id, Layout::Pairs))
+        .collect();
     let opened = ctx.open(specs, true)?;
     let snap = ctx.engine.snapshot()?;
     ctx.conn_figures(&snap, opened.0, opened.1);
@@ -42,7 +45,7 @@ pub(crate) fn run(mut ctx: Ctx, a: &OfflineArgs) -> Result<Report, RunError> {
     let specs = range
         .iter()
         .map(|k| {
-            let mut s = ctx.spec(2 * k + 1);
+            let mut s = ctx.spec(2 * k + 1, Layout::Pairs);
             s.history = true;
             s
         })

@@ -1,6 +1,7 @@
 //! A gateway started in-process on an ephemeral port with the default
-//! backend (on its in-memory store) or the relay, and a broken relay that
-//! must make the load generator's loss and duplicate counters fire.
+//! backend (on its in-memory store) or the relay, a broken relay that
+//! must make the load generator's loss and duplicate counters fire, and a
+//! port nothing listens on.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -65,18 +66,38 @@ pub fn relay() -> Running {
     start_with(Box::new(Relay::default()))
 }
 
+/// The relay with its metrics endpoint on an ephemeral port.
+pub fn relay_with_metrics() -> Running {
+    let cfg = Config {
+        metrics_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        ..config()
+    };
+    let v = Arc::new(HmacVerifier::new(cfg.secret.as_bytes()));
+    server::start(cfg, Box::new(Relay::default()), v).expect("gateway starts")
+}
+
 /// Runs the load generator in-process: `cmd` is the scenario and its flags,
 /// split on whitespace; the target, secret, thread and quiet flags are
-/// added.
+/// added, and `--metrics none` unless `cmd` names its own.
 pub fn loadgen(addr: SocketAddr, cmd: &str) -> Result<Report, RunError> {
-    let target = addr.to_string();
+    loadgen_on(&[addr], cmd)
+}
+
+/// [`loadgen`] against several gateways: `--target` lists `targets`.
+pub fn loadgen_on(targets: &[SocketAddr], cmd: &str) -> Result<Report, RunError> {
+    let target = targets
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let mut argv = vec!["imgate-loadgen"];
     argv.extend(cmd.split_whitespace());
+    if !cmd.contains("--metrics") {
+        argv.extend_from_slice(&["--metrics", "none"]);
+    }
     argv.extend_from_slice(&[
         "--target",
         &target,
-        "--metrics",
-        "none",
         "--secret",
         SECRET,
         "--threads",
@@ -89,6 +110,20 @@ pub fn loadgen(addr: SocketAddr, cmd: &str) -> Result<Report, RunError> {
         eprintln!("{}", r.table());
     }
     r
+}
+
+/// A loopback address nothing listens on: a port the kernel handed out,
+/// its listener closed again.
+pub fn closed_port() -> SocketAddr {
+    closed_ports(1)[0]
+}
+
+/// `n` different loopback addresses nothing listens on.
+pub fn closed_ports(n: usize) -> Vec<SocketAddr> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("binds"))
+        .collect();
+    held.iter().map(|l| l.local_addr().expect("addr")).collect()
 }
 
 fn encode<T: Body>(f: T) -> Bytes {
