@@ -64,15 +64,24 @@ async fn refuse(mut stream: TcpStream, code: ErrorCode) {
     let _ = monoio::time::timeout(Duration::from_secs(1), stream.write_all(frame)).await;
 }
 
-/// A listening socket on `addr` that shares its port with the other cores'
-/// (`SO_REUSEPORT`): the kernel spreads new connections over them.
-pub(crate) fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+/// A socket bound to `addr` that shares its port with the other cores'
+/// (`SO_REUSEPORT`: the kernel spreads new connections over them), not yet
+/// listening. Binding first reserves the port (a port taken fails the start
+/// at once); listening only once the backend is up keeps a starting node
+/// from accepting connections it cannot serve yet (a load balancer's TCP
+/// check sees it down until then).
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
+    Ok(s)
+}
+
+/// Starts listening on a socket from [`bind`].
+pub(crate) fn listen(s: socket2::Socket, backlog: u32) -> std::io::Result<std::net::TcpListener> {
     s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     Ok(s.into())
 }

@@ -23,7 +23,7 @@ use crate::{
     config::{BackendKind, Config, DriverKind},
     core::{self, Core, Shared},
     http,
-    listener::{self, bind, wait_for_port},
+    listener::{self, bind, listen, wait_for_port},
     mailbox::{MailboxRx, mailbox},
     metrics::Metrics,
     registry::Registry,
@@ -118,18 +118,21 @@ pub fn start(
         }
     })?;
     // The first listener resolves port 0; the others share its port.
-    let first = bind(cfg.listen, cfg.backlog).map_err(|source| StartError::Listen {
+    let first = bind(cfg.listen).map_err(|source| StartError::Listen {
         addr: cfg.listen,
         source,
     })?;
-    let addr = first.local_addr().map_err(|source| StartError::Listen {
-        addr: cfg.listen,
-        source,
-    })?;
-    let mut listeners = vec![first];
+    let addr = first
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or_else(|| StartError::Listen {
+            addr: cfg.listen,
+            source: std::io::Error::other("no local address"),
+        })?;
+    let mut sockets = vec![first];
     for _ in 1..n {
-        listeners
-            .push(bind(addr, cfg.backlog).map_err(|source| StartError::Listen { addr, source })?);
+        sockets.push(bind(addr).map_err(|source| StartError::Listen { addr, source })?);
     }
     let metrics = Arc::new(Metrics::new(n));
     let registry = Arc::new(Registry::default());
@@ -166,6 +169,11 @@ pub fn start(
             metrics: metrics.clone(),
         })
         .map_err(StartError::Backend)?;
+    let listeners = sockets
+        .into_iter()
+        .map(|s| listen(s, cfg.backlog))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| StartError::Listen { addr, source })?;
     let router = Router::new(txs.clone(), registry.clone());
     let tick = cfg.tick().min(Duration::from_millis(100));
     let (backend_done_tx, backend_done) = crossbeam_channel::bounded(1);

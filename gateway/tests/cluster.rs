@@ -1,18 +1,20 @@
-//! The cluster backend on a real 3-node JetStream cluster: several
-//! gateways, one service.
+//! The cluster backend on a real 3-node JetStream cluster: several real
+//! `imgate` processes, one service.
 
 mod common;
 
 use std::{
+    ffi::OsString,
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
 use bytes::Bytes;
-use common::{Client, Got, Gw, config, nats::NatsCluster, peer::Peer, start_with};
-use imgate::{
-    cluster::Cluster,
-    config::{BackendKind, Config, DriverKind},
+use common::{
+    Client, Got,
+    nats::NatsCluster,
+    peer::Peer,
+    process::{Gateway, free_port},
 };
 use imgate_codec::{
     ErrorCode, Frame, KickReason,
@@ -20,23 +22,64 @@ use imgate_codec::{
     frame::{AckR, GroupOp, MsgR, ReadR, SyncR},
 };
 
-/// The configuration of a node on the cluster backend under `prefix`.
-fn cluster_config(nats: &NatsCluster, prefix: &str) -> Config {
-    let mut cfg = config(DriverKind::Auto);
-    cfg.backend = BackendKind::Cluster;
-    cfg.cluster.nats_urls = nats.urls();
-    cfg.cluster.stream_prefix = prefix.to_string();
-    cfg.cluster.partitions = 2;
-    cfg.cluster.replicas = 3;
-    cfg
+/// A gateway node: the real `imgate` binary on the cluster backend under
+/// `prefix`, with `extra` flags; SIGKILLed when dropped. Its log is kept
+/// only when the test fails.
+struct Node(Gateway, std::path::PathBuf);
+
+impl Node {
+    fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.0.port).into()
+    }
 }
 
-/// A gateway node on the cluster backend, stopped when dropped.
-fn node(nats: &NatsCluster, prefix: &str, f: impl FnOnce(&mut Config)) -> Gw {
-    let mut cfg = cluster_config(nats, prefix);
-    f(&mut cfg);
-    let backend = Box::new(Cluster::new(&cfg));
-    Gw(Some(start_with(cfg, backend)))
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("gateway log: {}", self.1.display());
+        } else {
+            let _ = std::fs::remove_file(&self.1);
+        }
+    }
+}
+
+/// The command line of a node (after `--listen`): `extra`, and the
+/// defaults it does not set.
+fn node_args(nats: &NatsCluster, prefix: &str, extra: &[&str]) -> Vec<OsString> {
+    let urls = nats.url_list();
+    let defaults = [
+        ("--backend", "cluster"),
+        ("--cluster-nats-urls", &urls),
+        ("--cluster-stream-prefix", prefix),
+        ("--cluster-partitions", "2"),
+        ("--secret", common::SECRET),
+        ("--workers", "2"),
+        ("--tick-ms", "20"),
+        ("--log-level", "warn"),
+    ];
+    let mut args: Vec<OsString> = Vec::new();
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag, value].map(OsString::from));
+        }
+    }
+    if !extra.contains(&"--metrics-listen") {
+        args.push("--no-metrics".into());
+    }
+    args.extend(extra.iter().map(OsString::from));
+    args
+}
+
+/// Starts a node and waits until it accepts connections.
+fn node(nats: &NatsCluster, prefix: &str, extra: &[&str]) -> Node {
+    let log = std::env::temp_dir().join(format!("imgate-{prefix}-{}.log", free_port()));
+    let gw = Gateway::spawn(
+        free_port(),
+        node_args(nats, prefix, extra),
+        Some(log.clone()),
+        Duration::from_secs(40),
+    );
+    Node(gw, log)
 }
 
 /// A stream prefix of its own for each test: they share one cluster.
@@ -86,8 +129,8 @@ fn until(c: &mut Client, what: &str, f: impl Fn(&Frame) -> bool) -> (Frame, Vec<
 fn one_to_one_across_two_nodes() {
     let Some(nats) = shared() else { return };
     let p = prefix("one");
-    let a = node(nats, &p, |_| {});
-    let b = node(nats, &p, |_| {});
+    let a = node(nats, &p, &[]);
+    let b = node(nats, &p, &[]);
     let mut alice = Client::login(a.addr(), 1, 1);
     let mut bob = Client::login(b.addr(), 2, 1);
     alice.send(msg(10, 2, b"hello"));
@@ -141,12 +184,8 @@ fn one_to_one_across_two_nodes() {
 fn offline_pages_and_cursors_from_any_node() {
     let Some(nats) = shared() else { return };
     let p = prefix("pages");
-    let a = node(nats, &p, |c| {
-        c.sync_page_default = 4;
-    });
-    let b = node(nats, &p, |c| {
-        c.sync_page_default = 4;
-    });
+    let a = node(nats, &p, &["--sync-page-default", "4"]);
+    let b = node(nats, &p, &["--sync-page-default", "4"]);
     let mut alice = Client::login(a.addr(), 1, 1);
     for i in 1..=10u64 {
         alice.send(MsgR {
@@ -224,8 +263,8 @@ fn offline_pages_and_cursors_from_any_node() {
 fn a_login_on_another_node_replaces_the_device() {
     let Some(nats) = shared() else { return };
     let p = prefix("replace");
-    let a = node(nats, &p, |_| {});
-    let b = node(nats, &p, |_| {});
+    let a = node(nats, &p, &[]);
+    let b = node(nats, &p, &[]);
     let mut old = Client::login(a.addr(), 5, 1);
     let _other_device = Client::login(a.addr(), 5, 2);
     let _new = Client::login(b.addr(), 5, 1);
@@ -242,15 +281,15 @@ fn a_login_on_another_node_replaces_the_device() {
 fn a_node_with_another_partition_count_refuses_to_start() {
     let Some(nats) = shared() else { return };
     let p = prefix("parts");
-    let _first = node(nats, &p, |_| {});
-    let mut cfg = cluster_config(nats, &p);
-    cfg.cluster.partitions = 3;
-    let v = std::sync::Arc::new(imgate::token::HmacVerifier::new(cfg.secret.as_bytes()));
-    let backend = Box::new(Cluster::new(&cfg));
-    let err = imgate::server::start(cfg, backend, v)
-        .err()
-        .expect("a node with 3 partitions must not start beside one with 2")
-        .to_string();
+    let _first = node(nats, &p, &[]);
+    let args = node_args(nats, &p, &["--cluster-partitions", "3"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_imgate"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(&args)
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
         err.contains("configured with 3 partitions") && err.contains("created with 2"),
         "{err}"
@@ -263,11 +302,13 @@ fn health_and_metrics_follow_the_nats_connection() {
         eprintln!("skipped: nats-server not installed");
         return;
     };
-    let port = common::process::free_port();
-    let gw = node(&nats, &prefix("health"), |c| {
-        c.cluster.replicas = 1;
-        c.metrics_listen = Some(([127, 0, 0, 1], port).into());
-    });
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let gw = node(
+        &nats,
+        &prefix("health"),
+        &["--cluster-replicas", "1", "--metrics-listen", &metrics],
+    );
     let get = |path: &str| common::nats::http_get(port, path).expect("endpoint answers");
     assert_eq!(get("/healthz"), (200, "ok\n".to_string()));
     let mut alice = Client::login(gw.addr(), 1, 1);
@@ -301,8 +342,8 @@ fn health_and_metrics_follow_the_nats_connection() {
 fn receipts_cross_nodes_and_come_back_at_login() {
     let Some(nats) = shared() else { return };
     let p = prefix("receipts");
-    let a = node(nats, &p, |_| {});
-    let b = node(nats, &p, |_| {});
+    let a = node(nats, &p, &[]);
+    let b = node(nats, &p, &[]);
     let mut alice = Peer::login(a.addr(), 1, 1);
     let mut bob = Peer::login(b.addr(), 2, 1);
     let mut bob2 = Peer::login(a.addr(), 2, 2);
@@ -377,8 +418,8 @@ fn receipts_cross_nodes_and_come_back_at_login() {
 fn a_group_split_across_nodes() {
     let Some(nats) = shared() else { return };
     let p = prefix("group");
-    let a = node(nats, &p, |_| {});
-    let b = node(nats, &p, |_| {});
+    let a = node(nats, &p, &[]);
+    let b = node(nats, &p, &[]);
     let mut alice = Peer::login(a.addr(), 1, 1);
     let mut alice2 = Peer::login(b.addr(), 1, 2);
     let mut bob = Peer::login(b.addr(), 2, 1);
@@ -483,16 +524,18 @@ fn a_group_split_across_nodes() {
 fn the_admin_path_sees_and_kicks_sessions_on_every_node() {
     let Some(nats) = shared() else { return };
     let p = prefix("admin");
-    let ports = [common::process::free_port(), common::process::free_port()];
-    let nodes: Vec<Gw> = ["n-a", "n-b"]
+    let ports = [free_port(), free_port()];
+    let nodes: Vec<Node> = ["n-a", "n-b"]
         .iter()
         .zip(ports)
         .map(|(name, port)| {
-            node(nats, &p, |c| {
-                c.cluster.node_id = name.to_string();
-                c.admin_token = "s3cret".into();
-                c.metrics_listen = Some(([127, 0, 0, 1], port).into());
-            })
+            let metrics = format!("127.0.0.1:{port}");
+            let flags = ["--cluster-node-id", name, "--admin-token", "s3cret"];
+            node(
+                nats,
+                &p,
+                &[&flags[..], &["--metrics-listen", &metrics]].concat(),
+            )
         })
         .collect();
     let mut phone = Client::login(nodes[0].addr(), 9, 1);
@@ -529,4 +572,126 @@ fn the_admin_path_sees_and_kicks_sessions_on_every_node() {
             "{frames:?}"
         );
     }
+}
+
+/// The sequence ids of the page `c` reads from the start of its inbox
+/// (asking from 0 acknowledges nothing), and the head it reports.
+fn inbox_from_start(c: &mut Client) -> (Vec<u64>, u64) {
+    c.send(SyncR {
+        group: 0,
+        after: 0,
+        limit: 0,
+    });
+    let (f, _) = until(c, "sync page", |f| matches!(f, Frame::SyncPage(_)));
+    let Frame::SyncPage(page) = f else {
+        unreachable!()
+    };
+    (page.entries().map(|e| e.seq).collect(), page.head)
+}
+
+/// Reads the inbox from the start until it is `want` (the purge runs on
+/// its own schedule), at most for 20 s.
+fn wait_inbox(c: &mut Client, want: &[u64]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (got, _) = inbox_from_start(c);
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the inbox is still {got:?}, not {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends `n` messages from `from` to `to` (msg ids from `first`) and
+/// waits for their msg:A.
+fn send_n(from: &mut Client, to: u64, first: u64, n: u64) {
+    for i in 0..n {
+        from.send(msg(first + i, to, b"purge me"));
+    }
+    for _ in 0..n {
+        until(from, "msg:A", |f| matches!(f, Frame::MsgA(_)));
+    }
+}
+
+#[test]
+fn acknowledged_and_expired_records_are_purged_but_never_the_head() {
+    let Some(nats) = shared() else { return };
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    // The smallest dedup window JetStream accepts (100 ms), sweeps every
+    // 10 ticks of 20 ms, each reading on from where the last one ended.
+    let gw = node(
+        nats,
+        &prefix("purge"),
+        &[
+            "--dedup-window-ms",
+            "100",
+            "--purge-acked",
+            "true",
+            "--purge-per-tick",
+            "3",
+            "--metrics-listen",
+            &metrics,
+        ],
+    );
+    let mut alice = Client::login(gw.addr(), 1, 1);
+    let mut phone = Client::login(gw.addr(), 2, 1);
+    let mut laptop = Client::login(gw.addr(), 2, 2);
+    // Erin's tablet logs in and acknowledges nothing: it holds back what
+    // her phone acknowledged.
+    let mut erin = Client::login(gw.addr(), 5, 1);
+    let _tablet = Client::login(gw.addr(), 5, 2);
+    send_n(&mut alice, 5, 101, 2);
+    erin.send(AckR { group: 0, seq: 2 });
+    until(&mut erin, "ack:A", |f| matches!(f, Frame::AckA(_)));
+    send_n(&mut alice, 2, 1, 5);
+    for (c, seq) in [(&mut phone, 5), (&mut laptop, 3)] {
+        c.send(AckR { group: 0, seq });
+        let (f, _) = until(c, "ack:A", |f| matches!(f, Frame::AckA(_)));
+        assert!(matches!(f, Frame::AckA(ref a) if a.seq == seq), "{f:?}");
+    }
+    // What every device acknowledged goes; the rest stays.
+    wait_inbox(&mut phone, &[4, 5]);
+    laptop.send(AckR { group: 0, seq: 5 });
+    until(&mut laptop, "ack:A", |f| matches!(f, Frame::AckA(_)));
+    // Everything is acknowledged, but the head stays...
+    wait_inbox(&mut laptop, &[5]);
+    // ...and sweeps after that keep it.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(inbox_from_start(&mut phone), (vec![5], 5));
+    // The next message continues the ids.
+    alice.send(msg(106, 2, b"six"));
+    let (f, _) = until(&mut alice, "msg:A", |f| matches!(f, Frame::MsgA(_)));
+    assert!(matches!(f, Frame::MsgA(ref a) if a.seq == 6), "{f:?}");
+    assert_eq!(inbox_from_start(&mut phone), (vec![5, 6], 6));
+    // Alice's own copies stay: her device logged in and acknowledged
+    // nothing; so do Erin's, for her tablet.
+    assert_eq!(inbox_from_start(&mut alice).0, (1..=8).collect::<Vec<_>>());
+    assert_eq!(inbox_from_start(&mut erin), (vec![1, 2], 2));
+    let (_, m) = common::nats::http_get(port, "/metrics").expect("metrics");
+    assert!(m.contains("imgate_cluster_purged_total 4"), "{m}");
+    assert!(!m.contains("imgate_cluster_purge_sweeps_total 0"), "{m}");
+
+    // Past retention, records go whether acknowledged or not; the head
+    // stays.
+    let old = node(
+        nats,
+        &prefix("retention"),
+        &["--dedup-window-ms", "100", "--retention-ms", "1"],
+    );
+    let mut carol = Client::login(old.addr(), 3, 1);
+    send_n(&mut carol, 4, 1, 3);
+    wait_inbox(&mut carol, &[3]);
+    let mut dave = Client::login(old.addr(), 4, 1);
+    wait_inbox(&mut dave, &[3]);
+    carol.send(msg(4, 4, b"four"));
+    let (f, _) = until(&mut carol, "msg:A", |f| matches!(f, Frame::MsgA(_)));
+    assert!(
+        matches!(f, Frame::MsgA(ref a) if (a.seq, a.own_seq) == (4, 4)),
+        "{f:?}"
+    );
 }

@@ -110,17 +110,19 @@ impl Node {
 
     /// The sequence id `user` joined `group` at; refuses a group that does
     /// not exist (`not_found`) or a user who is not a member (`forbidden`).
-    /// Read from this node's copy while it feeds the group, else from the
-    /// bucket.
+    /// A member is read from this node's copy while it feeds the group;
+    /// anything else from the bucket.
     pub(super) async fn membership(&self, group: u64, user: u64) -> Result<u64, Failed> {
         let cached = self
             .groups
             .borrow()
             .get(&group)
             .and_then(|g| g.members.as_ref().map(|m| (m.len(), m.join(user))));
+        // A copy that does not name the user may predate the user's add:
+        // the bucket decides.
         let (len, join) = match cached {
-            Some(c) => c,
-            None => match self.read_members(group).await? {
+            Some((len, Some(j))) => (len, Some(j)),
+            _ => match self.read_members(group).await? {
                 Some(m) => (m.len(), m.join(user)),
                 None => (0, None),
             },

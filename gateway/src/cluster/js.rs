@@ -1,7 +1,9 @@
 //! The JetStream side of the cluster backend: connecting, creating the
 //! streams and buckets on first start, and the few reads and writes the
 //! delivery logic needs (a compare-and-set append, a head read, a paged
-//! read, compare-and-set keys, a scan of the keys under a prefix).
+//! read, compare-and-set keys, a scan of the keys under a prefix), and the
+//! two the purge needs (a read of a whole partition, a purge of a
+//! subject's oldest records).
 //!
 //! Reads that decide a sequence id (a head) go to the stream leader;
 //! pages use direct gets, which any replica answers: a replica that lags
@@ -82,6 +84,23 @@ pub(super) enum Bucket {
 pub(super) struct Entry {
     pub(super) value: Option<Bytes>,
     pub(super) revision: u64,
+}
+
+/// A record of a partition's stream as the purge reads it.
+#[derive(Debug)]
+pub(super) struct Listed {
+    /// The subject: an inbox or a group's log.
+    pub(super) subject: String,
+    /// The stream sequence.
+    pub(super) stream_seq: u64,
+    /// The sequence id in the subject; None if the header is missing or
+    /// unreadable.
+    pub(super) seq: Option<u64>,
+    /// When JetStream stored it (its own clock, which the dedup window
+    /// runs on), ms since the Unix epoch; None if not readable.
+    pub(super) stored_ms: Option<u64>,
+    /// The encoded record.
+    pub(super) payload: Bytes,
 }
 
 /// A record of a stream read in a batch: its subject, stream sequence,
@@ -287,6 +306,49 @@ impl Js {
                 })
             })
             .collect()
+    }
+
+    /// Up to `n` records of partition `p`'s stream, every subject, from
+    /// stream sequence `from` on, at most about `max_bytes` of them (at
+    /// least one), in one batched direct get.
+    pub(super) async fn list(
+        &self,
+        p: u32,
+        from: u64,
+        n: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Listed>, JsError> {
+        let (stream, filter) = (self.names.stream(p), self.names.stream_subjects(p));
+        let raw = self.batch(&stream, &filter, from, n, max_bytes).await?;
+        Ok(raw
+            .into_iter()
+            .map(|m| {
+                let h = m.headers.as_ref();
+                Listed {
+                    seq: h.and_then(seq_of),
+                    stored_ms: h
+                        .and_then(|h| h.get("Nats-Time-Stamp"))
+                        .and_then(|v| rfc3339_ms(v.as_str())),
+                    subject: m.subject,
+                    stream_seq: m.stream_seq,
+                    payload: m.payload,
+                }
+            })
+            .collect())
+    }
+
+    /// Deletes the records of `subject` below stream sequence `below`
+    /// (one purge request, answered by the stream leader); returns how
+    /// many went.
+    pub(super) async fn purge_below(&self, subject: &str, below: u64) -> Result<u64, JsError> {
+        let s = self.stream_of(subject)?;
+        let r = s
+            .purge()
+            .filter(subject)
+            .sequence(below)
+            .await
+            .map_err(unavailable)?;
+        Ok(r.purged)
     }
 
     /// One batched direct get: up to `n` records of stream `stream` whose
@@ -543,4 +605,48 @@ pub(super) fn u64_value(v: &[u8]) -> Option<u64> {
 
 fn seq_of(h: &HeaderMap) -> Option<u64> {
     h.get(SEQ_HEADER).and_then(|v| v.as_str().parse().ok())
+}
+
+/// Milliseconds since the Unix epoch of an RFC 3339 time as JetStream
+/// writes it (`2024-05-01T12:34:56.789012345Z`); None for anything else,
+/// or a time before the epoch.
+fn rfc3339_ms(s: &str) -> Option<u64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jetstream_times_read_as_unix_ms() {
+        assert_eq!(rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            rfc3339_ms("2024-05-01T12:34:56.789012345Z"),
+            Some(1_714_566_896_789)
+        );
+        // Trailing zeros of the fraction are dropped by the server.
+        assert_eq!(
+            rfc3339_ms("2024-05-01T12:34:56.7Z"),
+            Some(1_714_566_896_700)
+        );
+        assert_eq!(rfc3339_ms("2024-02-29T00:00:00Z"), Some(1_709_164_800_000));
+        assert_eq!(
+            rfc3339_ms("2024-05-01T14:34:56+02:00"),
+            Some(1_714_566_896_000)
+        );
+        for bad in [
+            "",
+            "2024-05-01",
+            "2024-05-01T12:34:56",
+            "2024-05-01T12:34:56.Z",
+            "2024-13-01T12:34:56Z",
+            "2024-05-01T12:34:56Zjunk",
+            "2024-05-01T1a:34:56Z",
+            "1969-12-31T23:59:59Z",
+        ] {
+            assert_eq!(rfc3339_ms(bad), None, "{bad}");
+        }
+    }
 }

@@ -24,6 +24,10 @@
 //! The backend's own thread never waits on JetStream: `handle` passes
 //! events to the cluster thread and refuses requests with `overloaded`
 //! when too many are in flight there.
+//!
+//! Records every reader acknowledged, or past retention, are deleted by
+//! one node per partition at a time, the holder of the partition's lease
+//! (module `purge`).
 
 mod append;
 mod cursors;
@@ -32,6 +36,7 @@ mod groups;
 mod js;
 pub mod names;
 mod node;
+mod purge;
 mod receipts;
 mod requests;
 mod stats;
@@ -129,6 +134,7 @@ impl Backend for Cluster {
             page_max: self.cfg.sync_page_max,
             page_budget: crate::delivery::rules::page_budget(self.cfg.max_frame),
             retry: Duration::from_millis(cc.publish_retry_ms),
+            purge: purge::Settings::from_config(&self.cfg),
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let router = start.router();

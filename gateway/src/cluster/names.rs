@@ -21,6 +21,16 @@
 //! | `<prefix>_groups` | `g.<group>` | the members and the seq each joined at |
 //! | `<prefix>_groups` | `u.<user>` | the groups a user may be in (a superset: checked against `g.<group>`) |
 //! | `<prefix>_meta` | `partitions`, `groups.next` | the partition count; the next group id to give out |
+//! | `<prefix>_meta` | `purge.<p>` | the lease on sweeping partition `p`: holder token u64, expiry ms u64 |
+
+/// The stream a log subject is: a user's inbox or a group's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Log {
+    /// The inbox of this user.
+    Inbox(u64),
+    /// The log of this group.
+    Group(u64),
+}
 
 /// The names of one service (one stream prefix).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +79,24 @@ impl Names {
         (format!("{}.{p}.u.{user}", self.prefix), self.stream(p))
     }
 
+    /// What a subject of stream `p` is: None for anything that is not an
+    /// inbox or a group's log of this service's partition `p`.
+    pub fn parse_log(&self, p: u32, subject: &str) -> Option<Log> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('.')?
+            .strip_prefix(p.to_string().as_str())?
+            .strip_prefix('.')?;
+        let (kind, id) = rest.split_once('.')?;
+        // Only the canonical form: "u.007" is not the inbox of user 7.
+        let n = id.parse::<u64>().ok().filter(|n| n.to_string() == id)?;
+        match kind {
+            "u" => Some(Log::Inbox(n)),
+            "g" => Some(Log::Group(n)),
+            _ => None,
+        }
+    }
+
     /// The core subject of pushes and control messages for a user's nodes.
     pub fn push(&self, user: u64) -> String {
         format!("{}.push.u.{user}", self.prefix)
@@ -113,6 +141,11 @@ impl Names {
     /// The bucket of the service's fixed settings (the partition count).
     pub fn meta_bucket(&self) -> String {
         format!("{}_meta", self.prefix)
+    }
+
+    /// The key of the lease on sweeping partition `p`.
+    pub fn purge_lease_key(p: u32) -> String {
+        format!("purge.{p}")
     }
 
     /// The key of a device's cursor on a user's inbox (`group` 0) or on
@@ -204,5 +237,29 @@ mod tests {
         assert_eq!(n.group_push(9), "IM.push.g.9");
         assert_eq!(Names::mark_key(1, 2), "m.1.2");
         assert_eq!(Names::group_read_key(9, 2), "r.9.2");
+        assert_eq!(Names::purge_lease_key(3), "purge.3");
+    }
+
+    #[test]
+    fn log_subjects_parse_back() {
+        let n = Names::new("IM", 4);
+        let (inbox, _) = n.inbox(42);
+        let p = n.partition(42);
+        assert_eq!(n.parse_log(p, &inbox), Some(Log::Inbox(42)));
+        let g = n.partition(9);
+        assert_eq!(n.parse_log(g, &n.group_log(9)), Some(Log::Group(9)));
+        // Another partition, prefix or kind, or not a canonical number.
+        assert_eq!(n.parse_log(p + 1, &inbox), None);
+        assert_eq!(Names::new("IMX", 4).parse_log(p, &inbox), None);
+        for bad in [
+            "IM.0.x.1",
+            "IM.0.u.",
+            "IM.0.u.01",
+            "IM.0.u.1.2",
+            "IM.0.u.-1",
+            "IM.0",
+        ] {
+            assert_eq!(n.parse_log(0, bad), None, "{bad}");
+        }
     }
 }

@@ -52,6 +52,7 @@ pub(super) struct Limits {
     pub(super) max_group_size: usize,
     pub(super) unread_scan_limit: usize,
     pub(super) retry: Duration,
+    pub(super) purge: super::purge::Settings,
 }
 
 /// A connection of a user on this node.
@@ -167,10 +168,12 @@ impl Node {
         grace: Duration,
     ) {
         let flusher = tokio::task::spawn_local(self.clone().flusher());
+        let sweeper = tokio::task::spawn_local(self.clone().sweeper());
         while let Some(ev) = rx.recv().await {
             self.on_event(ev);
         }
         self.stopping.set(true);
+        sweeper.abort();
         let deadline = tokio::time::Instant::now() + grace;
         while self.inflight.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -334,10 +337,15 @@ impl Node {
                 }
             }
         };
-        if resume > 0
-            && let Err(e) = self.raise_cursor(0, user, device, resume.min(head)).await
-        {
-            tracing::warn!(user, error = %e, "cannot move the cursor at login");
+        // The device reads the inbox from here on: the purge waits for its
+        // cursor (a raise writes the key; otherwise it is registered at 0).
+        let resumed = resume.min(head);
+        if resumed > 0 {
+            if let Err(e) = self.raise_cursor(0, user, device, resumed).await {
+                tracing::warn!(user, error = %e, "cannot move the cursor at login");
+            }
+        } else if let Err(e) = self.register_device(user, device).await {
+            tracing::warn!(user, device, error = %e, "cannot register the device's cursor at login");
         }
         let ready = {
             let mut users = self.users.borrow_mut();
@@ -481,7 +489,17 @@ impl Node {
                     }
                 }
             }
-            NodeMsg::Joined { group } => self.attach(group, user),
+            NodeMsg::Joined { group } => {
+                self.attach(group, user);
+                // This node's copy of the members may not have the user yet.
+                let stale =
+                    self.groups.borrow().get(&group).is_some_and(|g| {
+                        g.members.as_ref().is_some_and(|m| m.join(user).is_none())
+                    });
+                if stale {
+                    tokio::task::spawn_local(self.clone().reload_members(group));
+                }
+            }
             NodeMsg::Members | NodeMsg::Who { .. } => {}
         }
     }
@@ -586,7 +604,7 @@ impl Node {
     }
 
     /// Reads a group's members again after a change.
-    async fn reload_members(self: Rc<Self>, group: u64) {
+    pub(super) async fn reload_members(self: Rc<Self>, group: u64) {
         match self.read_members(group).await {
             Ok(m) => {
                 if let Some(g) = self.groups.borrow_mut().get_mut(&group) {

@@ -30,6 +30,10 @@ pub struct Stats {
     pub gap_fills: AtomicU64,
     /// Requests refused with `overloaded` (too many in flight).
     pub refused: AtomicU64,
+    /// Records the purge deleted.
+    pub purged: AtomicU64,
+    /// Sweeps of a partition this node made (holding its lease).
+    pub purge_sweeps: AtomicU64,
 }
 
 /// How long a session query waits for the nodes' answers (it cannot know
@@ -118,7 +122,7 @@ impl Stats {
     pub fn render(&self, out: &mut String, connected: bool) {
         use std::fmt::Write;
         let c = |v: &AtomicU64| v.load(Relaxed);
-        let rows: [(&str, &str, &str, u64); 9] = [
+        let rows: [(&str, &str, &str, u64); 11] = [
             (
                 "imgate_cluster_appends_total",
                 "counter",
@@ -172,6 +176,18 @@ impl Stats {
                 "counter",
                 "Requests refused with overloaded (too many in flight).",
                 c(&self.refused),
+            ),
+            (
+                "imgate_cluster_purged_total",
+                "counter",
+                "Records deleted by the purge (acknowledged or past retention).",
+                c(&self.purged),
+            ),
+            (
+                "imgate_cluster_purge_sweeps_total",
+                "counter",
+                "Partition sweeps of the purge made by this node.",
+                c(&self.purge_sweeps),
             ),
         ];
         for (name, kind, help, v) in rows {

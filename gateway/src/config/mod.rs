@@ -332,6 +332,13 @@ impl Config {
             self.cluster
                 .check()
                 .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
+            // JetStream's shortest duplicate window.
+            if self.dedup_window_ms < 100 {
+                return invalid(
+                    "dedup_window_ms",
+                    "must be at least 100 with backend = \"cluster\"",
+                );
+            }
         }
         Ok(())
     }
@@ -469,6 +476,13 @@ mod tests {
                 Box::new(|c| {
                     c.backend = BackendKind::Cluster;
                     c.cluster.max_in_flight = 0;
+                }),
+            ),
+            (
+                "dedup_window_ms",
+                Box::new(|c| {
+                    c.backend = BackendKind::Cluster;
+                    c.dedup_window_ms = 99;
                 }),
             ),
         ];
