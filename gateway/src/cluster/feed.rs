@@ -268,6 +268,7 @@ impl Node {
     /// Pushes records read from the log that continue the sequence;
     /// returns whether any did (None: the stream is no longer fed here).
     fn pushed_from_log(&self, of: Of, upto: u64, recs: Vec<Stored>) -> Option<bool> {
+        let sending = self.sending.borrow();
         let out = self.with_feed(of, |f| {
             let mut out = Vec::new();
             for r in recs {
@@ -281,12 +282,19 @@ impl Node {
                 };
                 // A record below the next one was purged: skip past it.
                 f.held.remove(&r.seq);
+                // An own copy sent through this node: not to its sender.
+                let origin = match of {
+                    Of::Inbox(user) if rec.from == user => {
+                        sending.get(&(user, rec.msg_id)).map(|(c, _)| c.to_u64())
+                    }
+                    _ => None,
+                };
                 out.push(Push {
                     seq: r.seq,
                     from: rec.from,
                     frame: msg_n(of.group(), r.seq, &rec),
-                    origin_node: 0,
-                    origin_conn: 0,
+                    origin_node: if origin.is_some() { self.token } else { 0 },
+                    origin_conn: origin.unwrap_or(0),
                 });
                 f.next = r.seq + 1;
             }
@@ -294,6 +302,7 @@ impl Node {
             out.extend(f.ready());
             (out, moved)
         })?;
+        drop(sending);
         self.deliver(of, &out.0);
         Some(out.1)
     }

@@ -104,6 +104,10 @@ impl Drop for Group {
     }
 }
 
+/// The connection sending a message, and when to forget it (None: its
+/// msg:A has not gone out yet).
+pub(super) type Sender = (ConnId, Option<tokio::time::Instant>);
+
 /// The node.
 pub(super) struct Node {
     pub(super) js: Js,
@@ -123,6 +127,14 @@ pub(super) struct Node {
     pub(super) send_locks: RefCell<AHashMap<u64, Rc<tokio::sync::Mutex<()>>>>,
     /// Conversations known to be open (the sender wrote to the peer).
     pub(super) open: RefCell<AHashSet<(u64, u64)>>,
+    /// Receipt marks as last read or written: (value, revision) per key,
+    /// and one lock per key so that one write is in flight per mark.
+    pub(super) marks: RefCell<AHashMap<String, super::receipts::Mark>>,
+    /// The connection that sent each message whose msg:R this node is
+    /// answering, by (sender, msg id), kept a little past its msg:A: a
+    /// push of its own copy read from the log leaves that connection out,
+    /// as a published push does.
+    pub(super) sending: RefCell<AHashMap<(u64, u64), Sender>>,
     pub(super) inflight: Arc<AtomicUsize>,
     pub(super) stats: Arc<Stats>,
     pub(super) stopping: Cell<bool>,
@@ -154,6 +166,8 @@ impl Node {
             cursor_slots: RefCell::new(AHashMap::new()),
             send_locks: RefCell::new(AHashMap::new()),
             open: RefCell::new(AHashSet::new()),
+            marks: RefCell::new(AHashMap::new()),
+            sending: RefCell::new(AHashMap::new()),
             inflight,
             stats,
             stopping: Cell::new(false),

@@ -38,6 +38,18 @@ const SENDER_SCAN: u64 = 10_000;
 /// Keys read per batch when listing marks or cursors.
 const SCAN_PAGE: usize = 1000;
 
+/// What a node knows of one mark key: its value and revision as last read
+/// or written (None: read it), and the lock that keeps one write of it in
+/// flight on this node.
+#[derive(Debug, Default)]
+pub(super) struct Mark {
+    known: Option<((u64, u64), u64)>,
+    lock: Rc<tokio::sync::Mutex<()>>,
+}
+
+/// Mark keys remembered per node (then forgotten at once).
+const MARK_CACHE: usize = 100_000;
+
 fn mark_value(d: u64, r: u64) -> Bytes {
     let mut b = BytesMut::with_capacity(16);
     b.put_u64(d);
@@ -95,7 +107,10 @@ impl Node {
     }
 
     /// Raises the marks of `sender`'s messages to `peer`; returns whether
-    /// they moved, and the marks after.
+    /// they moved, and the marks after. Writes of one mark go one at a
+    /// time on this node, from the value it last wrote, so a conversation
+    /// whose marks rise often costs one write per rise and no read; another
+    /// node's write shows as a conflict, and the key is read again.
     async fn raise_mark(
         &self,
         sender: u64,
@@ -104,9 +119,33 @@ impl Node {
         read: u64,
     ) -> Result<(bool, (u64, u64)), JsError> {
         let key = Names::mark_key(sender, peer);
+        let lock = {
+            let mut marks = self.marks.borrow_mut();
+            if marks.len() >= MARK_CACHE {
+                marks.retain(|_, m| Rc::strong_count(&m.lock) > 1);
+            }
+            marks.entry(key.clone()).or_default().lock.clone()
+        };
+        let _one_at_a_time = lock.lock().await;
+        let cached = |node: &Self| node.marks.borrow().get(&key).and_then(|m| m.known);
+        let remember = |node: &Self, k: Option<((u64, u64), u64)>| {
+            if let Some(m) = node.marks.borrow_mut().get_mut(&key) {
+                m.known = k;
+            }
+        };
         for _ in 0..CAS_TRIES {
-            let e = self.js.get_key(Bucket::Marks, &key).await?;
-            let (d, r) = e.value.as_deref().map(mark_of).unwrap_or((0, 0));
+            let ((d, r), rev) = match cached(self) {
+                Some(k) => k,
+                None => {
+                    let e = self.js.get_key(Bucket::Marks, &key).await?;
+                    let k = (
+                        e.value.as_deref().map(mark_of).unwrap_or((0, 0)),
+                        e.revision,
+                    );
+                    remember(self, Some(k));
+                    k
+                }
+            };
             // What is read is delivered too.
             let (nd, nr) = (d.max(delivered).max(read), r.max(read));
             if (nd, nr) == (d, r) {
@@ -114,12 +153,18 @@ impl Node {
             }
             match self
                 .js
-                .put_key(Bucket::Marks, &key, mark_value(nd, nr), e.revision)
+                .put_key(Bucket::Marks, &key, mark_value(nd, nr), rev)
                 .await
             {
-                Ok(_) => return Ok((true, (nd, nr))),
-                Err(JsError::Conflict) => continue,
-                Err(e) => return Err(e),
+                Ok(rev) => {
+                    remember(self, Some(((nd, nr), rev)));
+                    return Ok((true, (nd, nr)));
+                }
+                Err(JsError::Conflict) => remember(self, None),
+                Err(e) => {
+                    remember(self, None);
+                    return Err(e);
+                }
             }
         }
         Err(JsError::Unavailable("the mark kept moving".into()))

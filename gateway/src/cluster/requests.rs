@@ -76,6 +76,7 @@ impl Node {
     async fn msg(self: &Rc<Self>, conn: ConnId, user: u64, m: MsgR) -> Result<(), Failed> {
         rules::check_msg(&m, user, self.limits.max_body).map_err(|(c, t)| Refuse(c, t))?;
         let digest = keys::digest(0, m.to, &m.body);
+        let sent = self.note_sending(user, m.msg_id, conn);
         let rec = Record {
             from: user,
             to: m.to,
@@ -150,7 +151,23 @@ impl Node {
             };
             self.clone().tell(target, push).await;
         }
+        drop(sent);
         Ok(())
+    }
+
+    /// Remembers which connection sends (sender, msg id) until the guard
+    /// is dropped and a little after.
+    fn note_sending(self: &Rc<Self>, user: u64, msg_id: u64, conn: ConnId) -> Sending {
+        let mut sending = self.sending.borrow_mut();
+        if sending.len() >= 4096 && sending.len().is_multiple_of(1024) {
+            let now = tokio::time::Instant::now();
+            sending.retain(|_, (_, expires)| expires.is_none_or(|t| t > now));
+        }
+        sending.insert((user, msg_id), (conn, None));
+        Sending {
+            node: self.clone(),
+            key: (user, msg_id),
+        }
     }
 
     /// A group message: stored once in the group's log, pushed once to
@@ -421,6 +438,25 @@ impl Node {
             }
         }
         Ok(lo)
+    }
+}
+
+/// A msg:R being answered: when dropped (answered, or failed), its entry
+/// in `Node::sending` expires [`SENDING_LINGER`] later, long enough for
+/// the pushes of its own copy, whether published or read from the log.
+pub(super) struct Sending {
+    node: Rc<Node>,
+    key: (u64, u64),
+}
+
+/// How long a sent message's connection is remembered after its answer.
+const SENDING_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        if let Some(e) = self.node.sending.borrow_mut().get_mut(&self.key) {
+            e.1 = Some(tokio::time::Instant::now() + SENDING_LINGER);
+        }
     }
 }
 
