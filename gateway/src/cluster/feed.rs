@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, rc::Rc, sync::atomic::Ordering::Relaxed, time::
 use bytes::Bytes;
 use imgate_codec::{Body, frame::MsgN};
 
-use super::{js::Stored, node::Node};
+use super::{js::Stored, node::Node, wire::NodeMsg};
 use crate::{backend::Track, delivery::keys::Record};
 
 /// How long a push ahead of a gap waits for the pushes before it, before
@@ -53,6 +53,33 @@ pub(super) struct Push {
     pub(super) frame: Bytes,
     pub(super) origin_node: u64,
     pub(super) origin_conn: u64,
+}
+
+impl Push {
+    /// The push a node message carries, and its stream sequence; the
+    /// message itself if it is not a push.
+    pub(super) fn from_msg(m: NodeMsg) -> Result<(Push, u64), NodeMsg> {
+        match m {
+            NodeMsg::Push {
+                seq,
+                stream_seq,
+                from,
+                origin_node,
+                origin_conn,
+                frame,
+            } => Ok((
+                Push {
+                    seq,
+                    from,
+                    frame,
+                    origin_node,
+                    origin_conn,
+                },
+                stream_seq,
+            )),
+            other => Err(other),
+        }
+    }
 }
 
 /// The order state of one stream on this node.

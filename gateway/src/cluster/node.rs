@@ -454,6 +454,10 @@ impl Node {
     }
 
     fn on_user_msg(self: &Rc<Self>, user: u64, msg: NodeMsg) {
+        let msg = match Push::from_msg(msg) {
+            Ok((p, stream_seq)) => return self.on_push(Of::Inbox(user), p, stream_seq),
+            Err(other) => other,
+        };
         match msg {
             NodeMsg::Kick {
                 reason,
@@ -468,23 +472,6 @@ impl Node {
                     }
                     router.kick(conn, reason);
                 }
-            }
-            NodeMsg::Push {
-                seq,
-                stream_seq,
-                from,
-                origin_node,
-                origin_conn,
-                frame,
-            } => {
-                let p = Push {
-                    seq,
-                    from,
-                    frame,
-                    origin_node,
-                    origin_conn,
-                };
-                self.on_push(Of::Inbox(user), p, stream_seq);
             }
             NodeMsg::Notice {
                 origin_node,
@@ -514,7 +501,7 @@ impl Node {
                     tokio::task::spawn_local(self.clone().reload_members(group));
                 }
             }
-            NodeMsg::Members | NodeMsg::Who { .. } => {}
+            NodeMsg::Push { .. } | NodeMsg::Members | NodeMsg::Who { .. } => {}
         }
     }
 
@@ -589,25 +576,9 @@ impl Node {
         }
         self.kick_flush();
         while let Some(m) = sub.next().await {
-            match NodeMsg::decode(&m.payload) {
-                Some(NodeMsg::Push {
-                    seq,
-                    stream_seq,
-                    from,
-                    origin_node,
-                    origin_conn,
-                    frame,
-                }) => {
-                    let p = Push {
-                        seq,
-                        from,
-                        frame,
-                        origin_node,
-                        origin_conn,
-                    };
-                    self.on_push(Of::Group(group), p, stream_seq);
-                }
-                Some(NodeMsg::Members) => {
+            match NodeMsg::decode(&m.payload).map(Push::from_msg) {
+                Some(Ok((p, stream_seq))) => self.on_push(Of::Group(group), p, stream_seq),
+                Some(Err(NodeMsg::Members)) => {
                     tokio::task::spawn_local(self.clone().reload_members(group));
                 }
                 Some(_) => {}

@@ -108,17 +108,7 @@ impl Node {
             self.open_conversation(user, m.to)
         );
         opened?;
-        let stored = match stored {
-            Ok(s) => s,
-            Err(ChainError::Reused) => {
-                return Err(Refuse(
-                    ErrorCode::MsgIdReused,
-                    "msg id already used for another message",
-                )
-                .into());
-            }
-            Err(ChainError::Js(e)) => return Err(e.into()),
-        };
+        let stored = stored.map_err(Failed::from)?;
         let (Some(own), Some(theirs)) = (stored.first(), stored.get(1)) else {
             return Err(JsError::Unavailable("incomplete chain".into()).into());
         };
@@ -208,17 +198,7 @@ impl Node {
                 locks.remove(&user);
             }
         }
-        let stored = match pending?.await {
-            Ok(s) => s,
-            Err(ChainError::Reused) => {
-                return Err(Refuse(
-                    ErrorCode::MsgIdReused,
-                    "msg id already used for another message",
-                )
-                .into());
-            }
-            Err(ChainError::Js(e)) => return Err(e.into()),
-        };
+        let stored = pending?.await.map_err(Failed::from)?;
         let Some(s) = stored.first() else {
             return Err(JsError::Unavailable("incomplete chain".into()).into());
         };
@@ -474,6 +454,18 @@ pub(super) enum Failed {
 impl From<Refuse> for Failed {
     fn from(r: Refuse) -> Failed {
         Failed::Refuse(r)
+    }
+}
+
+impl From<ChainError> for Failed {
+    fn from(e: ChainError) -> Failed {
+        match e {
+            ChainError::Reused => Failed::Refuse(Refuse(
+                ErrorCode::MsgIdReused,
+                "msg id already used for another message",
+            )),
+            ChainError::Js(e) => Failed::Js(e),
+        }
     }
 }
 

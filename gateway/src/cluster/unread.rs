@@ -8,13 +8,13 @@
 use std::rc::Rc;
 
 use ahash::AHashMap;
-use imgate_codec::{
-    Body, HEADER_LEN,
-    frame::{UNREAD_ENTRY, UnreadA, UnreadEntry},
-};
+use imgate_codec::{Body, frame::UnreadEntry};
 
 use super::{node::Node, requests::Failed};
-use crate::{conn_id::ConnId, delivery::keys::Record};
+use crate::{
+    conn_id::ConnId,
+    delivery::{keys::Record, rules},
+};
 
 impl Node {
     /// Answers an unread:R.
@@ -65,7 +65,7 @@ impl Node {
             }
         }
         // The scan stopped at the limit with inbox entries left unread.
-        let mut partial = scanned >= limit && last < head;
+        let partial = scanned >= limit && last < head;
         let mut entries: Vec<UnreadEntry> = by_peer
             .into_iter()
             .map(|(peer, (unread, last_seq))| UnreadEntry {
@@ -91,14 +91,7 @@ impl Node {
                 last_seq: head,
             });
         }
-        entries.sort_by_key(|e| std::cmp::Reverse(e.last_seq));
-        let fit = self.limits.max_frame.saturating_sub(HEADER_LEN) / UNREAD_ENTRY;
-        if entries.len() > fit {
-            partial = true;
-            entries.truncate(fit);
-        }
-        let mut summary = UnreadA::from_entries(&entries);
-        summary.partial = partial;
+        let summary = rules::unread_summary(entries, partial, self.limits.max_frame);
         self.router
             .borrow_mut()
             .to_conn(conn, summary.to_bytes(), None);

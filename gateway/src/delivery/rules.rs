@@ -7,7 +7,7 @@
 
 use imgate_codec::{
     ErrorCode, HEADER_LEN,
-    frame::{ENTRY_FIXED, GroupOp, MsgR, ReadR},
+    frame::{ENTRY_FIXED, GroupOp, MsgR, ReadR, UNREAD_ENTRY, UnreadA, UnreadEntry},
 };
 
 /// A refused request: its error code and a detail for humans.
@@ -85,6 +85,19 @@ pub fn fits_page(used: usize, body_len: usize, budget: usize) -> bool {
     used + ENTRY_FIXED + body_len <= budget
 }
 
+/// The unread summary of `entries`, newest conversations first, as many
+/// as fit a frame of `max_frame`; `PARTIAL` if some did not fit or
+/// `partial` says the reading stopped short.
+pub fn unread_summary(mut entries: Vec<UnreadEntry>, partial: bool, max_frame: usize) -> UnreadA {
+    entries.sort_by_key(|e| std::cmp::Reverse(e.last_seq));
+    let fit = max_frame.saturating_sub(HEADER_LEN) / UNREAD_ENTRY;
+    let cut = entries.len() > fit;
+    entries.truncate(fit);
+    let mut summary = UnreadA::from_entries(&entries);
+    summary.partial = partial || cut;
+    summary
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -150,6 +163,23 @@ mod tests {
         assert!(check_members(GroupOp::Create, &[3, 0]).is_err());
         assert_eq!(check_members(GroupOp::List, &[0]), Ok(()));
         assert!(check_members(GroupOp::List, &[1, 2]).is_err());
+    }
+
+    #[test]
+    fn an_unread_summary_keeps_the_newest_that_fit() {
+        let e = |peer, last_seq| UnreadEntry {
+            group: 0,
+            peer,
+            unread: 1,
+            last_seq,
+        };
+        let max_frame = HEADER_LEN + 2 * UNREAD_ENTRY;
+        let s = unread_summary(vec![e(1, 5), e(2, 9), e(3, 7)], false, max_frame);
+        let peers: Vec<u64> = s.iter().map(|x| x.peer).collect();
+        assert_eq!((peers, s.partial), (vec![2, 3], true));
+        let s = unread_summary(vec![e(1, 5)], false, max_frame);
+        assert!(!s.partial);
+        assert!(unread_summary(vec![e(1, 5)], true, max_frame).partial);
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub(super) fn unread(
         },
     )?;
     // The scan stopped at the limit with inbox entries left unread.
-    let mut partial = scanned >= limit && last < state.head(store, s)?;
+    let partial = scanned >= limit && last < state.head(store, s)?;
     let mut entries: Vec<UnreadEntry> = by_peer
         .into_iter()
         .map(|(peer, (unread, last_seq))| UnreadEntry {
@@ -123,18 +123,7 @@ pub(super) fn unread(
             last_seq: head,
         });
     }
-    entries.sort_by_key(|e| std::cmp::Reverse(e.last_seq));
-    let fit = state
-        .limits
-        .max_frame
-        .saturating_sub(imgate_codec::HEADER_LEN)
-        / imgate_codec::frame::UNREAD_ENTRY;
-    if entries.len() > fit {
-        partial = true;
-        entries.truncate(fit);
-    }
-    let mut summary = UnreadA::from_entries(&entries);
-    summary.partial = partial;
+    let summary = rules::unread_summary(entries, partial, state.limits.max_frame);
     out.to_conn(conn, summary.to_bytes(), None);
     Ok(())
 }
