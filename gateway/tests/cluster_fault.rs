@@ -2,7 +2,8 @@
 //! private 3-node JetStream cluster; a gateway and the leader of a stream
 //! in use are SIGKILLed mid-burst and restarted. Every message a sender saw
 //! acknowledged must be stored exactly once at its acknowledged sequence
-//! id, inboxes must be contiguous, and each sender's order kept.
+//! id, inboxes and the group's log must be contiguous, and each sender's
+//! order kept.
 
 mod common;
 
@@ -24,10 +25,12 @@ use common::{
 };
 use imgate_codec::{
     Frame,
-    frame::{Login, MsgR, SyncR},
+    frame::{GroupOp, GroupR, Login, MsgR, SyncR},
 };
 
 const SENDERS: u64 = 4;
+/// Senders to the group, users 201 and up; the group's reader is 300.
+const GROUP_SENDERS: u64 = 2;
 const PER_SENDER: u64 = 150;
 const WINDOW: usize = 16;
 
@@ -61,12 +64,13 @@ fn connect(ports: &[u16], first: usize, user: u64) -> Option<Client> {
 /// What a sender saw acknowledged: msg id → (seq, own seq).
 type Acked = BTreeMap<u64, (u64, u64)>;
 
-/// Sends PER_SENDER messages to `to`, at most WINDOW unacknowledged,
-/// reconnecting (to the other gateway first) and retransmitting with the
-/// same ids whenever its connection breaks.
+/// Sends PER_SENDER messages to `to` (or, if `group` is not 0, to the
+/// group), at most WINDOW unacknowledged, reconnecting (to the other
+/// gateway first) and retransmitting with the same ids whenever its
+/// connection breaks.
 fn sender(
     user: u64,
-    to: u64,
+    (to, group): (u64, u64),
     ports: Vec<u16>,
     first: usize,
     acked_total: Arc<AtomicUsize>,
@@ -95,7 +99,7 @@ fn sender(
                 if !acked.contains_key(&next) {
                     c.send(MsgR {
                         msg_id: next,
-                        group: 0,
+                        group,
                         to,
                         retry: true,
                         body: Bytes::from(format!("{user}:{next}")),
@@ -136,14 +140,15 @@ fn sender(
     acked
 }
 
-/// Every entry of a user's inbox, read in pages through `port`.
-fn inbox(port: u16, user: u64) -> Vec<(u64, u64, u64)> {
+/// Every entry of a user's inbox (`group` 0) or of a group's log, read by
+/// `user` in pages through `port`.
+fn stream(port: u16, user: u64, group: u64) -> Vec<(u64, u64, u64)> {
     let mut c = connect(&[port], 0, user).expect("login for the check");
     let mut after = 0;
     let mut out = Vec::new();
     loop {
         c.send(SyncR {
-            group: 0,
+            group,
             after,
             limit: 500,
         });
@@ -204,18 +209,44 @@ fn acknowledged_messages_survive_a_gateway_and_a_stream_leader_sigkill() {
     let mut a = Gateway::spawn(ports[0], args("a"), Some(dir.join("a.log")), start);
     let _b = Gateway::spawn(ports[1], args("b"), Some(dir.join("b.log")), start);
 
+    // A group of the group senders and an offline reader, its log in the
+    // stream whose leader dies.
+    let names = imgate::cluster::names::Names::new("FAULT", 2);
+    let wanted = (1..).find(|&g| names.partition(g) == 0).expect("an id");
+    let mut creator = connect(&ports, 0, 201).expect("creator logs in");
+    let others: Vec<u64> = (202..201 + GROUP_SENDERS).chain([300]).collect();
+    creator.send(
+        GroupR {
+            req: 1,
+            op: GroupOp::Create as u8,
+            group: wanted,
+            members: Bytes::new(),
+        }
+        .with_members(&others),
+    );
+    let group = loop {
+        match creator.next(Duration::from_secs(10)) {
+            Got::Frame(Frame::GroupA(g)) => break g.group,
+            Got::Frame(_) => {}
+            other => panic!("no group:A: {other:?}"),
+        }
+    };
+    drop(creator);
+
     let acked_total = Arc::new(AtomicUsize::new(0));
     let results = Arc::new(Mutex::new(HashMap::new()));
     let mut threads = Vec::new();
-    for s in 1..=SENDERS {
+    let one_to_one = (1..=SENDERS).map(|s| (s, (100 + s, 0)));
+    let to_group = (201..201 + GROUP_SENDERS).map(|s| (s, (0, group)));
+    for (s, target) in one_to_one.chain(to_group) {
         let (ports, acked_total, results) = (ports.clone(), acked_total.clone(), results.clone());
         // Senders alternate nodes; their receivers are offline.
         threads.push(std::thread::spawn(move || {
-            let acked = sender(s, 100 + s, ports, (s % 2) as usize, acked_total);
+            let acked = sender(s, target, ports, (s % 2) as usize, acked_total);
             results.lock().expect("results").insert(s, acked);
         }));
     }
-    let total = (SENDERS * PER_SENDER) as usize;
+    let total = ((SENDERS + GROUP_SENDERS) * PER_SENDER) as usize;
     let deadline = Instant::now() + Duration::from_secs(90);
     while acked_total.load(Relaxed) < total / 4 {
         assert!(
@@ -248,7 +279,7 @@ fn acknowledged_messages_survive_a_gateway_and_a_stream_leader_sigkill() {
         assert_eq!(acked.len() as u64, PER_SENDER);
         // The receiver's inbox: contiguous, each message once, at its
         // acknowledged seq, in the sender's order.
-        let theirs = inbox(ports[0], 100 + s);
+        let theirs = stream(ports[0], 100 + s, 0);
         let seqs: Vec<u64> = theirs.iter().map(|e| e.0).collect();
         assert_eq!(
             seqs,
@@ -272,13 +303,41 @@ fn acknowledged_messages_survive_a_gateway_and_a_stream_leader_sigkill() {
             "sender {s}'s order"
         );
         // The sender's own copies likewise.
-        let own = inbox(ports[1], s);
+        let own = stream(ports[1], s, 0);
         assert_eq!(own.len() as u64, PER_SENDER, "sender {s}: own copies");
         for (i, &(seq, _, id)) in own.iter().enumerate() {
             assert_eq!(seq, i as u64 + 1);
             assert_eq!(
                 acked[&id].1, seq,
                 "sender {s}: msg {id} at its acked own seq"
+            );
+        }
+    }
+    // The group's log: contiguous, each message once at its acknowledged
+    // seq, each sender's messages in its order.
+    let log = stream(ports[1], 300, group);
+    let seqs: Vec<u64> = log.iter().map(|e| e.0).collect();
+    let n = GROUP_SENDERS * PER_SENDER;
+    assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "the group's log");
+    for s in 201..201 + GROUP_SENDERS {
+        let acked = &results[&s];
+        assert_eq!(acked.len() as u64, PER_SENDER);
+        let mine: Vec<(u64, u64)> = log
+            .iter()
+            .filter(|e| e.1 == s)
+            .map(|e| (e.0, e.2))
+            .collect();
+        let ids: Vec<u64> = mine.iter().map(|m| m.1).collect();
+        assert_eq!(
+            ids,
+            (1..=PER_SENDER).collect::<Vec<_>>(),
+            "sender {s}'s order"
+        );
+        for (seq, id) in mine {
+            assert_eq!(
+                acked[&id],
+                (seq, 0),
+                "sender {s}: msg {id} at its acked seq"
             );
         }
     }
