@@ -1,5 +1,7 @@
 //! What docs/protocol.md promises, checked frame by frame over real sockets
-//! against the delivery backend: the points where a client written from the
+//! against the delivery backend (the rules of delivery, read marks, groups
+//! and receipts against the cluster backend too, on the shared JetStream
+//! cluster): the points where a client written from the
 //! document alone could meet a surprise (error reference fields, read and
 //! receipt checks, member lists, timer deadlines, user 0, the token MAC, the
 //! rate limits in login:ok, msg id reuse, the first frame's size, who may
@@ -164,88 +166,90 @@ fn not_logged_in_names_the_request_it_refuses() {
 
 #[test]
 fn a_read_mark_never_goes_backwards_and_out_of_range_marks_are_refused() {
-    let gw = Gw::start(|_| {});
-    let mut a = Client::login(gw.addr(), 1, 1);
-    let mut b = Client::login(gw.addr(), 2, 1);
-    for id in 1..=3 {
-        send_msg(&mut a, id, 2, b"hi");
-    }
-    match read(&mut b, 0, 1, 2) {
-        Frame::ReadA(r) => assert_eq!(
-            r,
-            ReadA {
-                group: 0,
-                peer: 1,
-                seq: 2
-            }
-        ),
-        other => panic!("expected read:A, got {other:?}"),
-    }
-    // Below the mark: the answer reports the mark, not the lower seq.
-    match read(&mut b, 0, 1, 1) {
-        Frame::ReadA(r) => assert_eq!(r.seq, 2, "read:A reports the mark after the request"),
-        other => panic!("expected read:A, got {other:?}"),
-    }
-    for (group, peer, seq, what) in [
-        (0, 1, 0, "seq 0"),
-        (0, 1, 4, "above the head"),
-        (0, 0, 1, "no peer"),
-        (0, 2, 1, "the reader itself"),
-    ] {
-        b.send(ReadR { group, peer, seq });
-        assert_eq!(
-            refs(answer(&mut b)),
-            (ErrorCode::InvalidRequest, Some(Kind::ReadR), group),
-            "{what}"
-        );
+    for gw in Gw::on_every_backend(|_| {}) {
+        let mut a = Client::login(gw.addr(), 1, 1);
+        let mut b = Client::login(gw.addr(), 2, 1);
+        for id in 1..=3 {
+            send_msg(&mut a, id, 2, b"hi");
+        }
+        match read(&mut b, 0, 1, 2) {
+            Frame::ReadA(r) => assert_eq!(
+                r,
+                ReadA {
+                    group: 0,
+                    peer: 1,
+                    seq: 2
+                }
+            ),
+            other => panic!("expected read:A, got {other:?}"),
+        }
+        // Below the mark: the answer reports the mark, not the lower seq.
+        match read(&mut b, 0, 1, 1) {
+            Frame::ReadA(r) => assert_eq!(r.seq, 2, "read:A reports the mark after the request"),
+            other => panic!("expected read:A, got {other:?}"),
+        }
+        for (group, peer, seq, what) in [
+            (0, 1, 0, "seq 0"),
+            (0, 1, 4, "above the head"),
+            (0, 0, 1, "no peer"),
+            (0, 2, 1, "the reader itself"),
+        ] {
+            b.send(ReadR { group, peer, seq });
+            assert_eq!(
+                refs(answer(&mut b)),
+                (ErrorCode::InvalidRequest, Some(Kind::ReadR), group),
+                "{what}"
+            );
+        }
     }
 }
 
 #[test]
 fn group_reads_need_peer_0_and_receipts_need_a_seq_in_the_log() {
-    let gw = Gw::start(|_| {});
-    let mut a = Client::login(gw.addr(), 1, 1);
-    let g = group_a(group_req(&mut a, 1, GroupOp::Create, 0, &[2])).group;
-    a.send(MsgR {
-        msg_id: 10,
-        group: g,
-        to: 0,
-        retry: false,
-        body: Bytes::from_static(b"to all"),
-    });
-    assert!(matches!(answer(&mut a), Frame::MsgA(m) if m.seq == 1));
-
-    a.send(ReadR {
-        group: g,
-        peer: 2,
-        seq: 1,
-    });
-    assert_eq!(
-        refs(answer(&mut a)),
-        (ErrorCode::InvalidRequest, Some(Kind::ReadR), g)
-    );
-    assert!(matches!(read(&mut a, g, 0, 1), Frame::ReadA(r) if r.seq == 1));
-
-    for seq in [0, 2] {
-        a.send(ReceiptsR {
-            req: 5,
+    for gw in Gw::on_every_backend(|_| {}) {
+        let mut a = Client::login(gw.addr(), 1, 1);
+        let g = group_a(group_req(&mut a, 1, GroupOp::Create, 0, &[2])).group;
+        a.send(MsgR {
+            msg_id: 10,
             group: g,
-            seq,
+            to: 0,
+            retry: false,
+            body: Bytes::from_static(b"to all"),
+        });
+        assert!(matches!(answer(&mut a), Frame::MsgA(m) if m.seq == 1));
+
+        a.send(ReadR {
+            group: g,
+            peer: 2,
+            seq: 1,
         });
         assert_eq!(
             refs(answer(&mut a)),
-            (ErrorCode::InvalidRequest, Some(Kind::ReceiptsR), 5),
-            "seq {seq}"
+            (ErrorCode::InvalidRequest, Some(Kind::ReadR), g)
         );
-    }
-    a.send(ReceiptsR {
-        req: 6,
-        group: g,
-        seq: 1,
-    });
-    match answer(&mut a) {
-        Frame::ReceiptsA(r) => assert_eq!((r.req, r.members, r.read), (6, 2, 1)),
-        other => panic!("expected receipts:A, got {other:?}"),
+        assert!(matches!(read(&mut a, g, 0, 1), Frame::ReadA(r) if r.seq == 1));
+
+        for seq in [0, 2] {
+            a.send(ReceiptsR {
+                req: 5,
+                group: g,
+                seq,
+            });
+            assert_eq!(
+                refs(answer(&mut a)),
+                (ErrorCode::InvalidRequest, Some(Kind::ReceiptsR), 5),
+                "seq {seq}"
+            );
+        }
+        a.send(ReceiptsR {
+            req: 6,
+            group: g,
+            seq: 1,
+        });
+        match answer(&mut a) {
+            Frame::ReceiptsA(r) => assert_eq!((r.req, r.members, r.read), (6, 2, 1)),
+            other => panic!("expected receipts:A, got {other:?}"),
+        }
     }
 }
 
@@ -254,29 +258,30 @@ fn group_reads_need_peer_0_and_receipts_need_a_seq_in_the_log() {
 
 #[test]
 fn member_lists_are_checked_and_the_creator_is_listed() {
-    let gw = Gw::start(|_| {});
-    let mut a = Client::login(gw.addr(), 5, 1);
-    let created = group_a(group_req(&mut a, 1, GroupOp::Create, 0, &[7, 6]));
-    let members: Vec<u64> = created.members().collect();
-    assert_eq!(members, vec![5, 6, 7], "the creator is listed");
-    assert_eq!(created.total, 3);
-    let g = created.group;
-    for (req, op, group, list, what) in [
-        (2, GroupOp::Add, g, &[][..], "add nobody"),
-        (3, GroupOp::Remove, g, &[][..], "remove nobody"),
-        (4, GroupOp::Add, g, &[8, 0][..], "add user 0"),
-        (5, GroupOp::Create, 0, &[0][..], "create with user 0"),
-        (6, GroupOp::List, g, &[6, 7][..], "list after two ids"),
-    ] {
-        assert_eq!(
-            refs(group_req(&mut a, req, op, group, list)),
-            (ErrorCode::InvalidRequest, Some(Kind::GroupR), req),
-            "{what}"
-        );
+    for gw in Gw::on_every_backend(|_| {}) {
+        let mut a = Client::login(gw.addr(), 5, 1);
+        let created = group_a(group_req(&mut a, 1, GroupOp::Create, 0, &[7, 6]));
+        let members: Vec<u64> = created.members().collect();
+        assert_eq!(members, vec![5, 6, 7], "the creator is listed");
+        assert_eq!(created.total, 3);
+        let g = created.group;
+        for (req, op, group, list, what) in [
+            (2, GroupOp::Add, g, &[][..], "add nobody"),
+            (3, GroupOp::Remove, g, &[][..], "remove nobody"),
+            (4, GroupOp::Add, g, &[8, 0][..], "add user 0"),
+            (5, GroupOp::Create, 0, &[0][..], "create with user 0"),
+            (6, GroupOp::List, g, &[6, 7][..], "list after two ids"),
+        ] {
+            assert_eq!(
+                refs(group_req(&mut a, req, op, group, list)),
+                (ErrorCode::InvalidRequest, Some(Kind::GroupR), req),
+                "{what}"
+            );
+        }
+        // Nothing changed.
+        let listed = group_a(group_req(&mut a, 7, GroupOp::List, g, &[]));
+        assert_eq!(listed.members().collect::<Vec<_>>(), vec![5, 6, 7]);
     }
-    // Nothing changed.
-    let listed = group_a(group_req(&mut a, 7, GroupOp::List, g, &[]));
-    assert_eq!(listed.members().collect::<Vec<_>>(), vec![5, 6, 7]);
 }
 
 // ---------------------------------------------------------------------------
@@ -447,33 +452,34 @@ fn login_ok_announces_the_rate_limit_and_a_client_within_it_is_never_refused() {
 
 #[test]
 fn a_msg_id_reused_for_another_message_is_refused_and_stores_nothing() {
-    let gw = Gw::start(|_| {});
-    let mut a = Client::login(gw.addr(), 1, 1);
-    let first = send_msg(&mut a, 55, 2, b"first");
-    // Same id, same message: a retransmission, the same answer.
-    assert_eq!(send_msg(&mut a, 55, 2, b"first"), first);
-    for (to, body) in [(3, &b"first"[..]), (2, &b"other"[..])] {
-        a.send(MsgR {
-            msg_id: 55,
-            group: 0,
-            to,
-            retry: true,
-            body: Bytes::copy_from_slice(body),
-        });
-        expect_error(&mut a, ErrorCode::MsgIdReused, Some(Kind::MsgR), 55);
-    }
-    // Nothing was stored for user 3, and user 2 holds one copy.
-    for (user, want) in [(3, 0), (2, 1)] {
-        let (mut c, ok) = login_ok(gw.addr(), user);
-        assert_eq!(ok.inbox_head, want, "user {user}");
-        c.send(SyncR {
-            group: 0,
-            after: 0,
-            limit: 10,
-        });
-        match c.frame() {
-            Frame::SyncPage(p) => assert_eq!(p.count, want as u16),
-            other => panic!("expected a page, got {other:?}"),
+    for gw in Gw::on_every_backend(|_| {}) {
+        let mut a = Client::login(gw.addr(), 1, 1);
+        let first = send_msg(&mut a, 55, 2, b"first");
+        // Same id, same message: a retransmission, the same answer.
+        assert_eq!(send_msg(&mut a, 55, 2, b"first"), first);
+        for (to, body) in [(3, &b"first"[..]), (2, &b"other"[..])] {
+            a.send(MsgR {
+                msg_id: 55,
+                group: 0,
+                to,
+                retry: true,
+                body: Bytes::copy_from_slice(body),
+            });
+            expect_error(&mut a, ErrorCode::MsgIdReused, Some(Kind::MsgR), 55);
+        }
+        // Nothing was stored for user 3, and user 2 holds one copy.
+        for (user, want) in [(3, 0), (2, 1)] {
+            let (mut c, ok) = login_ok(gw.addr(), user);
+            assert_eq!(ok.inbox_head, want, "user {user}");
+            c.send(SyncR {
+                group: 0,
+                after: 0,
+                limit: 10,
+            });
+            match c.frame() {
+                Frame::SyncPage(p) => assert_eq!(p.count, want as u16),
+                other => panic!("expected a page, got {other:?}"),
+            }
         }
     }
 }
@@ -512,31 +518,32 @@ fn a_first_frame_longer_than_any_login_is_refused_at_once() {
 
 #[test]
 fn read_receipts_reach_only_peers_that_wrote_to_the_reader() {
-    let gw = Gw::start(|_| {});
-    let mut a = Client::login(gw.addr(), 1, 1);
-    let mut b = Client::login(gw.addr(), 2, 1);
-    let mut stranger = Client::login(gw.addr(), 3, 1);
-    // 3 never wrote to 2: 2 cannot send it read receipts.
-    send_msg(&mut a, 1, 2, b"hello");
-    assert_eq!(
-        refs(read(&mut b, 0, 3, 1)),
-        (ErrorCode::Forbidden, Some(Kind::ReadR), 0)
-    );
-    assert_quiet(&mut stranger, "a user that never wrote gets no read:N");
-    // Nor at its next login.
-    drop(stranger);
-    let mut stranger = Client::login(gw.addr(), 3, 1);
-    assert_quiet(&mut stranger, "no read:N after login either");
-    // 1 wrote to 2: the receipt reaches it.
-    assert!(matches!(read(&mut b, 0, 1, 1), Frame::ReadA(r) if r.seq == 1));
-    loop {
-        match a.frame() {
-            Frame::ReadN(n) => {
-                assert_eq!((n.reader, n.group, n.peer, n.seq), (2, 0, 1, 1));
-                break;
+    for gw in Gw::on_every_backend(|_| {}) {
+        let mut a = Client::login(gw.addr(), 1, 1);
+        let mut b = Client::login(gw.addr(), 2, 1);
+        let mut stranger = Client::login(gw.addr(), 3, 1);
+        // 3 never wrote to 2: 2 cannot send it read receipts.
+        send_msg(&mut a, 1, 2, b"hello");
+        assert_eq!(
+            refs(read(&mut b, 0, 3, 1)),
+            (ErrorCode::Forbidden, Some(Kind::ReadR), 0)
+        );
+        assert_quiet(&mut stranger, "a user that never wrote gets no read:N");
+        // Nor at its next login.
+        drop(stranger);
+        let mut stranger = Client::login(gw.addr(), 3, 1);
+        assert_quiet(&mut stranger, "no read:N after login either");
+        // 1 wrote to 2: the receipt reaches it.
+        assert!(matches!(read(&mut b, 0, 1, 1), Frame::ReadA(r) if r.seq == 1));
+        loop {
+            match a.frame() {
+                Frame::ReadN(n) => {
+                    assert_eq!((n.reader, n.group, n.peer, n.seq), (2, 0, 1, 1));
+                    break;
+                }
+                Frame::AckN(_) => {}
+                other => panic!("expected read:N, got {other:?}"),
             }
-            Frame::AckN(_) => {}
-            other => panic!("expected read:N, got {other:?}"),
         }
     }
 }
@@ -546,84 +553,87 @@ fn read_receipts_reach_only_peers_that_wrote_to_the_reader() {
 
 #[test]
 fn ack_0_reports_the_cursor_and_a_sync_after_the_head_moves_it_to_the_head() {
-    let gw = Gw::start(|_| {});
-    let mut a = Client::login(gw.addr(), 1, 1);
-    let mut b = Client::login(gw.addr(), 2, 1);
-    for id in 1..=3 {
-        send_msg(&mut a, id, 2, b"m");
+    for gw in Gw::on_every_backend(|_| {}) {
+        let mut a = Client::login(gw.addr(), 1, 1);
+        let mut b = Client::login(gw.addr(), 2, 1);
+        for id in 1..=3 {
+            send_msg(&mut a, id, 2, b"m");
+        }
+        b.send(AckR { group: 0, seq: 0 });
+        assert!(matches!(answer(&mut b), Frame::AckA(x) if x.seq == 0));
+        b.send(SyncR {
+            group: 0,
+            after: 99,
+            limit: 10,
+        });
+        match answer(&mut b) {
+            Frame::SyncPage(p) => assert_eq!((p.after, p.head, p.count), (99, 3, 0)),
+            other => panic!("expected a page, got {other:?}"),
+        }
+        b.send(AckR { group: 0, seq: 0 });
+        assert!(
+            matches!(answer(&mut b), Frame::AckA(x) if x.seq == 3),
+            "the cursor is at the head"
+        );
     }
-    b.send(AckR { group: 0, seq: 0 });
-    assert!(matches!(answer(&mut b), Frame::AckA(x) if x.seq == 0));
-    b.send(SyncR {
-        group: 0,
-        after: 99,
-        limit: 10,
-    });
-    match answer(&mut b) {
-        Frame::SyncPage(p) => assert_eq!((p.after, p.head, p.count), (99, 3, 0)),
-        other => panic!("expected a page, got {other:?}"),
-    }
-    b.send(AckR { group: 0, seq: 0 });
-    assert!(
-        matches!(answer(&mut b), Frame::AckA(x) if x.seq == 3),
-        "the cursor is at the head"
-    );
 }
 
 #[test]
 fn the_body_is_checked_before_the_direction() {
-    let gw = Gw::start(|_| {});
-    let mut c = Client::login(gw.addr(), 1, 1);
-    // A msg:A (server to client) with its right size: invalid_request, and
-    // the connection stays.
-    c.send(MsgA {
-        msg_id: 1,
-        group: 0,
-        seq: 1,
-        own_seq: 1,
-        server_time: 1,
-    });
-    expect_error(&mut c, ErrorCode::InvalidRequest, Some(Kind::MsgA), 0);
-    c.send(Ping { nonce: 1 });
-    assert!(matches!(c.frame(), Frame::Pong(_)));
-    // The same kind with a wrong size: malformed, and closed.
-    c.send_raw(&[0, 0, 0, 7, 1, 0x11, 0, 0, 1, 2, 3]);
-    let got = c.closed();
-    assert_eq!(
-        refs(got[0].clone()),
-        (ErrorCode::MalformedFrame, Some(Kind::MsgA), 0)
-    );
+    for gw in Gw::on_every_backend(|_| {}) {
+        let mut c = Client::login(gw.addr(), 1, 1);
+        // A msg:A (server to client) with its right size: invalid_request, and
+        // the connection stays.
+        c.send(MsgA {
+            msg_id: 1,
+            group: 0,
+            seq: 1,
+            own_seq: 1,
+            server_time: 1,
+        });
+        expect_error(&mut c, ErrorCode::InvalidRequest, Some(Kind::MsgA), 0);
+        c.send(Ping { nonce: 1 });
+        assert!(matches!(c.frame(), Frame::Pong(_)));
+        // The same kind with a wrong size: malformed, and closed.
+        c.send_raw(&[0, 0, 0, 7, 1, 0x11, 0, 0, 1, 2, 3]);
+        let got = c.closed();
+        assert_eq!(
+            refs(got[0].clone()),
+            (ErrorCode::MalformedFrame, Some(Kind::MsgA), 0)
+        );
+    }
 }
 
 #[test]
 fn acks_of_own_copies_send_no_delivered_receipt_and_msg_a_comes_first() {
-    let gw = Gw::start(|_| {});
-    let mut a = Client::login(gw.addr(), 1, 1);
-    let mut b = Client::login(gw.addr(), 2, 1);
-    a.send(MsgR {
-        msg_id: 9,
-        group: 0,
-        to: 2,
-        retry: false,
-        body: Bytes::from_static(b"x"),
-    });
-    // b acknowledges as soon as the push arrives; a still sees msg:A first.
-    assert!(matches!(b.frame(), Frame::MsgN(n) if n.seq == 1));
-    b.send(AckR { group: 0, seq: 1 });
-    let own_seq = match a.frame() {
-        Frame::MsgA(m) => m.own_seq,
-        other => panic!("expected msg:A before anything else, got {other:?}"),
-    };
-    assert!(matches!(a.frame(), Frame::AckN(n) if (n.peer, n.seq) == (2, 1)));
-    // a acknowledges its own copy: recorded, and no receipt to anyone.
-    a.send(AckR {
-        group: 0,
-        seq: own_seq,
-    });
-    assert!(matches!(a.frame(), Frame::AckA(x) if x.seq == own_seq));
-    assert_quiet(&mut a, "no ack:N for an own copy");
-    assert!(matches!(b.frame(), Frame::AckA(_)));
-    assert_quiet(&mut b, "no ack:N to the receiver");
+    for gw in Gw::on_every_backend(|_| {}) {
+        let mut a = Client::login(gw.addr(), 1, 1);
+        let mut b = Client::login(gw.addr(), 2, 1);
+        a.send(MsgR {
+            msg_id: 9,
+            group: 0,
+            to: 2,
+            retry: false,
+            body: Bytes::from_static(b"x"),
+        });
+        // b acknowledges as soon as the push arrives; a still sees msg:A first.
+        assert!(matches!(b.frame(), Frame::MsgN(n) if n.seq == 1));
+        b.send(AckR { group: 0, seq: 1 });
+        let own_seq = match a.frame() {
+            Frame::MsgA(m) => m.own_seq,
+            other => panic!("expected msg:A before anything else, got {other:?}"),
+        };
+        assert!(matches!(a.frame(), Frame::AckN(n) if (n.peer, n.seq) == (2, 1)));
+        // a acknowledges its own copy: recorded, and no receipt to anyone.
+        a.send(AckR {
+            group: 0,
+            seq: own_seq,
+        });
+        assert!(matches!(a.frame(), Frame::AckA(x) if x.seq == own_seq));
+        assert_quiet(&mut a, "no ack:N for an own copy");
+        assert!(matches!(b.frame(), Frame::AckA(_)));
+        assert_quiet(&mut b, "no ack:N to the receiver");
+    }
 }
 
 #[test]

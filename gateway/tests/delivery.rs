@@ -11,8 +11,7 @@ use bytes::Bytes;
 use common::{Client, Got, config, peer::Peer, start_with};
 use imgate::{
     clock::ManualClock,
-    cluster::Cluster,
-    config::{BackendKind, Config, DriverKind, Durability},
+    config::{Config, DriverKind, Durability},
     delivery::Delivery,
     server::Running,
 };
@@ -80,20 +79,9 @@ enum On {
 fn gateway(on: On, f: impl FnOnce(&mut Config)) -> Gw {
     let mut cfg = config(DriverKind::Auto);
     if on == On::Cluster {
-        let nats = common::nats::shared().expect("nats-server");
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        cfg.backend = BackendKind::Cluster;
-        cfg.cluster.nats_urls = nats.urls();
-        cfg.cluster.stream_prefix = format!(
-            "D{}_{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
-        cfg.cluster.partitions = 2;
-        f(&mut cfg);
-        let backend = Cluster::new(&cfg);
+        let gw = common::Gw::cluster(f).expect("nats-server");
         return Gw {
-            running: Some(start_with(cfg, Box::new(backend))),
+            running: gw_running(gw),
             _dir: None,
         };
     }
@@ -114,6 +102,11 @@ fn gateway(on: On, f: impl FnOnce(&mut Config)) -> Gw {
         running: Some(start_with(cfg, Box::new(backend))),
         _dir: dir,
     }
+}
+
+/// The running server of a common gateway, kept past the gateway.
+fn gw_running(mut gw: common::Gw) -> Option<Running> {
+    gw.0.take()
 }
 
 /// The cluster, when nats-server is here (under CI=true it must be:

@@ -77,6 +77,32 @@ impl Gw {
         Gw(Some(start_with(cfg, Box::new(backend))))
     }
 
+    /// A gateway on the cluster backend, on the shared 3-node JetStream
+    /// cluster under a stream prefix of its own; None when nats-server is
+    /// not installed (under CI=true the harness fails the test instead).
+    pub fn cluster(f: impl FnOnce(&mut Config)) -> Option<Gw> {
+        use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let Some(nats) = nats::shared() else {
+            eprintln!("cluster backend skipped: nats-server not installed");
+            return None;
+        };
+        let mut cfg = config(DriverKind::Auto);
+        cfg.backend = imgate::config::BackendKind::Cluster;
+        cfg.cluster.nats_urls = nats.urls();
+        cfg.cluster.stream_prefix = format!("G{}_{}", std::process::id(), N.fetch_add(1, Relaxed));
+        cfg.cluster.partitions = 2;
+        f(&mut cfg);
+        let backend = imgate::cluster::Cluster::new(&cfg);
+        Some(Gw(Some(start_with(cfg, Box::new(backend)))))
+    }
+
+    /// The embedded backend in memory, and the cluster backend when
+    /// nats-server is installed: the same test on each.
+    pub fn on_every_backend(f: impl Fn(&mut Config)) -> Vec<Gw> {
+        [Gw::start(&f)].into_iter().chain(Gw::cluster(&f)).collect()
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.0.as_ref().expect("running").addr()
     }
