@@ -129,6 +129,9 @@ pub struct Config {
     pub retention_ms: u64,
     /// Most messages deleted per purge step (one atomic batch).
     pub purge_per_tick: usize,
+    /// Time between purge steps on the embedded backend, ms (steps follow
+    /// each other at once while they come back full).
+    pub purge_interval_ms: u64,
     /// Grace period for a graceful shutdown, ms.
     pub shutdown_timeout_ms: u64,
     /// Secret for HMAC login tokens.
@@ -188,6 +191,7 @@ impl Default for Config {
             purge_acked: true,
             retention_ms: 7 * 24 * 3600 * 1000,
             purge_per_tick: 10_000,
+            purge_interval_ms: 1000,
             shutdown_timeout_ms: 10_000,
             secret: DEV_SECRET.to_string(),
             backend: BackendKind::Embedded,
@@ -301,6 +305,9 @@ impl Config {
         if self.max_group_size == 0 {
             return invalid("max_group_size", "must be at least 1");
         }
+        if self.purge_interval_ms == 0 || self.purge_interval_ms > 3_600_000 {
+            return invalid("purge_interval_ms", "must be between 1 and 3600000");
+        }
         if self.purge_per_tick == 0 {
             return invalid("purge_per_tick", "must be at least 1");
         }
@@ -402,6 +409,7 @@ mod tests {
             ("unread_scan_limit", Box::new(|c| c.unread_scan_limit = 0)),
             ("cache_entries", Box::new(|c| c.cache_entries = 1)),
             ("purge_per_tick", Box::new(|c| c.purge_per_tick = 0)),
+            ("purge_interval_ms", Box::new(|c| c.purge_interval_ms = 0)),
             ("max_connections", Box::new(|c| c.max_connections = 0)),
             ("tick_ms", Box::new(|c| c.tick_ms = 0)),
             ("heartbeat_ms", Box::new(|c| c.heartbeat_ms = 1)),

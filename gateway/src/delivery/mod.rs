@@ -89,7 +89,7 @@ impl Delivery {
     ) -> Result<Delivery, StoreError> {
         let state = State::load(&*store, Limits::from_config(cfg))?;
         let store: Arc<dyn Store> = Arc::from(store);
-        let interval = cfg.tick().min(std::time::Duration::from_millis(100));
+        let interval = std::time::Duration::from_millis(cfg.purge_interval_ms);
         let purger = purge::Purger::start(
             store.clone(),
             Retention::from_config(cfg),

@@ -44,6 +44,7 @@ pub fn config(driver: DriverKind) -> Config {
         metrics_listen: None,
         secret: SECRET.into(),
         tick_ms: 20,
+        purge_interval_ms: 20,
         shutdown_timeout_ms: 3000,
         ..Config::default()
     }

@@ -34,6 +34,7 @@ pub fn config() -> Config {
         metrics_listen: None,
         secret: SECRET.into(),
         tick_ms: 20,
+        purge_interval_ms: 20,
         push_timeout_ms: 500,
         shutdown_timeout_ms: 2000,
         ..Config::default()
