@@ -213,7 +213,7 @@ serve_args! {
     retention_ms: u64, "IMGATE_RETENTION_MS";
     /// Most messages deleted per purge step [default: 10000].
     purge_per_tick: usize, "IMGATE_PURGE_PER_TICK";
-    /// Time between purge steps on the embedded backend, ms [default: 1000].
+    /// Time between purge steps on the embedded backend, ms [default: 250].
     purge_interval_ms: u64, "IMGATE_PURGE_INTERVAL_MS";
     /// Events per batch to the backend [default: 512].
     backend_batch: usize, "IMGATE_BACKEND_BATCH";

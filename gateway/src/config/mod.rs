@@ -191,7 +191,7 @@ impl Default for Config {
             purge_acked: true,
             retention_ms: 7 * 24 * 3600 * 1000,
             purge_per_tick: 10_000,
-            purge_interval_ms: 1000,
+            purge_interval_ms: 250,
             shutdown_timeout_ms: 10_000,
             secret: DEV_SECRET.to_string(),
             backend: BackendKind::Embedded,

@@ -2,8 +2,9 @@
 //! acknowledged, and messages older than the retention period.
 //!
 //! A sweep walks the streams on a thread of its own (`imgate-purge`), a
-//! bounded number of deletes per step, each step one atomic batch written
-//! without waiting for the disk (a crash may undo a step; the next sweep
+//! bounded number of deletes per step, written without waiting for the disk
+//! in atomic batches of about [`WRITE_CHUNK`] deletes, a stream's deletes
+//! always with its new floor (a crash may undo a batch; the next sweep
 //! redoes it). It runs beside the backend rather than on it: deleting costs
 //! about as much as writing, and on the backend thread every step was a
 //! stall that every message behind it waited out (docs/benchmarks.md). It
@@ -43,6 +44,10 @@ use crate::{
 
 /// Streams looked at per step, whatever they hold.
 const STREAMS_PER_STEP: usize = 256;
+
+/// Deletes gathered before a step writes them (a write holds the store
+/// against the backend's writes while it lasts).
+const WRITE_CHUNK: usize = 1000;
 
 /// Members from which a group's acked floor is worth remembering.
 const BIG_GROUP: usize = 1000;
@@ -237,6 +242,13 @@ impl Sweep {
             if n > 0 {
                 batch.put(Table::Meta, keys::floor_key(s), new_from.to_be_bytes());
                 deleted += n;
+            }
+            // A stream's deletes and its floor go in one write; a step
+            // writes as it goes, so that no one write holds the store
+            // for long.
+            if batch.len() >= WRITE_CHUNK {
+                store.write_lazy(batch)?;
+                batch.clear();
             }
         }
         self.pos = next_pos;
@@ -462,6 +474,44 @@ mod tests {
         assert_eq!(sweep_all(&store, ACKED, 2000), 4);
         assert_eq!(seqs(&store, inbox), (5..=10).collect::<Vec<_>>());
         assert_eq!(seqs(&store, other).len(), 10);
+    }
+
+    #[test]
+    fn a_big_step_writes_as_it_goes_each_stream_with_its_floor() {
+        // Three inboxes of 600 acked records: a step of 2,000 writes the
+        // first two streams itself (over 1,000 deletes gathered) and
+        // leaves the third, with its floor, in the caller's batch.
+        let store = MemoryStore::default();
+        let inboxes: Vec<StreamId> = (2..=4).map(StreamId::inbox).collect();
+        let mut b = WriteBatch::default();
+        for &s in &inboxes {
+            for seq in 1..=600 {
+                put_record(&mut b, s, seq, 1000);
+            }
+            let user = s.0;
+            b.put(
+                Table::Cursor,
+                keys::cursor_key(s, user, 1),
+                600u64.to_be_bytes(),
+            );
+        }
+        store.write(&b).expect("write");
+        let big = Retention {
+            per_step: 2000,
+            ..ACKED
+        };
+        let mut sw = Sweep::default();
+        let mut b = WriteBatch::default();
+        assert_eq!(sw.step(big, &store, 2000, &mut b).expect("step"), 1800);
+        let written: Vec<usize> = inboxes.iter().map(|&s| seqs(&store, s).len()).collect();
+        assert_eq!(written, vec![0, 0, 600], "two streams written by the step");
+        assert_eq!(b.len(), 601, "the third stream's deletes and its floor");
+        store.write(&b).expect("write");
+        for &s in &inboxes {
+            assert!(seqs(&store, s).is_empty());
+            let floor = store.get(Table::Meta, &keys::floor_key(s)).expect("get");
+            assert_eq!(floor.as_deref().and_then(keys::u64_value), Some(601));
+        }
     }
 
     #[test]
