@@ -12,7 +12,7 @@
 //! answers through a [`Router`], which groups deliveries per core and sends
 //! each core one batch per flush, waking it through its mailbox. Deliveries
 //! can name a connection or a user; the router resolves users through the
-//! shared [`Registry`](crate::registry::Registry).
+//! shared [`Registry`].
 
 use std::{
     sync::Arc,

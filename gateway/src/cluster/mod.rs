@@ -18,7 +18,7 @@
 //! replicas wrote it (with `sync_interval: always`, to disk); an append
 //! can require the subject's newest record to be a given one, which makes
 //! per-user sequence ids contiguous without a coordinator (see
-//! [`append`]); and a message id seen within the dedup window is not
+//! the `append` module); and a message id seen within the dedup window is not
 //! stored again, whichever node sends it.
 //!
 //! The backend's own thread never waits on JetStream: `handle` passes

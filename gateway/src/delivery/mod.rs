@@ -28,7 +28,7 @@
 //!                    deferred answers go out: msg:A, msg:N, ack:A, pages
 //! ```
 //!
-//! The logic only speaks to [`Store`](crate::store::Store), an ordered
+//! The logic only speaks to [`Store`], an ordered
 //! key-value interface, so the embedded engine can be replaced.
 
 mod apply;
