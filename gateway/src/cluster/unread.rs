@@ -7,7 +7,6 @@
 
 use std::rc::Rc;
 
-use ahash::AHashMap;
 use imgate_codec::{Body, frame::UnreadEntry};
 
 use super::{node::Node, requests::Failed};
@@ -26,10 +25,8 @@ impl Node {
     ) -> Result<(), Failed> {
         let cursor = self.read_cursor(0, user, device).await?;
         let (head, _) = self.inbox_head(user).await?;
-        let mut by_peer: AHashMap<u64, (u32, u64)> = AHashMap::new();
-        let limit = self.limits.unread_scan_limit as u64;
-        let mut scanned = 0u64;
-        let mut last = cursor;
+        let limit = self.limits.unread_scan_limit;
+        let mut news = rules::InboxNews::new(user, cursor);
         if cursor < head {
             let subject = self.js.names().inbox(user).0;
             let hint = self
@@ -38,7 +35,7 @@ impl Node {
                 .get(&user)
                 .and_then(|u| u.feed.hint_below(cursor));
             let mut start = self.locate(&subject, cursor, hint).await?;
-            'read: while scanned < limit {
+            'read: loop {
                 let recs = self.js.read(&subject, start, 512, 1 << 20).await?;
                 if recs.is_empty() {
                     break;
@@ -48,33 +45,16 @@ impl Node {
                     if r.seq <= cursor {
                         continue;
                     }
-                    if let Some(rec) = Record::decode(&r.payload) {
-                        let peer = if rec.from == user { rec.to } else { rec.from };
-                        let e = by_peer.entry(peer).or_insert((0, 0));
-                        if rec.from != user {
-                            e.0 += 1;
-                        }
-                        e.1 = r.seq;
-                        last = r.seq;
-                    }
-                    scanned += 1;
-                    if scanned >= limit || r.seq >= head {
+                    let rec = Record::decode(&r.payload).map(|rec| (rec.from, rec.to));
+                    if news.add(r.seq, rec, limit) || r.seq >= head {
                         break 'read;
                     }
                 }
             }
         }
         // The scan stopped at the limit with inbox entries left unread.
-        let partial = scanned >= limit && last < head;
-        let mut entries: Vec<UnreadEntry> = by_peer
-            .into_iter()
-            .map(|(peer, (unread, last_seq))| UnreadEntry {
-                group: 0,
-                peer,
-                unread,
-                last_seq,
-            })
-            .collect();
+        let partial = news.partial(limit, head);
+        let mut entries = news.entries();
         for g in self.user_groups(user).await? {
             let Some(members) = self.read_members(g).await? else {
                 continue;

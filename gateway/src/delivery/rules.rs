@@ -85,6 +85,64 @@ pub fn fits_page(used: usize, body_len: usize, budget: usize) -> bool {
     used + ENTRY_FIXED + body_len <= budget
 }
 
+/// The inbox part of an unread summary, read from the device's cursor on
+/// and counted the same way by every backend: per conversation, the
+/// messages not from the user and the newest seq.
+#[derive(Debug)]
+pub struct InboxNews {
+    user: u64,
+    by_peer: ahash::AHashMap<u64, (u32, u64)>,
+    scanned: usize,
+    last: u64,
+}
+
+impl InboxNews {
+    /// The news of `user`'s inbox above `cursor`.
+    pub fn new(user: u64, cursor: u64) -> InboxNews {
+        InboxNews {
+            user,
+            by_peer: ahash::AHashMap::new(),
+            scanned: 0,
+            last: cursor,
+        }
+    }
+
+    /// One record read, at `seq`, from `from` to `to` (None: unreadable,
+    /// counted as read). Returns whether `limit` records are read.
+    pub fn add(&mut self, seq: u64, from_to: Option<(u64, u64)>, limit: usize) -> bool {
+        if let Some((from, to)) = from_to {
+            let peer = if from == self.user { to } else { from };
+            let e = self.by_peer.entry(peer).or_insert((0, 0));
+            if from != self.user {
+                e.0 += 1;
+            }
+            e.1 = seq;
+            self.last = seq;
+        }
+        self.scanned += 1;
+        self.scanned >= limit
+    }
+
+    /// Whether the read stopped at `limit` records with the inbox's
+    /// `head` not reached.
+    pub fn partial(&self, limit: usize, head: u64) -> bool {
+        self.scanned >= limit && self.last < head
+    }
+
+    /// One entry per conversation with news.
+    pub fn entries(self) -> Vec<UnreadEntry> {
+        self.by_peer
+            .into_iter()
+            .map(|(peer, (unread, last_seq))| UnreadEntry {
+                group: 0,
+                peer,
+                unread,
+                last_seq,
+            })
+            .collect()
+    }
+}
+
 /// The unread summary of `entries`, newest conversations first, as many
 /// as fit a frame of `max_frame`; `PARTIAL` if some did not fit or
 /// `partial` says the reading stopped short.
@@ -163,6 +221,24 @@ mod tests {
         assert!(check_members(GroupOp::Create, &[3, 0]).is_err());
         assert_eq!(check_members(GroupOp::List, &[0]), Ok(()));
         assert!(check_members(GroupOp::List, &[1, 2]).is_err());
+    }
+
+    #[test]
+    fn inbox_news_counts_what_others_sent_per_conversation() {
+        let mut n = InboxNews::new(7, 10);
+        assert!(!n.add(11, Some((2, 7)), 4));
+        assert!(!n.add(12, Some((7, 2)), 4), "an own copy: not counted");
+        assert!(!n.add(13, None, 4), "unreadable: read past");
+        assert!(n.add(14, Some((3, 7)), 4));
+        assert!(n.partial(4, 20));
+        assert!(!n.partial(4, 14));
+        let mut e: Vec<(u64, u32, u64)> = n
+            .entries()
+            .iter()
+            .map(|e| (e.peer, e.unread, e.last_seq))
+            .collect();
+        e.sort_unstable();
+        assert_eq!(e, vec![(2, 1, 12), (3, 1, 14)]);
     }
 
     #[test]

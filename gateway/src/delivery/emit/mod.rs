@@ -1,7 +1,7 @@
 //! After the commit: the answers and pushes that waited for it, and the
 //! reads (pages, summaries, receipts) that must only see committed data.
 
-use ahash::{AHashMap, AHashSet};
+use ahash::AHashSet;
 use bytes::{Bytes, BytesMut};
 use imgate_codec::{
     Body, ErrorCode, Frame, KickReason, Kind,

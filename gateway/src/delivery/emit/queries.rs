@@ -61,41 +61,23 @@ pub(super) fn unread(
     store: &dyn Store,
     out: &mut Router,
 ) -> Result<(), StoreError> {
-    let mut by_peer: AHashMap<u64, (u32, u64)> = AHashMap::new();
     let s = StreamId::inbox(user);
     let cursor = state.cursor(store, s, user, device)?;
-    let mut scanned = 0usize;
-    let mut last = cursor;
     let limit = state.limits.unread_scan_limit;
+    let mut news = rules::InboxNews::new(user, cursor);
     store.scan(
         Table::Log,
         &keys::log_key(s, cursor.saturating_add(1)),
         &keys::log_key(s, u64::MAX),
         &mut |k, v| {
-            if let (Some(seq), Some(r)) = (keys::log_key_seq(k), Record::decode(v)) {
-                let peer = if r.from == user { r.to } else { r.from };
-                let e = by_peer.entry(peer).or_insert((0, 0));
-                if r.from != user {
-                    e.0 += 1;
-                }
-                e.1 = seq;
-                last = seq;
-            }
-            scanned += 1;
-            scanned < limit
+            let seq = keys::log_key_seq(k);
+            let rec = seq.and(Record::decode(v).map(|r| (r.from, r.to)));
+            !news.add(seq.unwrap_or(0), rec, limit)
         },
     )?;
     // The scan stopped at the limit with inbox entries left unread.
-    let partial = scanned >= limit && last < state.head(store, s)?;
-    let mut entries: Vec<UnreadEntry> = by_peer
-        .into_iter()
-        .map(|(peer, (unread, last_seq))| UnreadEntry {
-            group: 0,
-            peer,
-            unread,
-            last_seq,
-        })
-        .collect();
+    let partial = news.partial(limit, state.head(store, s)?);
+    let mut entries = news.entries();
     let mut groups = Vec::new();
     store.scan(
         Table::Member,
