@@ -3,7 +3,7 @@
 //! within the window and is stored anew after it), `shutdown_timeout_ms`
 //! (`Running::shutdown` gives up on a backend that cannot finish instead of
 //! hanging), `unread_scan_limit` (the unread summary reads at most that
-//! many inbox records) and `bind_wait_ms` (start waits for another listener
+//! many inbox records, on the embedded and the cluster backend) and `bind_wait_ms` (start waits for another listener
 //! on the port to close, then shares the port once the wait is over).
 //!
 //! Each had a config key, a `validate` check and a line in the operations
@@ -418,15 +418,20 @@ fn entry(peer: u64, unread: u32, last_seq: u64) -> UnreadEntry {
     }
 }
 
-/// User 2, offline, gets 50 messages from user 1 (inbox seqs 1..=50), then
-/// one from user 3 (seq 51); then its device 1 logs in and asks for the
-/// summary. Returns the gateway and that device.
-fn offline_inbox(limit: Option<usize>) -> (Gw, Client) {
-    let gw = Gw::start(|c| {
+/// Gateways on every backend with an unread scan limit of `limit` (None:
+/// the default).
+fn scan_limited(limit: Option<usize>) -> Vec<Gw> {
+    Gw::on_every_backend(|c| {
         if let Some(l) = limit {
             c.unread_scan_limit = l;
         }
-    });
+    })
+}
+
+/// User 2, offline, gets 50 messages from user 1 (inbox seqs 1..=50), then
+/// one from user 3 (seq 51); then its device 1 logs in and asks for the
+/// summary. Returns the gateway and that device.
+fn offline_inbox(gw: Gw) -> (Gw, Client) {
     let mut one = Client::login(gw.addr(), 1, 1);
     send_many(&mut one, 2, 1, 50);
     let mut three = Client::login(gw.addr(), 3, 1);
@@ -438,12 +443,14 @@ fn offline_inbox(limit: Option<usize>) -> (Gw, Client) {
 #[test]
 fn the_unread_summary_counts_everything_under_the_default_scan_limit() {
     assert_eq!(Config::default().unread_scan_limit, 100_000);
-    let (_gw, mut two) = offline_inbox(None);
-    // Newest conversation first.
-    assert_eq!(
-        unread(&mut two),
-        (vec![entry(3, 1, 51), entry(1, 50, 50)], false)
-    );
+    for gw in scan_limited(None) {
+        let (_gw, mut two) = offline_inbox(gw);
+        // Newest conversation first.
+        assert_eq!(
+            unread(&mut two),
+            (vec![entry(3, 1, 51), entry(1, 50, 50)], false)
+        );
+    }
 }
 
 #[test]
@@ -452,34 +459,40 @@ fn the_unread_summary_reads_at_most_unread_scan_limit_records() {
     // records. unread:A says it stopped early (PARTIAL): counts and
     // last_seq are those of the records read, and a conversation whose
     // messages all lie beyond them is missing (user 3's here).
-    let (gw, mut two) = offline_inbox(Some(10));
-    assert_eq!(unread(&mut two), (vec![entry(1, 10, 10)], true));
-    // A second device logs in before the first acknowledges anything: its
-    // cursor (0) keeps records 1..=45 needed, should the store delete what
-    // every device acknowledged.
-    let mut tablet = Client::login(gw.addr(), 2, 2);
-    // The scan starts at the cursor: after acking up to 45, records
-    // 46..=51 are read, all of them.
-    ack(&mut two, 45);
-    assert_eq!(
-        unread(&mut two),
-        (vec![entry(3, 1, 51), entry(1, 5, 50)], false)
-    );
-    // The other device's cursor is still at 0.
-    assert_eq!(unread(&mut tablet), (vec![entry(1, 10, 10)], true));
+    for gw in scan_limited(Some(10)) {
+        let (gw, mut two) = offline_inbox(gw);
+        assert_eq!(unread(&mut two), (vec![entry(1, 10, 10)], true));
+        // A second device logs in before the first acknowledges anything: its
+        // cursor (0) keeps records 1..=45 needed, should the store delete what
+        // every device acknowledged.
+        let mut tablet = Client::login(gw.addr(), 2, 2);
+        // The scan starts at the cursor: after acking up to 45, records
+        // 46..=51 are read, all of them.
+        ack(&mut two, 45);
+        assert_eq!(
+            unread(&mut two),
+            (vec![entry(3, 1, 51), entry(1, 5, 50)], false)
+        );
+        // The other device's cursor is still at 0.
+        assert_eq!(unread(&mut tablet), (vec![entry(1, 10, 10)], true));
+    }
 }
 
 #[test]
 fn the_unread_scan_limit_is_exact_at_the_boundary() {
     // 51 records: a limit of 50 leaves out exactly the last one (partial),
     // 51 reads all (complete, though the scan stopped at the limit).
-    let (_gw, mut two) = offline_inbox(Some(50));
-    assert_eq!(unread(&mut two), (vec![entry(1, 50, 50)], true));
-    let (_gw, mut two) = offline_inbox(Some(51));
-    assert_eq!(
-        unread(&mut two),
-        (vec![entry(3, 1, 51), entry(1, 50, 50)], false)
-    );
+    for gw in scan_limited(Some(50)) {
+        let (_gw, mut two) = offline_inbox(gw);
+        assert_eq!(unread(&mut two), (vec![entry(1, 50, 50)], true));
+    }
+    for gw in scan_limited(Some(51)) {
+        let (_gw, mut two) = offline_inbox(gw);
+        assert_eq!(
+            unread(&mut two),
+            (vec![entry(3, 1, 51), entry(1, 50, 50)], false)
+        );
+    }
 }
 
 #[test]
