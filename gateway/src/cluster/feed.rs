@@ -36,6 +36,15 @@ pub(super) enum Of {
 }
 
 impl Of {
+    /// `user`'s inbox if `group` is 0, else the group's log.
+    pub(super) fn new(user: u64, group: u64) -> Of {
+        if group == 0 {
+            Of::Inbox(user)
+        } else {
+            Of::Group(group)
+        }
+    }
+
     /// The `group` field of the stream's frames.
     pub(super) fn group(self) -> u64 {
         match self {

@@ -28,16 +28,13 @@ use imgate_codec::{
 };
 
 use super::{
-    js::{Bucket, Entry, JsError, u64_value},
+    js::{Bucket, CAS_TRIES, Entry, JsError, Update, u64_value},
     names::Names,
     node::Node,
     requests::{Failed, Refuse},
     wire::NodeMsg,
 };
 use crate::{conn_id::ConnId, delivery::rules};
-
-/// Compare-and-set tries on one key before giving up.
-const CAS_TRIES: u32 = 50;
 
 /// The members of a group and the sequence id each joined at.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -247,18 +244,13 @@ impl Node {
 
     /// Takes the next group id from the counter in the meta bucket.
     async fn next_group_id(&self) -> Result<u64, JsError> {
-        const KEY: &str = "groups.next";
-        for _ in 0..CAS_TRIES {
-            let e = self.js.get_key(Bucket::Meta, KEY).await?;
-            let id = e.value.as_deref().and_then(u64_value).unwrap_or(1).max(1);
-            let next = Bytes::copy_from_slice(&(id + 1).to_be_bytes());
-            match self.js.put_key(Bucket::Meta, KEY, next, e.revision).await {
-                Ok(_) => return Ok(id),
-                Err(JsError::Conflict) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(JsError::Unavailable("the group counter kept moving".into()))
+        self.js
+            .update_key(Bucket::Meta, "groups.next", |e| {
+                let id = e.value.as_deref().and_then(u64_value).unwrap_or(1).max(1);
+                let next = Bytes::copy_from_slice(&(id + 1).to_be_bytes());
+                Ok::<_, JsError>(Update::Write(next, id))
+            })
+            .await
     }
 
     /// Adds or removes `listed` by `by`, a member; returns the members
@@ -277,12 +269,11 @@ impl Node {
             let mut m = check_member(m.as_ref(), by)?.clone();
             let mut changed: Vec<u64> = Vec::new();
             if op == GroupOp::Add {
-                let new: Vec<u64> = listed
+                let mut new: Vec<u64> = listed
                     .iter()
                     .copied()
                     .filter(|u| m.join(*u).is_none())
                     .collect();
-                let mut new = new;
                 new.sort_unstable();
                 new.dedup();
                 if m.len() + new.len() > self.limits.max_group_size {
@@ -340,29 +331,19 @@ impl Node {
     /// Adds `group` to (or removes it from) `user`'s list of groups.
     async fn list_group(&self, user: u64, group: u64, add: bool) -> Result<(), JsError> {
         let key = Names::user_groups_key(user);
-        for _ in 0..CAS_TRIES {
-            let e = self.js.get_key(Bucket::Groups, &key).await?;
-            let mut ids = e.value.as_deref().map(decode_ids).unwrap_or_default();
-            match (ids.binary_search(&group), add) {
-                (Ok(_), true) | (Err(_), false) => return Ok(()),
-                (Err(i), true) => ids.insert(i, group),
-                (Ok(i), false) => {
-                    ids.remove(i);
+        self.js
+            .update_key(Bucket::Groups, &key, |e| {
+                let mut ids = e.value.as_deref().map(decode_ids).unwrap_or_default();
+                match (ids.binary_search(&group), add) {
+                    (Ok(_), true) | (Err(_), false) => return Ok::<_, JsError>(Update::Keep(())),
+                    (Err(i), true) => ids.insert(i, group),
+                    (Ok(i), false) => {
+                        ids.remove(i);
+                    }
                 }
-            }
-            match self
-                .js
-                .put_key(Bucket::Groups, &key, encode_ids(&ids), e.revision)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(JsError::Conflict) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(JsError::Unavailable(
-            "the user's groups kept changing".into(),
-        ))
+                Ok(Update::Write(encode_ids(&ids), ()))
+            })
+            .await
     }
 }
 

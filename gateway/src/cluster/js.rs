@@ -103,6 +103,18 @@ pub(super) struct Listed {
     pub(super) payload: Bytes,
 }
 
+/// Compare-and-set tries on one key before a write gives up.
+pub(super) const CAS_TRIES: u32 = 50;
+
+/// What an [`Js::update_key`] does with the key it read.
+#[derive(Debug)]
+pub(super) enum Update<T> {
+    /// Leave the key as it is; the update's result.
+    Keep(T),
+    /// Write this value; the update's result once it is written.
+    Write(Bytes, T),
+}
+
 /// A record of a stream read in a batch: its subject, stream sequence,
 /// headers and bytes.
 #[derive(Debug)]
@@ -459,6 +471,29 @@ impl Js {
             }
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    /// Updates a key with compare-and-set: `f` decides from the key as read
+    /// whether to write it; if another writer got there first, the key is
+    /// read again and `f` asked again.
+    pub(super) async fn update_key<T, E: From<JsError>>(
+        &self,
+        b: Bucket,
+        key: &str,
+        mut f: impl FnMut(&Entry) -> Result<Update<T>, E>,
+    ) -> Result<T, E> {
+        for _ in 0..CAS_TRIES {
+            let e = self.get_key(b, key).await?;
+            match f(&e)? {
+                Update::Keep(t) => return Ok(t),
+                Update::Write(v, t) => match self.put_key(b, key, v, e.revision).await {
+                    Ok(_) => return Ok(t),
+                    Err(JsError::Conflict) => {}
+                    Err(e) => return Err(e.into()),
+                },
+            }
+        }
+        Err(JsError::Unavailable(format!("key {key} kept changing")).into())
     }
 
     /// Every live key of a bucket under `prefix` (a key prefix ending in

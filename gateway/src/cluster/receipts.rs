@@ -21,7 +21,7 @@ use imgate_codec::{
 
 use super::{
     feed::Push,
-    js::{Bucket, JsError, u64_value},
+    js::{Bucket, CAS_TRIES, JsError, Update, u64_value},
     names::Names,
     node::Node,
     requests::{Failed, Refuse},
@@ -29,8 +29,6 @@ use super::{
 };
 use crate::{conn_id::ConnId, delivery::keys::Record, delivery::rules};
 
-/// Compare-and-set tries on one mark before giving up.
-const CAS_TRIES: u32 = 50;
 /// Open conversations remembered per node (then forgotten at once).
 const OPEN_CACHE: usize = 100_000;
 /// Records of an acknowledged range read to find its senders, at most.
@@ -179,20 +177,16 @@ impl Node {
         to: u64,
     ) -> Result<(bool, u64), JsError> {
         let key = Names::group_read_key(group, user);
-        for _ in 0..CAS_TRIES {
-            let e = self.js.get_key(Bucket::Marks, &key).await?;
-            let cur = e.value.as_deref().and_then(u64_value).unwrap_or(0);
-            if to <= cur {
-                return Ok((false, cur));
-            }
-            let v = Bytes::copy_from_slice(&to.to_be_bytes());
-            match self.js.put_key(Bucket::Marks, &key, v, e.revision).await {
-                Ok(_) => return Ok((true, to)),
-                Err(JsError::Conflict) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(JsError::Unavailable("the read mark kept moving".into()))
+        self.js
+            .update_key(Bucket::Marks, &key, |e| {
+                let cur = e.value.as_deref().and_then(u64_value).unwrap_or(0);
+                Ok::<_, JsError>(if to <= cur {
+                    Update::Keep((false, cur))
+                } else {
+                    Update::Write(Bytes::copy_from_slice(&to.to_be_bytes()), (true, to))
+                })
+            })
+            .await
     }
 
     /// A device of `user` moved its inbox cursor from `before` to `after`:

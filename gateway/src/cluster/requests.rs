@@ -237,16 +237,7 @@ impl Node {
         device: u32,
         a: AckR,
     ) -> Result<(), Failed> {
-        let join = if a.group == 0 {
-            0
-        } else {
-            self.membership(a.group, user).await?
-        };
-        let of = if a.group == 0 {
-            Of::Inbox(user)
-        } else {
-            Of::Group(a.group)
-        };
+        let (of, join) = self.reader_of(user, a.group).await?;
         let known = self.with_feed(of, |f| f.head).unwrap_or(0);
         if a.seq > known {
             let (head, _) = self.stream_head(user, a.group).await?;
@@ -276,16 +267,7 @@ impl Node {
         device: u32,
         r: SyncR,
     ) -> Result<(), Failed> {
-        let join = if r.group == 0 {
-            0
-        } else {
-            self.membership(r.group, user).await?
-        };
-        let of = if r.group == 0 {
-            Of::Inbox(user)
-        } else {
-            Of::Group(r.group)
-        };
+        let (of, join) = self.reader_of(user, r.group).await?;
         let limit = match usize::from(r.limit) {
             0 => self.limits.page_default,
             n => n.min(self.limits.page_max),
@@ -359,6 +341,18 @@ impl Node {
         Ok(())
     }
 
+    /// The stream `user` reads as `group` (0: its inbox), and the sequence
+    /// id it joined the stream at (0 for the inbox); refuses a group the
+    /// user is not in.
+    async fn reader_of(&self, user: u64, group: u64) -> Result<(Of, u64), Failed> {
+        let join = if group == 0 {
+            0
+        } else {
+            self.membership(group, user).await?
+        };
+        Ok((Of::new(user, group), join))
+    }
+
     /// The inbox head, read from the stream leader; remembered.
     pub(super) async fn inbox_head(&self, user: u64) -> Result<(u64, u64), JsError> {
         self.stream_head(user, 0).await
@@ -369,12 +363,7 @@ impl Node {
     pub(super) async fn stream_head(&self, user: u64, group: u64) -> Result<(u64, u64), JsError> {
         let subject = self.js.names().log(user, group);
         let (head, ss) = self.js.head(&subject).await?;
-        let of = if group == 0 {
-            Of::Inbox(user)
-        } else {
-            Of::Group(group)
-        };
-        self.with_feed(of, |f| {
+        self.with_feed(Of::new(user, group), |f| {
             f.head = f.head.max(head);
             if ss > 0 {
                 f.hint(head, ss);

@@ -7,7 +7,7 @@
 
 use std::rc::Rc;
 
-use imgate_codec::{Body, frame::UnreadEntry};
+use imgate_codec::Body;
 
 use super::{node::Node, requests::Failed};
 use crate::{
@@ -63,13 +63,8 @@ impl Node {
                 continue;
             };
             let (head, _) = self.stream_head(user, g).await?;
-            let c = self.read_cursor(g, user, device).await?.max(join);
-            entries.push(UnreadEntry {
-                group: g,
-                peer: 0,
-                unread: u32::try_from(head.saturating_sub(c)).unwrap_or(u32::MAX),
-                last_seq: head,
-            });
+            let cursor = self.read_cursor(g, user, device).await?;
+            entries.push(rules::group_news(g, head, cursor, join));
         }
         let summary = rules::unread_summary(entries, partial, self.limits.max_frame);
         self.router

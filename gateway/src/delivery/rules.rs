@@ -143,6 +143,18 @@ impl InboxNews {
     }
 }
 
+/// The unread entry of a group whose log is at `head`, for a device at
+/// `cursor` in it of a member that joined at `join`: everything above
+/// both, own messages included.
+pub fn group_news(group: u64, head: u64, cursor: u64, join: u64) -> UnreadEntry {
+    UnreadEntry {
+        group,
+        peer: 0,
+        unread: u32::try_from(head.saturating_sub(cursor.max(join))).unwrap_or(u32::MAX),
+        last_seq: head,
+    }
+}
+
 /// The unread summary of `entries`, newest conversations first, as many
 /// as fit a frame of `max_frame`; `PARTIAL` if some did not fit or
 /// `partial` says the reading stopped short.
@@ -239,6 +251,14 @@ mod tests {
             .collect();
         e.sort_unstable();
         assert_eq!(e, vec![(2, 1, 12), (3, 1, 14)]);
+    }
+
+    #[test]
+    fn group_news_counts_from_the_cursor_or_the_join_point() {
+        let e = group_news(9, 20, 5, 12);
+        assert_eq!((e.group, e.peer, e.unread, e.last_seq), (9, 0, 8, 20));
+        assert_eq!(group_news(9, 20, 15, 12).unread, 5);
+        assert_eq!(group_news(9, 20, 25, 0).unread, 0);
     }
 
     #[test]

@@ -7,7 +7,6 @@ use imgate_codec::{
     Body, ErrorCode, Frame, KickReason, Kind,
     frame::{
         AckA, AckN, Entry, ErrorFrame, GroupA, GroupOp, MsgN, ReadA, ReadN, ReceiptsA, SyncPage,
-        UnreadEntry,
     },
 };
 

@@ -97,13 +97,8 @@ pub(super) fn unread(
             .and_then(|gr| gr.members.get(&user).copied())
             .unwrap_or(0);
         let head = state.head(store, gs)?;
-        let c = state.cursor(store, gs, user, device)?.max(join);
-        entries.push(UnreadEntry {
-            group: g,
-            peer: 0,
-            unread: u32::try_from(head.saturating_sub(c)).unwrap_or(u32::MAX),
-            last_seq: head,
-        });
+        let cursor = state.cursor(store, gs, user, device)?;
+        entries.push(rules::group_news(g, head, cursor, join));
     }
     let summary = rules::unread_summary(entries, partial, state.limits.max_frame);
     out.to_conn(conn, summary.to_bytes(), None);
