@@ -307,7 +307,14 @@ fn health_and_metrics_follow_the_nats_connection() {
     let gw = node(
         &nats,
         &prefix("health"),
-        &["--cluster-replicas", "1", "--metrics-listen", &metrics],
+        &[
+            "--cluster-replicas",
+            "1",
+            "--metrics-listen",
+            &metrics,
+            "--admin-token",
+            "s3cret",
+        ],
     );
     let get = |path: &str| common::nats::http_get(port, path).expect("endpoint answers");
     assert_eq!(get("/healthz"), (200, "ok\n".to_string()));
@@ -336,6 +343,22 @@ fn health_and_metrics_follow_the_nats_connection() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(get("/metrics").1.contains("imgate_cluster_connected 0"));
+    // The session list cannot ask the other nodes: a clear error, at once.
+    let asked = std::time::Instant::now();
+    let (status, body) = imgate::http::request(
+        ([127, 0, 0, 1], port).into(),
+        "GET",
+        "/admin/sessions?user=1",
+        Some("s3cret"),
+    )
+    .expect("admin answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
 }
 
 #[test]

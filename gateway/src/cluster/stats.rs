@@ -58,33 +58,44 @@ impl Report {
     /// Asks every node holding `user` for its sessions (on the endpoint's
     /// thread, which has no runtime: a small one for the question).
     fn ask_sessions(&self, user: u64, device: Option<u32>) -> Result<Vec<String>, String> {
-        use futures_util::StreamExt;
+        if !self.connected() {
+            return Err("cannot ask the nodes: the NATS connection is down".into());
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        rt.block_on(async {
-            let fail = |e: &dyn std::fmt::Display| format!("cannot ask the nodes: {e}");
-            let inbox = self.client.new_inbox();
-            let mut sub = self
-                .client
-                .subscribe(inbox.clone())
-                .await
-                .map_err(|e| fail(&e))?;
-            let ask = super::wire::NodeMsg::Who { device }.encode();
-            self.client
-                .publish_with_reply(self.names.push(user), inbox, ask)
-                .await
-                .map_err(|e| fail(&e))?;
-            self.client.flush().await.map_err(|e| fail(&e))?;
-            let deadline = tokio::time::Instant::now() + WHO_WAIT;
-            let mut out = Vec::new();
-            while let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.next()).await {
-                let text = String::from_utf8_lossy(&m.payload);
-                out.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_string));
-            }
-            Ok(out)
-        })
+        // A connection that drops meanwhile would hold the question (and
+        // the endpoint's thread) until it is back: it has a deadline of its
+        // own.
+        // (The timer needs the runtime: made inside it.)
+        rt.block_on(async { tokio::time::timeout(WHO_WAIT * 4, self.ask(user, device)).await })
+            .unwrap_or_else(|_| Err("cannot ask the nodes: NATS did not answer in time".into()))
+    }
+
+    /// Publishes the question and gathers the answers of [`WHO_WAIT`].
+    async fn ask(&self, user: u64, device: Option<u32>) -> Result<Vec<String>, String> {
+        use futures_util::StreamExt;
+        let fail = |e: &dyn std::fmt::Display| format!("cannot ask the nodes: {e}");
+        let inbox = self.client.new_inbox();
+        let mut sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| fail(&e))?;
+        let ask = super::wire::NodeMsg::Who { device }.encode();
+        self.client
+            .publish_with_reply(self.names.push(user), inbox, ask)
+            .await
+            .map_err(|e| fail(&e))?;
+        self.client.flush().await.map_err(|e| fail(&e))?;
+        let deadline = tokio::time::Instant::now() + WHO_WAIT;
+        let mut out = Vec::new();
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.next()).await {
+            let text = String::from_utf8_lossy(&m.payload);
+            out.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_string));
+        }
+        Ok(out)
     }
 }
 
