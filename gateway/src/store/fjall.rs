@@ -9,6 +9,8 @@
 //!                 is deleted once every table it covers is flushed
 //!  open        ─► replays the journals not yet flushed; a batch whose end
 //!                 marker or checksum is missing (torn by a crash) is dropped
+//!  reaper      ─► frees flushed memtables on a thread of its own (see
+//!                 `reaper`): fjall would free them under a lock writers wait on
 //! ```
 //!
 //! Each [`Table`] is one fjall keyspace; one fjall write batch spans them,
@@ -34,7 +36,7 @@ use std::path::{Path, PathBuf};
 
 use ::fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 
-use super::{Op, Store, StoreError, Table, WriteBatch};
+use super::{Op, Store, StoreError, Table, WriteBatch, reaper::Reaper};
 use crate::config::Durability;
 
 /// Journal kept before every table's memtable is flushed: it bounds the
@@ -50,6 +52,9 @@ const MAX_JOURNAL_BYTES: u64 = 128 << 20;
 /// journal. Dropping it flushes and syncs the journal; fjall's background
 /// threads (flush, compaction: at most 4, `min(cores, 4)`) stop with it.
 pub struct FjallStore {
+    /// Frees flushed memtables away from fjall's locks. First, so that it
+    /// stops (and lets go of its keyspaces) before the database closes.
+    _reaper: Reaper,
     db: Database,
     /// Indexed by [`Table::index`].
     tables: [Keyspace; 5],
@@ -99,11 +104,16 @@ impl FjallStore {
             Durability::Fsync => PersistMode::SyncData,
             Durability::Os | Durability::Memory => PersistMode::Buffer,
         };
+        let reaper = Reaper::start(tables.to_vec()).map_err(|e| StoreError::Open {
+            path: dir.display().to_string(),
+            message: format!("cannot start the memtable reaper thread: {e}"),
+        })?;
         Ok(FjallStore {
             db,
             tables,
             persist,
             path: dir.to_path_buf(),
+            _reaper: reaper,
         })
     }
 

@@ -35,6 +35,7 @@ use crate::config::Durability;
 
 mod fjall;
 mod memory;
+mod reaper;
 
 pub use self::{fjall::FjallStore, memory::MemoryStore};
 
