@@ -7,13 +7,22 @@
 //! | Log    | stream u64, seq u64                   | from u64, to u64, msg_id u64, time u64, body |
 //! | Cursor | stream u64, user u64, device u32      | acked seq u64                           |
 //! | Dedup  | epoch u64, sender u64, msg_id u64     | group u64, seq u64, own_seq u64, time u64 |
+//! | Meta   | b'd', user u64, device u32            | (empty): a device with a cursor         |
+//! | Meta   | b'e', stream u64                      | (empty): a stream with a message        |
 //! | Meta   | b'h', stream u64                      | head seq u64                            |
 //! | Meta   | b'f', stream u64                      | lowest seq not purged u64               |
 //! | Meta   | b'r', sender u64, peer u64            | delivered u64, read u64                 |
 //! | Meta   | b'g', group u64, user u64             | read seq u64                            |
 //! | Meta   | b"next_group"                         | next group id u64                       |
+//! | Meta   | b"purge_index"                        | (empty): the b'd' and b'e' keys are complete |
 //! | Member | b'm', group u64, user u64             | join seq u64                            |
 //! | Member | b'u', user u64, group u64             | (empty)                                 |
+//!
+//! The b'd' and b'e' keys are written once each, when a device's first
+//! cursor or a stream's first message is: the purge sweep finds streams
+//! and devices through them, because heads and cursors are rewritten on
+//! every message and ack, and a range over keys rewritten that often walks
+//! every version the store still keeps of them.
 //!
 //! A stream id is a user's inbox or a group's log: the top bit tells which,
 //! so inboxes and groups never collide and each is one key range.
@@ -88,6 +97,45 @@ pub fn head_key(s: StreamId) -> [u8; 9] {
 
 /// The end (exclusive) of all head keys in Meta.
 pub const HEAD_KEYS_END: &[u8] = b"i";
+
+/// A stream key in Meta: the stream has had a message.
+pub fn stream_key(s: StreamId) -> [u8; 9] {
+    let mut k = [b'e'; 9];
+    k[1..].copy_from_slice(&s.0.to_be_bytes());
+    k
+}
+
+/// The end (exclusive) of all stream keys in Meta.
+pub const STREAM_KEYS_END: &[u8] = b"f";
+
+/// The stream of a stream key.
+pub fn stream_key_stream(k: &[u8]) -> Option<StreamId> {
+    if k.first() != Some(&b'e') {
+        return None;
+    }
+    Some(StreamId(u64::from_be_bytes(k.get(1..9)?.try_into().ok()?)))
+}
+
+/// A device key in Meta: the device has a cursor in some stream. Its first
+/// 9 bytes are the user's prefix.
+pub fn device_key(user: u64, device: u32) -> [u8; 13] {
+    let mut k = [b'd'; 13];
+    k[1..9].copy_from_slice(&user.to_be_bytes());
+    k[9..].copy_from_slice(&device.to_be_bytes());
+    k
+}
+
+/// The device of a device key.
+pub fn device_key_device(k: &[u8]) -> Option<u32> {
+    if k.len() != 13 {
+        return None;
+    }
+    Some(u32::from_be_bytes(k.get(9..13)?.try_into().ok()?))
+}
+
+/// The Meta key saying that stream and device keys exist for every stream
+/// and cursor (stores written before they existed get them at start).
+pub const PURGE_INDEX_KEY: &[u8] = b"purge_index";
 
 /// The stream of a head key.
 pub fn head_key_stream(k: &[u8]) -> Option<StreamId> {

@@ -174,9 +174,10 @@ pub(crate) struct Sweep {
 impl Sweep {
     /// One bounded step: queues deletes on `batch`; returns how many.
     ///
-    /// Streams are found through their head keys in Meta, which are never
-    /// deleted, rather than through the log, whose deleted records linger as
-    /// tombstones until compaction; each stream is read from its purge
+    /// Streams are found through their stream keys in Meta (written once,
+    /// never deleted), rather than through the log, whose deleted records
+    /// linger as tombstones until compaction, or the heads, which are
+    /// rewritten on every message; each stream is read from its purge
     /// floor up for the same reason.
     pub(crate) fn step(
         &mut self,
@@ -197,15 +198,16 @@ impl Sweep {
         let streams = &mut self.streams;
         store.scan(
             Table::Meta,
-            &keys::head_key(StreamId(self.pos)),
-            keys::HEAD_KEYS_END,
-            &mut |k, v| {
-                if let (Some(s), Some(h)) = (keys::head_key_stream(k), keys::u64_value(v)) {
-                    streams.push((s, h));
-                }
+            &keys::stream_key(StreamId(self.pos)),
+            keys::STREAM_KEYS_END,
+            &mut |k, _| {
+                streams.extend(keys::stream_key_stream(k).map(|s| (s, 0)));
                 streams.len() < STREAMS_PER_STEP
             },
         )?;
+        for (s, head) in &mut self.streams {
+            *head = get_u64(store, Table::Meta, &keys::head_key(*s))?.unwrap_or(0);
+        }
         // Fewer than asked for: this step ends the pass.
         let mut next_pos = if self.streams.len() < STREAMS_PER_STEP {
             0
@@ -221,11 +223,7 @@ impl Sweep {
                 next_pos = s.0;
                 break;
             }
-            let from = store
-                .get(Table::Meta, &keys::floor_key(s))?
-                .as_deref()
-                .and_then(keys::u64_value)
-                .unwrap_or(1);
+            let from = get_u64(store, Table::Meta, &keys::floor_key(s))?.unwrap_or(1);
             if from > head {
                 continue;
             }
@@ -317,17 +315,22 @@ fn purge_stream(
 
 /// The highest seq of `s` that every reader acknowledged, and the members
 /// read to work it out (0 for an inbox).
+///
+/// Devices come from their device keys and cursors are read one by one:
+/// cursors are rewritten on every ack, so a range over them walks every
+/// version the store keeps (that range was a third of this thread's time).
 fn acked_floor(store: &dyn Store, s: StreamId) -> Result<(u64, usize), StoreError> {
     let g = s.wire_group();
     if g == 0 {
+        let user = s.0;
         let mut floor: Option<u64> = None;
-        cursors(store, &s.0.to_be_bytes(), &mut |_, _, c| {
+        for device in devices(store, user)? {
+            let c = get_u64(store, Table::Cursor, &keys::cursor_key(s, user, device))?;
+            let c = c.unwrap_or(0);
             floor = Some(floor.map_or(c, |f| f.min(c)));
-        })?;
+        }
         return Ok((floor.unwrap_or(0), 0));
     }
-    // Members in user order, and the group's cursors in the same order:
-    // one pass over each.
     let mut members = Vec::new();
     let member_prefix = keys::member_key(g, 0);
     scan_prefix(store, Table::Member, &member_prefix[..9], &mut |k, v| {
@@ -335,47 +338,35 @@ fn acked_floor(store: &dyn Store, s: StreamId) -> Result<(u64, usize), StoreErro
             members.push((u, join));
         }
     })?;
-    let mut group_cursors: Vec<(u64, u32, u64)> = Vec::new();
-    cursors(store, &s.0.to_be_bytes(), &mut |u, d, c| {
-        group_cursors.push((u, d, c));
-    })?;
     let mut floor = u64::MAX;
-    let mut gc = group_cursors.iter().peekable();
     let n = members.len();
     for (user, join) in members {
-        while gc.next_if(|c| c.0 < user).is_some() {}
-        // The member's devices: those with an inbox cursor. Each counts at
-        // its group cursor, or at the join point if it has none (or a
-        // lower one: nothing before the join is visible to it).
-        let mut devices = 0usize;
-        let inbox = keys::cursor_key(StreamId::inbox(user), user, 0);
-        cursors(store, &inbox[..16], &mut |_, _, _| devices += 1)?;
-        let mut counted = 0usize;
-        let mut member_floor = u64::MAX;
-        while let Some(&(_, _, c)) = gc.next_if(|c| c.0 == user) {
-            counted += 1;
-            member_floor = member_floor.min(c.max(join));
-        }
-        if counted < devices || counted == 0 {
-            member_floor = member_floor.min(join);
+        // Each of the member's devices counts at its group cursor, or at
+        // the join point if it has none (or a lower one: nothing before the
+        // join is visible to it); a member with no device, at the join.
+        let mut member_floor = join;
+        for (i, device) in devices(store, user)?.into_iter().enumerate() {
+            let c = get_u64(store, Table::Cursor, &keys::cursor_key(s, user, device))?;
+            let c = c.map_or(join, |c| c.max(join));
+            member_floor = if i == 0 { c } else { member_floor.min(c) };
         }
         floor = floor.min(member_floor);
     }
     Ok((floor, n))
 }
 
-/// Calls `f(user, device, cursor)` for each Cursor key starting with
-/// `prefix` (a stream, or a stream and a user).
-fn cursors(
-    store: &dyn Store,
-    prefix: &[u8],
-    f: &mut dyn FnMut(u64, u32, u64),
-) -> Result<(), StoreError> {
-    scan_prefix(store, Table::Cursor, prefix, &mut |k, v| {
-        if let (Some((u, d)), Some(c)) = (keys::cursor_key_owner(k), keys::u64_value(v)) {
-            f(u, d, c);
-        }
-    })
+/// The devices of `user` that have a cursor somewhere.
+fn devices(store: &dyn Store, user: u64) -> Result<Vec<u32>, StoreError> {
+    let mut out = Vec::new();
+    let prefix = keys::device_key(user, 0);
+    scan_prefix(store, Table::Meta, &prefix[..9], &mut |k, _| {
+        out.extend(keys::device_key_device(k));
+    })?;
+    Ok(out)
+}
+
+fn get_u64(store: &dyn Store, t: Table, k: &[u8]) -> Result<Option<u64>, StoreError> {
+    Ok(store.get(t, k)?.as_deref().and_then(keys::u64_value))
 }
 
 /// Calls `f` with every entry of `t` whose key starts with `prefix`.
@@ -413,6 +404,17 @@ mod tests {
         .encode_into(&mut v);
         b.put(Table::Log, keys::log_key(s, seq), v);
         b.put(Table::Meta, keys::head_key(s), seq.to_be_bytes());
+        b.put(Table::Meta, keys::stream_key(s), []);
+    }
+
+    /// A cursor, and its device key, as the backend writes them.
+    fn put_cursor(b: &mut WriteBatch, s: StreamId, user: u64, device: u32, seq: u64) {
+        b.put(
+            Table::Cursor,
+            keys::cursor_key(s, user, device),
+            seq.to_be_bytes(),
+        );
+        b.put(Table::Meta, keys::device_key(user, device), []);
     }
 
     fn seqs(store: &dyn Store, s: StreamId) -> Vec<u64> {
@@ -459,16 +461,8 @@ mod tests {
             put_record(&mut b, inbox, seq, 1000);
             put_record(&mut b, other, seq, 1000);
         }
-        b.put(
-            Table::Cursor,
-            keys::cursor_key(inbox, 2, 1),
-            7u64.to_be_bytes(),
-        );
-        b.put(
-            Table::Cursor,
-            keys::cursor_key(inbox, 2, 2),
-            4u64.to_be_bytes(),
-        );
+        put_cursor(&mut b, inbox, 2, 1, 7);
+        put_cursor(&mut b, inbox, 2, 2, 4);
         store.write(&b).expect("write");
         // User 3 has no device with a cursor: nothing of its is deleted.
         assert_eq!(sweep_all(&store, ACKED, 2000), 4);
@@ -489,11 +483,7 @@ mod tests {
                 put_record(&mut b, s, seq, 1000);
             }
             let user = s.0;
-            b.put(
-                Table::Cursor,
-                keys::cursor_key(s, user, 1),
-                600u64.to_be_bytes(),
-            );
+            put_cursor(&mut b, s, user, 1, 600);
         }
         store.write(&b).expect("write");
         let big = Retention {
@@ -522,11 +512,7 @@ mod tests {
         for seq in 1..=7 {
             put_record(&mut b, inbox, seq, 1000);
         }
-        b.put(
-            Table::Cursor,
-            keys::cursor_key(inbox, 2, 1),
-            7u64.to_be_bytes(),
-        );
+        put_cursor(&mut b, inbox, 2, 1, 7);
         store.write(&b).expect("write");
         let mut sw = Sweep::default();
         let mut counts = Vec::new();
@@ -583,32 +569,16 @@ mod tests {
         // Member 1 joined at 0 with two devices: group cursors 15 and none
         // (device 2 only has an inbox cursor, so it counts at its join, 0).
         b.put(Table::Member, keys::member_key(g, 1), 0u64.to_be_bytes());
-        b.put(
-            Table::Cursor,
-            keys::cursor_key(StreamId::inbox(1), 1, 1),
-            0u64.to_be_bytes(),
-        );
-        b.put(
-            Table::Cursor,
-            keys::cursor_key(StreamId::inbox(1), 1, 2),
-            0u64.to_be_bytes(),
-        );
-        b.put(
-            Table::Cursor,
-            keys::cursor_key(log, 1, 1),
-            15u64.to_be_bytes(),
-        );
+        put_cursor(&mut b, StreamId::inbox(1), 1, 1, 0);
+        put_cursor(&mut b, StreamId::inbox(1), 1, 2, 0);
+        put_cursor(&mut b, log, 1, 1, 15);
         // Member 2 joined at 12 and never acked: counts at 12.
         b.put(Table::Member, keys::member_key(g, 2), 12u64.to_be_bytes());
         store.write(&b).expect("write");
         assert_eq!(acked_floor(&store, log).expect("floor"), (0, 2));
 
         let mut b = WriteBatch::default();
-        b.put(
-            Table::Cursor,
-            keys::cursor_key(log, 1, 2),
-            18u64.to_be_bytes(),
-        );
+        put_cursor(&mut b, log, 1, 2, 18);
         store.write(&b).expect("write");
         assert_eq!(acked_floor(&store, log).expect("floor"), (12, 2));
         assert_eq!(sweep_all(&store, ACKED, 2000), 12);
@@ -633,11 +603,7 @@ mod tests {
         }
         for u in 1..=members {
             b.put(Table::Member, keys::member_key(g, u), 0u64.to_be_bytes());
-            b.put(
-                Table::Cursor,
-                keys::cursor_key(StreamId::inbox(u), u, 1),
-                0u64.to_be_bytes(),
-            );
+            put_cursor(&mut b, StreamId::inbox(u), u, 1, 0);
         }
         store.write(&b).expect("write");
         ack_all(store, g, members, acked);
@@ -646,11 +612,7 @@ mod tests {
     fn ack_all(store: &dyn Store, g: u64, members: u64, to: u64) {
         let mut b = WriteBatch::default();
         for u in 1..=members {
-            b.put(
-                Table::Cursor,
-                keys::cursor_key(StreamId::group(g), u, 1),
-                to.to_be_bytes(),
-            );
+            put_cursor(&mut b, StreamId::group(g), u, 1, to);
         }
         store.write(&b).expect("write");
     }

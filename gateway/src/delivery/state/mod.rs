@@ -85,6 +85,8 @@ pub(crate) struct State {
     pub(crate) limits: Limits,
     heads: Cache<StreamId, u64>,
     dirty_heads: AHashSet<StreamId>,
+    /// Streams whose first message is in this batch.
+    new_streams: Vec<StreamId>,
     cursors: Cache<(StreamId, u64, u32), u64>,
     delivered: Cache<u64, u64>,
     /// (sender, peer) -> the receipt marks of the sender's messages to the
@@ -105,14 +107,50 @@ fn get_u64(store: &dyn Store, t: Table, k: &[u8]) -> Result<Option<u64>, StoreEr
     Ok(store.get(t, k)?.as_deref().and_then(keys::u64_value))
 }
 
+/// Writes the stream and device keys (see `keys`) of a store written
+/// before they existed: one pass over the heads and the cursors, once.
+fn index_for_purge(store: &dyn Store) -> Result<(), StoreError> {
+    if store.get(Table::Meta, keys::PURGE_INDEX_KEY)?.is_some() {
+        return Ok(());
+    }
+    let mut found: Vec<Vec<u8>> = Vec::new();
+    store.scan(
+        Table::Meta,
+        &keys::head_key(StreamId(0)),
+        keys::HEAD_KEYS_END,
+        &mut |k, _| {
+            found.extend(keys::head_key_stream(k).map(|s| keys::stream_key(s).to_vec()));
+            true
+        },
+    )?;
+    store.scan(Table::Cursor, &[], &[0xff; 21], &mut |k, _| {
+        found.extend(keys::cursor_key_owner(k).map(|(u, d)| keys::device_key(u, d).to_vec()));
+        true
+    })?;
+    let mut b = WriteBatch::new();
+    for chunk in found.chunks(10_000) {
+        b.clear();
+        for k in chunk {
+            b.put(Table::Meta, k, []);
+        }
+        store.write(&b)?;
+    }
+    // Last: a crash before it redoes the pass, which only rewrites keys.
+    b.clear();
+    b.put(Table::Meta, keys::PURGE_INDEX_KEY, []);
+    store.write(&b)
+}
+
 impl State {
     /// Loads what must be known before the first event.
     pub(crate) fn load(store: &dyn Store, limits: Limits) -> Result<State, StoreError> {
         let next_group = get_u64(store, Table::Meta, keys::NEXT_GROUP_KEY)?.unwrap_or(1);
+        index_for_purge(store)?;
         let n = limits.cache_entries;
         Ok(State {
             heads: Cache::new(n),
             dirty_heads: AHashSet::new(),
+            new_streams: Vec::new(),
             cursors: Cache::new(n),
             delivered: Cache::new(n),
             marks: Cache::new(n),
@@ -137,6 +175,7 @@ impl State {
     pub(crate) fn forget_pending(&mut self) {
         self.pending_dedup.clear();
         self.dirty_heads.clear();
+        self.new_streams.clear();
     }
 
     /// The batch is on disk: every cached entry is also in the store, so
@@ -239,11 +278,18 @@ impl State {
         let h = self.head(store, s)? + 1;
         self.heads.insert(s, h);
         self.dirty_heads.insert(s);
+        if h == 1 {
+            self.new_streams.push(s);
+        }
         Ok(h)
     }
 
-    /// Adds the new heads of the streams this batch appended to.
+    /// Adds the new heads of the streams this batch appended to, and the
+    /// stream keys of streams new in it.
     pub(crate) fn write_heads(&mut self, batch: &mut WriteBatch) {
+        for s in self.new_streams.drain(..) {
+            batch.put(Table::Meta, keys::stream_key(s), []);
+        }
         for s in self.dirty_heads.drain() {
             if let Some(h) = self.heads.get(&s) {
                 batch.put(Table::Meta, keys::head_key(s), h.to_be_bytes());
@@ -291,6 +337,7 @@ impl State {
             // Written before any advance of this batch could be (those
             // fill the cache first), so it never lowers a cursor.
             batch.put(Table::Cursor, key, 0u64.to_be_bytes());
+            batch.put(Table::Meta, keys::device_key(user, device), []);
         }
         Ok(())
     }
@@ -315,6 +362,11 @@ impl State {
             keys::cursor_key(s, user, device),
             to.to_be_bytes(),
         );
+        if old == 0 {
+            // Perhaps the device's first cursor (it logged in while the
+            // purge was off): the purge must see it.
+            batch.put(Table::Meta, keys::device_key(user, device), []);
+        }
         Ok(Some(old))
     }
 
@@ -433,7 +485,112 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::store::{MemoryStore, Op};
+
+    fn meta_keys(store: &dyn Store, prefix: u8) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        store
+            .scan(Table::Meta, &[prefix], &[prefix + 1], &mut |k, _| {
+                out.push(k.to_vec());
+                true
+            })
+            .expect("scan");
+        out
+    }
+
+    #[test]
+    fn a_streams_first_message_and_a_devices_first_cursor_write_their_keys_once() {
+        let store = MemoryStore::default();
+        let limits = Limits::from_config(&Config::default());
+        let mut st = State::load(&store, limits).expect("load");
+        let s = StreamId::inbox(5);
+        for round in 0..2 {
+            let mut b = WriteBatch::default();
+            st.next_seq(&store, s).expect("seq");
+            st.write_heads(&mut b);
+            st.register_device(&store, &mut b, s, 5, 7)
+                .expect("register");
+            let stream_keys = b
+                .iter()
+                .filter(|op| *op == Op::Put(Table::Meta, &keys::stream_key(s), &[]))
+                .count();
+            let device_keys = b
+                .iter()
+                .filter(|op| *op == Op::Put(Table::Meta, &keys::device_key(5, 7), &[]))
+                .count();
+            assert_eq!(
+                (stream_keys, device_keys),
+                if round == 0 { (1, 1) } else { (0, 0) }
+            );
+            store.write(&b).expect("write");
+        }
+        // A cursor first advanced without a login (the purge was off then)
+        // writes its device key too.
+        let mut b = WriteBatch::default();
+        st.advance_cursor(&store, &mut b, s, 5, 8, 1)
+            .expect("advance");
+        store.write(&b).expect("write");
+        assert_eq!(
+            meta_keys(&store, b'd'),
+            vec![
+                keys::device_key(5, 7).to_vec(),
+                keys::device_key(5, 8).to_vec()
+            ]
+        );
+        assert_eq!(meta_keys(&store, b'e'), vec![keys::stream_key(s).to_vec()]);
+    }
+
+    #[test]
+    fn a_store_written_before_the_purge_index_gets_it_at_load_once() {
+        let store = MemoryStore::default();
+        let mut b = WriteBatch::default();
+        let (inbox, group) = (StreamId::inbox(3), StreamId::group(9));
+        b.put(Table::Meta, keys::head_key(inbox), 4u64.to_be_bytes());
+        b.put(Table::Meta, keys::head_key(group), 2u64.to_be_bytes());
+        b.put(
+            Table::Cursor,
+            keys::cursor_key(inbox, 3, 1),
+            4u64.to_be_bytes(),
+        );
+        b.put(
+            Table::Cursor,
+            keys::cursor_key(group, 4, 2),
+            1u64.to_be_bytes(),
+        );
+        store.write(&b).expect("write");
+        let limits = Limits::from_config(&Config::default());
+        State::load(&store, limits.clone()).expect("load");
+        assert_eq!(
+            meta_keys(&store, b'e'),
+            vec![
+                keys::stream_key(inbox).to_vec(),
+                keys::stream_key(group).to_vec()
+            ]
+        );
+        assert_eq!(
+            meta_keys(&store, b'd'),
+            vec![
+                keys::device_key(3, 1).to_vec(),
+                keys::device_key(4, 2).to_vec()
+            ]
+        );
+        assert!(
+            store
+                .get(Table::Meta, keys::PURGE_INDEX_KEY)
+                .expect("get")
+                .is_some()
+        );
+        // Once: a head written behind the index's back is not picked up.
+        let mut b = WriteBatch::default();
+        b.put(
+            Table::Meta,
+            keys::head_key(StreamId::inbox(6)),
+            1u64.to_be_bytes(),
+        );
+        store.write(&b).expect("write");
+        State::load(&store, limits).expect("load");
+        assert_eq!(meta_keys(&store, b'e').len(), 2);
+    }
 
     #[test]
     fn the_caches_stay_within_cache_entries_and_refill_from_the_store() {
