@@ -18,8 +18,9 @@
 //! ends the stream's turn.
 //!
 //! Who counts as a reader:
-//! - an inbox: every device of the user that ever logged in (a device gets a
-//!   cursor at its first login, see `apply::login`), at its cursor;
+//! - an inbox: every device of the user that ever logged in or acked (a
+//!   device gets a device key at its first login, see `apply::login`, or
+//!   its first cursor), at its cursor, or 0 if it has none;
 //! - a group: every device of every member, at its group cursor or, if it
 //!   has none or a lower one, the member's join point (history before it is
 //!   not visible to the member anyway). A group with no members keeps

@@ -152,7 +152,7 @@ fn login(cx: &mut Ctx<'_>, resume: u64) -> Result<(), StoreError> {
     let s = StreamId::inbox(cx.user);
     if cx.state.limits.purge_acked {
         cx.state
-            .register_device(cx.store, cx.batch, s, cx.user, cx.device)?;
+            .register_device(cx.store, cx.batch, cx.user, cx.device)?;
     }
     if resume == 0 {
         return Ok(());

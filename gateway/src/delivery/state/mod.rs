@@ -313,8 +313,8 @@ impl State {
         Ok(c)
     }
 
-    /// Makes sure the device has a cursor in the stream (0 if it had none),
-    /// so that the purge sweep counts it as a reader.
+    /// Makes sure the device has a device key, so that the purge sweep
+    /// counts it as a reader of its user's inbox and groups.
     ///
     /// Nothing is cached: most logins are of known devices (one lookup),
     /// and a cache entry per idle connection would cost more memory than
@@ -323,21 +323,14 @@ impl State {
         &mut self,
         store: &dyn Store,
         batch: &mut WriteBatch,
-        s: StreamId,
         user: u64,
         device: u32,
     ) -> Result<(), StoreError> {
-        // A cached cursor was read from the store or is in this batch; an
-        // uncached one may still be in the store.
-        if self.cursors.contains_key(&(s, user, device)) {
-            return Ok(());
-        }
-        let key = keys::cursor_key(s, user, device);
-        if store.get(Table::Cursor, &key)?.is_none() {
-            // Written before any advance of this batch could be (those
-            // fill the cache first), so it never lowers a cursor.
-            batch.put(Table::Cursor, key, 0u64.to_be_bytes());
-            batch.put(Table::Meta, keys::device_key(user, device), []);
+        // The device key alone: the purge counts a device without a cursor
+        // in a stream as a reader at 0 there.
+        let key = keys::device_key(user, device);
+        if store.get(Table::Meta, &key)?.is_none() {
+            batch.put(Table::Meta, key, []);
         }
         Ok(())
     }
@@ -508,8 +501,7 @@ mod tests {
             let mut b = WriteBatch::default();
             st.next_seq(&store, s).expect("seq");
             st.write_heads(&mut b);
-            st.register_device(&store, &mut b, s, 5, 7)
-                .expect("register");
+            st.register_device(&store, &mut b, 5, 7).expect("register");
             let stream_keys = b
                 .iter()
                 .filter(|op| *op == Op::Put(Table::Meta, &keys::stream_key(s), &[]))
