@@ -63,7 +63,10 @@ enum ReadEnd {
 
 /// Runs a connection until it closes, then unregisters it.
 pub(crate) async fn serve(core: Rc<Core>, conn: Rc<Conn>, mut stream: TcpStream) {
-    let decoders = Decoders::new(core.shared.cfg.max_frame);
+    // Everything held here lives as long as the connection, in its task:
+    // the decoders are made per read instead (two integers), which keeps
+    // the task in mimalloc's 448-byte class rather than the 512-byte one
+    // (docs/benchmarks.md, idle connections).
     let mut partial = BytesMut::new();
     loop {
         if conn.wake.is_set(SIG_CLOSE) {
@@ -100,7 +103,7 @@ pub(crate) async fn serve(core: Rc<Core>, conn: Rc<Conn>, mut stream: TcpStream)
                 break;
             }
             Some(true) => {
-                if let ReadEnd::Gone = read_once(&core, &conn, &stream, &decoders, &mut partial) {
+                if let ReadEnd::Gone = read_once(&core, &conn, &stream, &mut partial) {
                     tracing::debug!(conn = %conn.id, "peer gone; closing");
                     conn.close(Closing::Now);
                     break;
@@ -208,9 +211,9 @@ fn read_once(
     core: &Rc<Core>,
     conn: &Rc<Conn>,
     stream: &TcpStream,
-    decoders: &Decoders,
     partial: &mut BytesMut,
 ) -> ReadEnd {
+    let decoders = Decoders::new(core.shared.cfg.max_frame);
     let own = !partial.is_empty();
     let mut buf = if own {
         let want = decoders.for_conn(conn).needed(partial).max(4096);
