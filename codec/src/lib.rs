@@ -25,6 +25,7 @@ pub mod fuzzing;
 pub mod header;
 pub mod token;
 mod wire;
+pub mod ws;
 
 pub use codes::{ErrorCode, KickReason};
 pub use decoder::Decoder;
