@@ -19,6 +19,12 @@ pub(crate) const SIG_FLUSH: u8 = 1;
 /// The connection must close.
 pub(crate) const SIG_CLOSE: u8 = 2;
 
+/// `write_state`: the front of the outbound queue was partly sent.
+const FRONT_STARTED: u8 = 1;
+/// `write_state`: the socket buffer is full; the task waits for
+/// writability.
+const BLOCKED: u8 = 2;
+
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -56,10 +62,8 @@ pub(crate) struct Conn {
     pub(crate) timer: Cell<Option<TimerKey>>,
     out: RefCell<VecDeque<Bytes>>,
     out_bytes: Cell<usize>,
-    /// The front of `out` was partly sent.
-    front_started: Cell<bool>,
-    /// The socket buffer is full: the task waits for writability.
-    blocked: Cell<bool>,
+    /// [`FRONT_STARTED`] and [`BLOCKED`], one byte for both.
+    write_state: Cell<u8>,
     pub(crate) wake: Wake,
     closing: Cell<Option<Closing>>,
     pub(crate) rate: TokenBucket,
@@ -69,6 +73,11 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    fn set_write_bit(&self, bit: u8, on: bool) {
+        let s = self.write_state.get();
+        self.write_state.set(if on { s | bit } else { s & !bit });
+    }
+
     pub(crate) fn new(id: ConnId, burst: u32, now_ms: u64) -> Conn {
         Conn {
             id,
@@ -79,8 +88,7 @@ impl Conn {
             timer: Cell::new(None),
             out: RefCell::new(VecDeque::new()),
             out_bytes: Cell::new(0),
-            front_started: Cell::new(false),
-            blocked: Cell::new(false),
+            write_state: Cell::new(0),
             wake: Wake::default(),
             closing: Cell::new(None),
             rate: TokenBucket::full(burst, now_ms),
@@ -155,11 +163,11 @@ impl Conn {
 
     /// Whether the socket buffer is full and the task waits to write.
     pub(crate) fn is_blocked(&self) -> bool {
-        self.blocked.get()
+        self.write_state.get() & BLOCKED != 0
     }
 
     pub(crate) fn set_blocked(&self, blocked: bool) {
-        self.blocked.set(blocked);
+        self.set_write_bit(BLOCKED, blocked);
     }
 
     /// Queues encoded frames. Returns the queued byte count after.
@@ -186,7 +194,7 @@ impl Conn {
     pub(crate) fn sent(&self, n: usize, partial: bool) {
         if n > 0 {
             // Nothing sent leaves the front as it was.
-            self.front_started.set(partial);
+            self.set_write_bit(FRONT_STARTED, partial);
         }
         self.out_bytes.set(self.out_bytes.get().saturating_sub(n));
     }
@@ -195,7 +203,7 @@ impl Conn {
     /// the wire: the stream must stay whole for the kick that follows.
     pub(crate) fn drop_queue(&self) {
         let mut q = self.out.borrow_mut();
-        let keep = if self.front_started.get() {
+        let keep = if self.write_state.get() & FRONT_STARTED != 0 {
             q.pop_front()
         } else {
             None
@@ -203,5 +211,22 @@ impl Conn {
         q.clear();
         self.out_bytes.set(keep.as_ref().map_or(0, |b| b.len()));
         q.extend(keep);
+    }
+}
+#[cfg(test)]
+mod tests {
+    /// Every logged-in connection holds one `Conn` in an `Rc` (16 bytes
+    /// more): at 144 bytes that is mimalloc's 160-byte class, at 152 its
+    /// 192-byte one (docs/benchmarks.md §8, idle connections). A field
+    /// added here costs every idle connection 32 bytes unless another
+    /// gives way.
+    #[test]
+    fn a_conn_stays_within_its_memory_budget() {
+        assert!(std::mem::size_of::<super::Conn>() <= 144);
+        assert_eq!(
+            std::mem::size_of::<Option<crate::wheel::TimerKey>>(),
+            8,
+            "the generation's niche"
+        );
     }
 }

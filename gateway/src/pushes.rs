@@ -5,7 +5,7 @@
 //! An idle connection has none, so it keeps one word for them: the frames
 //! live in a box that exists only while some are unacknowledged.
 
-use std::{cell::RefCell, collections::VecDeque};
+use std::{cell::Cell, collections::VecDeque};
 
 use bytes::Bytes;
 use imgate_codec::header::{self, FLAG_RETRY};
@@ -30,72 +30,92 @@ pub(crate) enum Repush {
     GiveUp,
 }
 
-/// One connection's unacknowledged pushes.
-#[derive(Debug, Default)]
-pub(crate) struct Unacked(RefCell<Option<Box<Pending>>>);
+/// One connection's unacknowledged pushes: one word (a `Cell`, not a
+/// `RefCell`, whose borrow flag would be a second).
+#[derive(Default)]
+pub(crate) struct Unacked(Cell<Option<Box<Pending>>>);
+
+impl std::fmt::Debug for Unacked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.with(|p| f.debug_tuple("Unacked").field(p).finish())
+    }
+}
 
 impl Unacked {
+    /// Runs `f` on the pending pushes, taken out of the cell and put back.
+    fn with<R>(&self, f: impl FnOnce(&mut Option<Box<Pending>>) -> R) -> R {
+        let mut slot = self.0.take();
+        let r = f(&mut slot);
+        self.0.set(slot);
+        r
+    }
+
     /// Records a tracked push. Returns true when the re-push timer must be
     /// armed (nothing was pending before).
     pub(crate) fn track(&self, track: Track, bytes: Bytes) -> bool {
-        let mut p = self.0.borrow_mut();
-        let p = p.get_or_insert_with(Box::default);
-        let first = p.frames.is_empty();
-        if first {
-            p.retries = 0;
-        }
-        p.frames.push_back((track, bytes));
-        first && p.timer.is_none()
+        self.with(|p| {
+            let p = p.get_or_insert_with(Box::default);
+            let first = p.frames.is_empty();
+            if first {
+                p.retries = 0;
+            }
+            p.frames.push_back((track, bytes));
+            first && p.timer.is_none()
+        })
     }
 
     /// Remembers the armed re-push timer.
     pub(crate) fn set_timer(&self, key: Option<TimerKey>) {
-        if let Some(p) = self.0.borrow_mut().as_mut() {
-            p.timer = key;
-        }
+        self.with(|p| {
+            if let Some(p) = p.as_mut() {
+                p.timer = key;
+            }
+        });
     }
 
     /// An acknowledgement of `group` up to `seq` settles pushes. Returns
     /// the timer to cancel when nothing is left.
     pub(crate) fn settle(&self, group: u64, seq: u64) -> Option<TimerKey> {
-        let mut slot = self.0.borrow_mut();
-        let p = slot.as_mut()?;
-        p.frames
-            .retain(|(t, _)| !(t.group == group && t.seq <= seq));
-        if p.frames.is_empty() {
-            let key = p.timer.take();
-            *slot = None;
-            return key;
-        }
-        p.retries = 0;
-        None
+        self.with(|slot| {
+            let p = slot.as_mut()?;
+            p.frames
+                .retain(|(t, _)| !(t.group == group && t.seq <= seq));
+            if p.frames.is_empty() {
+                let key = p.timer.take();
+                *slot = None;
+                return key;
+            }
+            p.retries = 0;
+            None
+        })
     }
 
     /// The re-push timer fired (and is no longer armed).
     pub(crate) fn fired(&self, limit: u32) -> Repush {
-        let mut slot = self.0.borrow_mut();
-        let Some(p) = slot.as_mut() else {
-            return Repush::Nothing;
-        };
-        p.timer = None;
-        if p.frames.is_empty() {
-            return Repush::Nothing;
-        }
-        if p.retries >= limit {
-            return Repush::GiveUp;
-        }
-        p.retries += 1;
-        Repush::Send(
-            p.frames
-                .iter()
-                .map(|(_, b)| header::with_flags(b, FLAG_RETRY))
-                .collect(),
-        )
+        self.with(|slot| {
+            let Some(p) = slot.as_mut() else {
+                return Repush::Nothing;
+            };
+            p.timer = None;
+            if p.frames.is_empty() {
+                return Repush::Nothing;
+            }
+            if p.retries >= limit {
+                return Repush::GiveUp;
+            }
+            p.retries += 1;
+            Repush::Send(
+                p.frames
+                    .iter()
+                    .map(|(_, b)| header::with_flags(b, FLAG_RETRY))
+                    .collect(),
+            )
+        })
     }
 
     /// The armed re-push timer, taken (the connection is going away).
     pub(crate) fn take_timer(&self) -> Option<TimerKey> {
-        self.0.borrow_mut().as_mut().and_then(|p| p.timer.take())
+        self.with(|p| p.as_mut().and_then(|p| p.timer.take()))
     }
 }
 

@@ -24,7 +24,9 @@ use slab::Slab;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimerKey {
     slot: u32,
-    generation: u32,
+    /// Never 0, so that an `Option<TimerKey>` (a connection's liveness
+    /// timer) fits in 8 bytes.
+    generation: NonZeroU32,
 }
 
 /// A slab slot or none, in four bytes (slot + 1 in a `NonZeroU32`): the
@@ -98,11 +100,11 @@ impl<T> Wheel<T> {
     /// is already past).
     pub fn insert(&mut self, deadline: u64, value: T) -> TimerKey {
         let deadline = deadline.max(self.now + 1);
-        self.next_gen = self.next_gen.wrapping_add(1);
-        let generation = self.next_gen;
+        let generation = NonZeroU32::new(self.next_gen.wrapping_add(1)).unwrap_or(NonZeroU32::MIN);
+        self.next_gen = generation.get();
         let slot = self.entries.insert(Entry {
             deadline,
-            generation,
+            generation: generation.get(),
             prev: Link::NONE,
             next: Link::NONE,
             value,
@@ -140,7 +142,7 @@ impl<T> Wheel<T> {
     pub fn deadline(&self, key: TimerKey) -> Option<u64> {
         self.entries
             .get(key.slot as usize)
-            .filter(|e| e.generation == key.generation)
+            .filter(|e| e.generation == key.generation.get())
             .map(|e| e.deadline)
     }
 
@@ -177,7 +179,7 @@ impl<T> Wheel<T> {
     fn is_live(&self, key: TimerKey) -> bool {
         self.entries
             .get(key.slot as usize)
-            .is_some_and(|e| e.generation == key.generation)
+            .is_some_and(|e| e.generation == key.generation.get())
     }
 
     fn link(&mut self, slot: u32, deadline: u64) {
