@@ -24,6 +24,42 @@ const FRONT_STARTED: u8 = 1;
 /// `write_state`: the socket buffer is full; the task waits for
 /// writability.
 const BLOCKED: u8 = 2;
+/// `write_state`: a WebSocket connection: frames go out in binary messages.
+const WEBSOCKET: u8 = 4;
+/// `write_state`: the WebSocket handshake is done.
+const UPGRADED: u8 = 8;
+
+/// Headers of binary WebSocket messages of 0 to 125 bytes, shared.
+static SMALL_WS_HEADERS: [[u8; 2]; 126] = {
+    let mut t = [[0x82u8, 0]; 126];
+    let mut i = 0;
+    while i < 126 {
+        t[i][1] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The header of a binary WebSocket message of `len` bytes from the
+/// server: shared for short ones, else allocated.
+fn ws_header(len: usize) -> Bytes {
+    match SMALL_WS_HEADERS.get(len) {
+        Some(h) => Bytes::from_static(h),
+        None => {
+            let (h, n) = imgate_codec::ws::header(imgate_codec::ws::Opcode::Binary, len, None);
+            Bytes::copy_from_slice(&h[..n])
+        }
+    }
+}
+
+/// How a connection carries frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// Frames straight on TCP.
+    Tcp,
+    /// Frames in binary WebSocket messages, after an HTTP upgrade.
+    Ws,
+}
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +109,26 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    /// Marks a WebSocket connection (before its handshake).
+    pub(crate) fn set_websocket(&self) {
+        self.set_write_bit(WEBSOCKET, true);
+    }
+
+    /// Whether frames go out in WebSocket messages.
+    pub(crate) fn is_websocket(&self) -> bool {
+        self.write_state.get() & WEBSOCKET != 0
+    }
+
+    /// Whether the WebSocket handshake is done (always false over TCP).
+    pub(crate) fn is_upgraded(&self) -> bool {
+        self.write_state.get() & UPGRADED != 0
+    }
+
+    /// The WebSocket handshake is done.
+    pub(crate) fn set_upgraded(&self) {
+        self.set_write_bit(UPGRADED, true);
+    }
+
     fn set_write_bit(&self, bit: u8, on: bool) {
         let s = self.write_state.get();
         self.write_state.set(if on { s | bit } else { s & !bit });
@@ -172,6 +228,17 @@ impl Conn {
 
     /// Queues encoded frames. Returns the queued byte count after.
     pub(crate) fn queue(&self, bytes: Bytes) -> usize {
+        if self.is_websocket() {
+            // One binary message per queued chunk of frames: a header in
+            // front, the frames themselves not copied.
+            self.queue_raw(ws_header(bytes.len()));
+        }
+        self.queue_raw(bytes)
+    }
+
+    /// Queues bytes as they are: the WebSocket handshake's answer and
+    /// WebSocket control frames.
+    pub(crate) fn queue_raw(&self, bytes: Bytes) -> usize {
         let n = self.out_bytes.get() + bytes.len();
         self.out_bytes.set(n);
         self.out.borrow_mut().push_back(bytes);

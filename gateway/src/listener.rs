@@ -14,17 +14,17 @@ use std::{
 use imgate_codec::{Body, ErrorCode, frame::ErrorFrame};
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::{core::Core, pump};
+use crate::{conn::Transport, core::Core, pump};
 
 /// Accepts connections until shutdown begins, then closes the listener.
-pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
+pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener, transport: Transport) {
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => Some(r),
             _ = core.stopped() => None,
         };
         match accepted {
-            Some(Ok((stream, _))) => admit(&core, stream),
+            Some(Ok((stream, _))) => admit(&core, stream, transport),
             Some(Err(e)) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(core = core.id, error = %e, "accept failed");
@@ -36,7 +36,7 @@ pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
 }
 
 /// Takes a new connection, or refuses it at the limit or during shutdown.
-fn admit(core: &Rc<Core>, stream: TcpStream) {
+fn admit(core: &Rc<Core>, stream: TcpStream, transport: Transport) {
     let m = core.metrics();
     m.accepted.fetch_add(1, Relaxed);
     let _ = stream.set_nodelay(true);
@@ -50,17 +50,30 @@ fn admit(core: &Rc<Core>, stream: TcpStream) {
         } else {
             ErrorCode::TooManyConnections
         };
-        monoio::spawn(refuse(stream, code));
+        monoio::spawn(refuse(stream, code, transport));
         return;
     }
     let conn = core.insert();
+    if transport == Transport::Ws {
+        conn.set_websocket();
+    }
     monoio::spawn(pump::serve(core.clone(), conn, stream));
 }
 
-/// Refuses a connection with an error frame.
-async fn refuse(mut stream: TcpStream, code: ErrorCode) {
+/// Refuses a connection with an error frame (over WebSocket, before any
+/// handshake: an HTTP 503 with the code in a JSON body).
+async fn refuse(mut stream: TcpStream, code: ErrorCode, transport: Transport) {
     use monoio::io::AsyncWriteRentExt;
-    let frame = ErrorFrame::new(code, None, 0, code.as_str()).to_bytes();
+    let frame = match transport {
+        Transport::Tcp => ErrorFrame::new(code, None, 0, code.as_str()).to_bytes(),
+        Transport::Ws => {
+            let body = format!("{{\"error\":\"{}\"}}", code.as_str());
+            bytes::Bytes::from(format!(
+                "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ))
+        }
+    };
     let _ = monoio::time::timeout(Duration::from_secs(1), stream.write_all(frame)).await;
 }
 

@@ -161,6 +161,12 @@ macro_rules! serve_args {
 serve_args! {
     /// Address to listen on [default: 127.0.0.1:7000].
     listen: SocketAddr, "IMGATE_LISTEN";
+    /// WebSocket listener address (same frames in binary messages) [default: off].
+    ws_listen: SocketAddr, "IMGATE_WS_LISTEN";
+    /// Request path the WebSocket listener upgrades [default: /ws].
+    ws_path: String, "IMGATE_WS_PATH";
+    /// Longest WebSocket upgrade request, bytes [default: 8192].
+    ws_handshake_max: usize, "IMGATE_WS_HANDSHAKE_MAX";
     /// Worker threads, one per core; 0 = one per CPU [default: 0].
     workers: usize, "IMGATE_WORKERS";
     /// Pin each worker to a CPU.

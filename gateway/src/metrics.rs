@@ -42,6 +42,11 @@ pub struct CoreMetrics {
     pub bytes_out: AtomicU64,
     /// Protocol errors (error frames sent for bad input).
     pub protocol_errors: AtomicU64,
+    /// WebSocket upgrades accepted.
+    pub ws_upgrades: AtomicU64,
+    /// WebSocket upgrades refused (HTTP errors) and WebSocket connections
+    /// closed for a bad WebSocket frame or a text message.
+    pub ws_refused: AtomicU64,
     /// Requests refused because the backend queue was full.
     pub overloaded: AtomicU64,
     /// Pushes re-sent because no ack came.
@@ -156,6 +161,16 @@ impl Metrics {
             ("imgate_protocol_errors_total", "Protocol errors.", |c| {
                 c.protocol_errors.load(Relaxed)
             }),
+            (
+                "imgate_ws_upgrades_total",
+                "WebSocket upgrades accepted.",
+                |c| c.ws_upgrades.load(Relaxed),
+            ),
+            (
+                "imgate_ws_refused_total",
+                "WebSocket upgrades refused, and WebSocket connections closed for a bad frame or a text message.",
+                |c| c.ws_refused.load(Relaxed),
+            ),
             (
                 "imgate_overloaded_total",
                 "Requests refused: backend queue full.",

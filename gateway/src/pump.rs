@@ -14,12 +14,15 @@
 //!          └──────────── flush the outbound queue (one write per wake) ◄──────┘
 //! ```
 
-use std::{collections::VecDeque, os::fd::AsRawFd, rc::Rc, time::Duration};
+use std::{
+    collections::VecDeque, os::fd::AsRawFd, rc::Rc, sync::atomic::Ordering::Relaxed, time::Duration,
+};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use imgate_codec::{
     Body, Decoder, KickReason,
     frame::{ErrorFrame, Kick, MAX_LOGIN_FRAME},
+    ws,
 };
 use monoio::net::TcpStream;
 
@@ -103,7 +106,12 @@ pub(crate) async fn serve(core: Rc<Core>, conn: Rc<Conn>, mut stream: TcpStream)
                 break;
             }
             Some(true) => {
-                if let ReadEnd::Gone = read_once(&core, &conn, &stream, &mut partial) {
+                let end = if conn.is_websocket() {
+                    read_once_ws(&core, &conn, &stream, &mut partial)
+                } else {
+                    read_once(&core, &conn, &stream, &mut partial)
+                };
+                if let ReadEnd::Gone = end {
                     tracing::debug!(conn = %conn.id, "peer gone; closing");
                     conn.close(Closing::Now);
                     break;
@@ -122,6 +130,8 @@ async fn finish(core: &Rc<Core>, conn: &Rc<Conn>, stream: &mut TcpStream) {
     let how = conn.closing().unwrap_or(Closing::Now);
     let (user, device) = conn.user();
     tracing::debug!(conn = %conn.id, user, device, how = ?how, "closing");
+    // A WebSocket client that never finished its handshake gets no frame.
+    let frames = !conn.is_websocket() || conn.is_upgraded();
     match how {
         Closing::Now => return,
         Closing::Flush => {}
@@ -133,7 +143,18 @@ async fn finish(core: &Rc<Core>, conn: &Rc<Conn>, stream: &mut TcpStream) {
                 conn.drop_queue();
             }
             core.metrics().kick(reason);
+            if !frames {
+                return;
+            }
             conn.queue(Kick::new(reason, reason.as_str()).to_bytes());
+            if conn.is_websocket() {
+                let code = if reason == KickReason::ServerShutdown {
+                    ws::CloseCode::GOING_AWAY
+                } else {
+                    ws::CloseCode::POLICY
+                };
+                conn.queue_raw(ws_close(code, reason.as_str()));
+            }
         }
     }
     let grace = Duration::from_millis(core.shared.cfg.shutdown_timeout_ms.clamp(10, 2000));
@@ -201,6 +222,201 @@ async fn flush(
     }
 }
 
+/// A WebSocket close frame from the server.
+fn ws_close(code: ws::CloseCode, reason: &str) -> bytes::Bytes {
+    ws::encode(ws::Opcode::Close, &ws::close_payload(code, reason), None).into()
+}
+
+/// One read of a WebSocket connection: the upgrade request until it is
+/// whole, then WebSocket frames, whose binary payloads carry whole imgate
+/// frames (handled as over TCP). Pings are answered, a close is echoed, a
+/// text message or a bad WebSocket frame ends the connection with a close
+/// code. Reads go into the core's block like TCP's; only an unfinished
+/// request or WebSocket frame is kept per connection.
+fn read_once_ws(
+    core: &Rc<Core>,
+    conn: &Rc<Conn>,
+    stream: &TcpStream,
+    partial: &mut BytesMut,
+) -> ReadEnd {
+    let cfg = &core.shared.cfg;
+    let wsd = ws::Decoder::server(cfg.max_frame);
+    let own = !partial.is_empty();
+    let mut buf = if own {
+        let want = if conn.is_upgraded() {
+            wsd.needed(partial)
+        } else {
+            1
+        };
+        partial.reserve(want.max(4096));
+        std::mem::take(partial)
+    } else {
+        core.take_read_block()
+    };
+    let start = buf.len();
+    let n = match sock::recv(stream.as_raw_fd(), &mut buf) {
+        Ok(0) => {
+            if !own {
+                core.give_read_block(buf);
+            }
+            return ReadEnd::Gone;
+        }
+        Ok(n) => n,
+        Err(e) => {
+            let again = matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            );
+            if own {
+                *partial = buf;
+            } else {
+                core.give_read_block(buf);
+            }
+            return if again { ReadEnd::More } else { ReadEnd::Gone };
+        }
+    };
+    core.metrics()
+        .bytes_in
+        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    let mut data = if own {
+        buf
+    } else {
+        let data = buf.split_to(start + n);
+        core.give_read_block(buf);
+        data
+    };
+    if !conn.is_upgraded() {
+        match ws::accept(&data, &cfg.ws_path, cfg.ws_handshake_max) {
+            ws::Handshake::Partial => {}
+            ws::Handshake::Accept { consumed, response } => {
+                core.metrics().ws_upgrades.fetch_add(1, Relaxed);
+                conn.queue_raw(response.into());
+                conn.set_upgraded();
+                data.advance(consumed);
+            }
+            ws::Handshake::Refuse(r) => {
+                tracing::debug!(conn = %conn.id, status = r.status, code = r.code, "upgrade refused");
+                core.metrics().ws_refused.fetch_add(1, Relaxed);
+                conn.queue_raw(r.response().into());
+                conn.close(Closing::Flush);
+                return ReadEnd::More;
+            }
+        }
+    }
+    if conn.is_upgraded() {
+        let decoders = Decoders::new(cfg.max_frame);
+        loop {
+            if conn.is_closing() {
+                data.clear();
+                break;
+            }
+            match wsd.decode(&mut data) {
+                Ok(Some(f)) => match f.opcode {
+                    ws::Opcode::Binary => {
+                        let mut payload = f.payload;
+                        dispatch_frames(core, conn, &decoders, &mut payload);
+                        if !payload.is_empty() && !conn.is_closing() {
+                            protocol_error(
+                                core,
+                                conn,
+                                imgate_codec::ErrorCode::MalformedFrame,
+                                None,
+                                "a WebSocket message must carry whole frames",
+                            );
+                        }
+                    }
+                    ws::Opcode::Ping => {
+                        conn.queue_raw(ws::encode(ws::Opcode::Pong, &f.payload, None).into());
+                    }
+                    ws::Opcode::Pong => {}
+                    ws::Opcode::Close => {
+                        conn.queue_raw(ws_close(ws::CloseCode::NORMAL, ""));
+                        conn.close(Closing::Flush);
+                    }
+                    ws::Opcode::Text | ws::Opcode::Continuation => {
+                        core.metrics().ws_refused.fetch_add(1, Relaxed);
+                        conn.queue_raw(ws_close(
+                            ws::CloseCode::UNSUPPORTED_DATA,
+                            "only binary messages are accepted",
+                        ));
+                        conn.close(Closing::Flush);
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(conn = %conn.id, error = %e, "bad WebSocket frame");
+                    core.metrics().ws_refused.fetch_add(1, Relaxed);
+                    conn.queue_raw(ws_close(e.close_code(), &e.to_string()));
+                    conn.close(Closing::Flush);
+                    data.clear();
+                    break;
+                }
+            }
+        }
+        core.flush_backend_soon();
+    }
+    if !data.is_empty() {
+        *partial = if own {
+            data
+        } else {
+            let mut p = BytesMut::with_capacity(data.len() + 4096);
+            p.extend_from_slice(&data);
+            p
+        };
+    }
+    ReadEnd::More
+}
+
+/// Decodes and handles every whole frame at the front of `data`; leaves an
+/// unfinished frame's bytes in it. A bad frame gets an error frame and a
+/// `protocol_error` kick, and `data` is cleared.
+fn dispatch_frames(core: &Rc<Core>, conn: &Rc<Conn>, decoders: &Decoders, data: &mut BytesMut) {
+    let cx = dispatch::Ctx {
+        cfg: &core.shared.cfg,
+        verifier: &*core.shared.verifier,
+        metrics: core.metrics(),
+        now_ms: core.now_ms(),
+        unix_s: || crate::unix_time().as_secs(),
+        backlogged: core.backlogged_flag(),
+    };
+    let mut actions = Vec::new();
+    loop {
+        if conn.is_closing() {
+            break;
+        }
+        match decoders.for_conn(conn).decode(data) {
+            Ok(Some(frame)) => {
+                dispatch::handle(&cx, conn, frame, &mut actions);
+                for a in actions.drain(..) {
+                    core.apply(conn, a);
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(conn = %conn.id, error = %e, "bad frame");
+                protocol_error(core, conn, e.code(), e.kind(), &e.to_string());
+                data.clear();
+                break;
+            }
+        }
+    }
+}
+
+/// Answers a protocol error with an error frame and a kick.
+fn protocol_error(
+    core: &Core,
+    conn: &Conn,
+    code: imgate_codec::ErrorCode,
+    kind: Option<imgate_codec::Kind>,
+    text: &str,
+) {
+    core.metrics()
+        .protocol_errors
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    conn.queue(ErrorFrame::new(code, kind, 0, text).to_bytes());
+    conn.close(Closing::Kick(KickReason::ProtocolError));
+}
+
 /// One read: into the connection's unfinished frame if it has one, else
 /// into the core's read block; then decode and handle every frame.
 ///
@@ -256,39 +472,7 @@ fn read_once(
         core.give_read_block(buf);
         data
     };
-    let cx = dispatch::Ctx {
-        cfg: &core.shared.cfg,
-        verifier: &*core.shared.verifier,
-        metrics: core.metrics(),
-        now_ms: core.now_ms(),
-        unix_s: || crate::unix_time().as_secs(),
-        backlogged: core.backlogged_flag(),
-    };
-    let mut actions = Vec::new();
-    loop {
-        if conn.is_closing() {
-            break;
-        }
-        match decoders.for_conn(conn).decode(&mut data) {
-            Ok(Some(frame)) => {
-                dispatch::handle(&cx, conn, frame, &mut actions);
-                for a in actions.drain(..) {
-                    core.apply(conn, a);
-                }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                tracing::debug!(conn = %conn.id, error = %e, "bad frame");
-                core.metrics()
-                    .protocol_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                conn.queue(ErrorFrame::new(e.code(), e.kind(), 0, &e.to_string()).to_bytes());
-                conn.close(Closing::Kick(KickReason::ProtocolError));
-                data.clear();
-                break;
-            }
-        }
-    }
+    dispatch_frames(core, conn, &decoders, &mut data);
     core.flush_backend_soon();
     if !data.is_empty() {
         // An unfinished frame: keep its bytes (copied out of a pool block,

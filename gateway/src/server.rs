@@ -21,6 +21,7 @@ use crossbeam_channel::Receiver;
 use crate::{
     backend::{self, Backend, CoreMsg, Router},
     config::{BackendKind, Config, DriverKind},
+    conn::Transport,
     core::{self, Core, Shared},
     http,
     listener::{self, bind, listen, wait_for_port},
@@ -33,6 +34,7 @@ use crate::{
 /// A running gateway.
 pub struct Running {
     addr: SocketAddr,
+    ws_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     shared: Option<Arc<Shared>>,
     metrics: Arc<Metrics>,
@@ -111,29 +113,11 @@ pub fn start(
     if cfg.driver == DriverKind::Auto && !uring {
         tracing::info!("io_uring unavailable, cores use epoll");
     }
-    wait_for_port(cfg.listen, Duration::from_millis(cfg.bind_wait_ms)).map_err(|source| {
-        StartError::Listen {
-            addr: cfg.listen,
-            source,
-        }
-    })?;
-    // The first listener resolves port 0; the others share its port.
-    let first = bind(cfg.listen).map_err(|source| StartError::Listen {
-        addr: cfg.listen,
-        source,
-    })?;
-    let addr = first
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .ok_or_else(|| StartError::Listen {
-            addr: cfg.listen,
-            source: std::io::Error::other("no local address"),
-        })?;
-    let mut sockets = vec![first];
-    for _ in 1..n {
-        sockets.push(bind(addr).map_err(|source| StartError::Listen { addr, source })?);
-    }
+    let (sockets, addr) = bind_all(cfg.listen, n, cfg.bind_wait_ms)?;
+    let ws = match cfg.ws_listen {
+        Some(a) => Some(bind_all(a, n, cfg.bind_wait_ms)?),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::new(n));
     let registry = Arc::new(Registry::default());
     let (backend_tx, backend_rx) = crossbeam_channel::bounded(cfg.backend_queue);
@@ -174,6 +158,17 @@ pub fn start(
         .map(|s| listen(s, cfg.backlog))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| StartError::Listen { addr, source })?;
+    let (mut ws_listeners, ws_addr) = match ws {
+        Some((sockets, a)) => (
+            sockets
+                .into_iter()
+                .map(|s| listen(s, cfg.backlog).map(Some))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| StartError::Listen { addr: a, source })?,
+            Some(a),
+        ),
+        None => ((0..n).map(|_| None).collect(), None),
+    };
     let router = Router::new(txs.clone(), registry.clone());
     let tick = cfg.tick().min(Duration::from_millis(100));
     let (backend_done_tx, backend_done) = crossbeam_channel::bounded(1);
@@ -202,6 +197,7 @@ pub fn start(
     };
     let mut cores = Vec::with_capacity(n);
     for (i, (listener, rx)) in listeners.into_iter().zip(rxs).enumerate() {
+        let ws_listener = ws_listeners.get_mut(i).and_then(Option::take);
         let shared = shared.clone();
         let done = done_tx.clone();
         // Core i on the i-th CPU this process may use (wrapping around
@@ -217,11 +213,27 @@ pub fn start(
                 }
                 let id = u16::try_from(i).unwrap_or(u16::MAX);
                 let fut = async move {
+                    let ws = match ws_listener.map(monoio::net::TcpListener::from_std) {
+                        Some(Ok(l)) => Some(l),
+                        Some(Err(e)) => {
+                            tracing::error!(core = id, error = %e, "WebSocket listener failed");
+                            None
+                        }
+                        None => None,
+                    };
                     match monoio::net::TcpListener::from_std(listener) {
                         Ok(l) => {
                             let core = Rc::new(Core::new(id, shared));
-                            let accept = listener::accept_loop(core.clone(), l);
-                            core::run(core, rx, accept).await;
+                            let tcp = listener::accept_loop(core.clone(), l, Transport::Tcp);
+                            let ws = async {
+                                if let Some(l) = ws {
+                                    listener::accept_loop(core.clone(), l, Transport::Ws).await;
+                                }
+                            };
+                            let accept = async {
+                                monoio::join!(tcp, ws);
+                            };
+                            core::run(core.clone(), rx, accept).await;
                         }
                         Err(e) => tracing::error!(core = id, error = %e, "listener failed"),
                     }
@@ -234,9 +246,10 @@ pub fn start(
             .map_err(StartError::Thread)?;
         cores.push(h);
     }
-    tracing::info!(%addr, cores = n, driver = if uring { "io_uring" } else { "epoll" }, "imgate listening");
+    tracing::info!(%addr, ws = ?ws_addr, cores = n, driver = if uring { "io_uring" } else { "epoll" }, "imgate listening");
     Ok(Running {
         addr,
+        ws_addr,
         metrics_addr,
         shared: Some(shared),
         metrics,
@@ -249,10 +262,44 @@ pub fn start(
 
 use std::rc::Rc;
 
+/// Binds `n` listening sockets on `addr` (the first resolves port 0, the
+/// others share its port), after waiting up to `wait_ms` for a previous
+/// listener on it to go.
+fn bind_all(
+    addr: SocketAddr,
+    n: usize,
+    wait_ms: u64,
+) -> Result<(Vec<socket2::Socket>, SocketAddr), StartError> {
+    wait_for_port(addr, Duration::from_millis(wait_ms))
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let first = bind(addr).map_err(|source| StartError::Listen { addr, source })?;
+    let bound = first
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or_else(|| StartError::Listen {
+            addr,
+            source: std::io::Error::other("no local address"),
+        })?;
+    let mut sockets = vec![first];
+    for _ in 1..n {
+        sockets.push(bind(bound).map_err(|source| StartError::Listen {
+            addr: bound,
+            source,
+        })?);
+    }
+    Ok((sockets, bound))
+}
+
 impl Running {
     /// The address clients connect to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The WebSocket listener's address, if enabled.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws_addr
     }
 
     /// The metrics endpoint, if enabled.

@@ -66,6 +66,13 @@ pub enum BackendKind {
 pub struct Config {
     /// Address the gateway listens on.
     pub listen: SocketAddr,
+    /// Address of the WebSocket listener (the same frames in binary
+    /// WebSocket messages); empty, the default, for none.
+    pub ws_listen: Option<SocketAddr>,
+    /// The one request path the WebSocket listener upgrades.
+    pub ws_path: String,
+    /// Longest WebSocket upgrade request, headers included, bytes.
+    pub ws_handshake_max: usize,
     /// Worker threads (cores); 0 means one per CPU.
     pub workers: usize,
     /// Pin worker `i` to CPU `i`.
@@ -163,6 +170,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
+            ws_listen: None,
+            ws_path: "/ws".into(),
+            ws_handshake_max: 8192,
             workers: 0,
             pin_cores: false,
             driver: DriverKind::Auto,
@@ -287,6 +297,12 @@ impl Config {
         if self.max_outbound_bytes < self.max_frame {
             return invalid("max_outbound_bytes", "must be at least max_frame");
         }
+        if !self.ws_path.starts_with('/') {
+            return invalid("ws_path", "must start with /");
+        }
+        if !(256..=65_536).contains(&self.ws_handshake_max) {
+            return invalid("ws_handshake_max", "must be between 256 and 65536");
+        }
         if self.push_timeout_ms == 0 {
             return invalid("push_timeout_ms", "must be at least 1");
         }
@@ -403,6 +419,8 @@ mod tests {
         let cases: Vec<Case> = vec![
             ("max_frame", Box::new(|c| c.max_frame = 100)),
             ("push_timeout_ms", Box::new(|c| c.push_timeout_ms = 0)),
+            ("ws_path", Box::new(|c| c.ws_path = "ws".into())),
+            ("ws_handshake_max", Box::new(|c| c.ws_handshake_max = 100)),
             ("dedup_window_ms", Box::new(|c| c.dedup_window_ms = 0)),
             ("sync_page_max", Box::new(|c| c.sync_page_max = 5)),
             ("max_group_size", Box::new(|c| c.max_group_size = 0)),

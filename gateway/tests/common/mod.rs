@@ -107,6 +107,22 @@ impl Gw {
     pub fn addr(&self) -> SocketAddr {
         self.0.as_ref().expect("running").addr()
     }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.0
+            .as_ref()
+            .expect("running")
+            .metrics_addr()
+            .expect("a metrics endpoint")
+    }
+
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.0
+            .as_ref()
+            .expect("running")
+            .ws_addr()
+            .expect("a WebSocket listener")
+    }
 }
 
 impl Drop for Gw {
