@@ -241,49 +241,14 @@ fn read_once_ws(
 ) -> ReadEnd {
     let cfg = &core.shared.cfg;
     let wsd = ws::Decoder::server(cfg.max_frame);
-    let own = !partial.is_empty();
-    let mut buf = if own {
-        let want = if conn.is_upgraded() {
-            wsd.needed(partial)
-        } else {
-            1
-        };
-        partial.reserve(want.max(4096));
-        std::mem::take(partial)
+    let want = if conn.is_upgraded() {
+        wsd.needed(partial)
     } else {
-        core.take_read_block()
+        1
     };
-    let start = buf.len();
-    let n = match sock::recv(stream.as_raw_fd(), &mut buf) {
-        Ok(0) => {
-            if !own {
-                core.give_read_block(buf);
-            }
-            return ReadEnd::Gone;
-        }
-        Ok(n) => n,
-        Err(e) => {
-            let again = matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-            );
-            if own {
-                *partial = buf;
-            } else {
-                core.give_read_block(buf);
-            }
-            return if again { ReadEnd::More } else { ReadEnd::Gone };
-        }
-    };
-    core.metrics()
-        .bytes_in
-        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-    let mut data = if own {
-        buf
-    } else {
-        let data = buf.split_to(start + n);
-        core.give_read_block(buf);
-        data
+    let (mut data, own) = match recv_once(core, stream, partial, want) {
+        Ok(read) => read,
+        Err(end) => return end,
     };
     if !conn.is_upgraded() {
         match ws::accept(&data, &cfg.ws_path, cfg.ws_handshake_max) {
@@ -355,15 +320,12 @@ fn read_once_ws(
         }
         core.flush_backend_soon();
     }
-    if !data.is_empty() {
-        *partial = if own {
-            data
-        } else {
-            let mut p = BytesMut::with_capacity(data.len() + 4096);
-            p.extend_from_slice(&data);
-            p
-        };
-    }
+    let needed = if conn.is_upgraded() {
+        wsd.needed(&data)
+    } else {
+        0
+    };
+    keep_unfinished(partial, data, own, needed);
     ReadEnd::More
 }
 
@@ -430,10 +392,31 @@ fn read_once(
     partial: &mut BytesMut,
 ) -> ReadEnd {
     let decoders = Decoders::new(core.shared.cfg.max_frame);
+    let want = decoders.for_conn(conn).needed(partial);
+    let (mut data, own) = match recv_once(core, stream, partial, want) {
+        Ok(read) => read,
+        Err(end) => return end,
+    };
+    dispatch_frames(core, conn, &decoders, &mut data);
+    core.flush_backend_soon();
+    let needed = decoders.for_conn(conn).needed(&data);
+    keep_unfinished(partial, data, own, needed);
+    ReadEnd::More
+}
+
+/// Reads once: into `partial` if it holds unfinished bytes (with room for
+/// `want` more, at least 4 KiB), else into the core's read block. Returns
+/// the bytes to decode (the unfinished ones first) and whether they are
+/// the connection's own buffer, or how the read ended.
+fn recv_once(
+    core: &Core,
+    stream: &TcpStream,
+    partial: &mut BytesMut,
+    want: usize,
+) -> Result<(BytesMut, bool), ReadEnd> {
     let own = !partial.is_empty();
     let mut buf = if own {
-        let want = decoders.for_conn(conn).needed(partial).max(4096);
-        partial.reserve(want);
+        partial.reserve(want.max(4096));
         std::mem::take(partial)
     } else {
         core.take_read_block()
@@ -444,7 +427,7 @@ fn read_once(
             if !own {
                 core.give_read_block(buf);
             }
-            return ReadEnd::Gone;
+            return Err(ReadEnd::Gone);
         }
         Ok(n) => n,
         Err(e) => {
@@ -457,34 +440,32 @@ fn read_once(
             } else {
                 core.give_read_block(buf);
             }
-            return if again { ReadEnd::More } else { ReadEnd::Gone };
+            return Err(if again { ReadEnd::More } else { ReadEnd::Gone });
         }
     };
-    core.metrics()
-        .bytes_in
-        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-    let mut data = if own {
-        buf
-    } else {
-        // Split the bytes read off the block; the rest of the block serves
-        // the next read on this core.
-        let data = buf.split_to(start + n);
-        core.give_read_block(buf);
-        data
-    };
-    dispatch_frames(core, conn, &decoders, &mut data);
-    core.flush_backend_soon();
-    if !data.is_empty() {
-        // An unfinished frame: keep its bytes (copied out of a pool block,
-        // so the block is not pinned by one slow connection).
-        *partial = if own {
-            data
-        } else {
-            let needed = decoders.for_conn(conn).needed(&data);
-            let mut p = BytesMut::with_capacity(needed + data.len());
-            p.extend_from_slice(&data);
-            p
-        };
+    core.metrics().bytes_in.fetch_add(n as u64, Relaxed);
+    if own {
+        return Ok((buf, true));
     }
-    ReadEnd::More
+    // Split the bytes read off the block; the rest of the block serves the
+    // next read on this core.
+    let data = buf.split_to(start + n);
+    core.give_read_block(buf);
+    Ok((data, false))
+}
+
+/// Keeps what is left of `data` (an unfinished frame or request) as the
+/// connection's own bytes: copied out of a pool block, with room for
+/// `needed` more, so that the block is not pinned by one slow connection.
+fn keep_unfinished(partial: &mut BytesMut, data: BytesMut, own: bool, needed: usize) {
+    if data.is_empty() {
+        return;
+    }
+    *partial = if own {
+        data
+    } else {
+        let mut p = BytesMut::with_capacity(needed + data.len());
+        p.extend_from_slice(&data);
+        p
+    };
 }
