@@ -80,6 +80,14 @@ pub struct Common {
     /// I/O driver: auto (io_uring if the kernel has it), uring, epoll.
     #[arg(long, value_enum, default_value_t = Driver::Auto, global = true)]
     pub driver: Driver,
+    /// How connections carry frames: tcp, or ws (binary WebSocket messages
+    /// after an upgrade at --ws-path; point --target at the gateway's
+    /// ws_listen).
+    #[arg(long, value_enum, default_value_t = Transport::Tcp, global = true)]
+    pub transport: Transport,
+    /// Request path of the WebSocket upgrade.
+    #[arg(long, default_value = "/ws", global = true)]
+    pub ws_path: String,
     /// First user id: connection i of the scenario logs in as base + i
     /// (device 1); shards own disjoint ranges of i.
     #[arg(long, default_value_t = 1_000_000, global = true)]
@@ -119,6 +127,16 @@ pub struct Common {
     /// No progress line.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+}
+
+/// How connections carry frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Frames straight on TCP.
+    Tcp,
+    /// Frames in binary WebSocket messages.
+    Ws,
 }
 
 /// I/O driver of the worker threads.

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{Broken, Fault, delivery, figure, loadgen, relay, start_with};
+use common::{
+    Broken, Fault, delivery, delivery_with_websocket, figure, loadgen, relay, start_with,
+};
 use imgate_loadgen::RunError;
 
 #[test]
@@ -45,6 +47,30 @@ fn chat_on_the_relay_delivers_everything_once() {
     );
     // The relay sends no delivered receipts.
     assert_eq!(w.receipt.count, 0);
+    gw.shutdown();
+}
+
+#[test]
+fn chat_over_websocket_delivers_everything_once_with_receipts() {
+    let gw = delivery_with_websocket();
+    let r = loadgen(
+        gw.ws_addr().expect("a WebSocket listener"),
+        "chat --transport ws --pairs 4 --rate 400 --duration 1s --warmup 200ms --drain 3s",
+    )
+    .expect("runs");
+    assert!(r.passed(), "{:?}", r.failures);
+    let v = r.verdict.as_ref().expect("a verdict");
+    assert!(v.sent >= 400, "{v:?}");
+    assert_eq!((v.lost, v.acked, v.delivered), (0, v.sent, v.sent));
+    assert_eq!(r.counters.duplicates_app, 0);
+    assert!(r.windows[0].receipt.count > 0);
+    // The same load generator over TCP against the WebSocket port fails to
+    // log in: the transports are not confused.
+    let r = loadgen(
+        gw.ws_addr().expect("a WebSocket listener"),
+        "idle -n 2 --hold 200ms",
+    );
+    assert!(r.map(|r| !r.passed()).unwrap_or(true));
     gw.shutdown();
 }
 

@@ -31,7 +31,10 @@ use std::{
 
 use ahash::AHashMap;
 use bytes::BytesMut;
-use imgate_codec::client::{Client, Dest};
+use imgate_codec::{
+    client::{Client, Dest},
+    ws,
+};
 use monoio::{
     buf::IoBufMut,
     io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable},
@@ -288,7 +291,26 @@ fn backoff(failures: u32, id: u32) -> Duration {
 }
 
 /// One session on a connected socket; returns whether it logged in.
-async fn session(p: &Rc<Player>, c: &Rc<Conn>, stream: TcpStream) -> bool {
+async fn session(p: &Rc<Player>, c: &Rc<Conn>, mut stream: TcpStream) -> bool {
+    // Over WebSocket, the upgrade first; what follows its answer is frames.
+    let (ws, first) = match &p.opts.ws_path {
+        None => (false, BytesMut::new()),
+        Some(path) => {
+            let host = p
+                .opts
+                .target(c.target.get())
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            match upgrade(&mut stream, &host, path, c.id).await {
+                Ok(rest) => (true, rest),
+                Err(why) => {
+                    bump(&mut p.rec.borrow_mut().counters.server_errors, why);
+                    p.rec.borrow_mut().counters.login_failures += 1;
+                    return false;
+                }
+            }
+        }
+    };
     let fd = stream.as_raw_fd();
     c.fd.set(Some(fd));
     c.signal.clear(FLUSH | CLOSE | CUT);
@@ -298,7 +320,7 @@ async fn session(p: &Rc<Player>, c: &Rc<Conn>, stream: TcpStream) -> bool {
     c.client.borrow_mut().connect(now);
     p.drain(c, now);
     let (rd, wr) = stream.into_split();
-    monoio::join!(reader(p, c, rd), writer(c, wr));
+    monoio::join!(reader(p, c, rd, ws, first), writer(c, wr, ws));
     c.fd.set(None);
     let was_in = c.logged_in.replace(false);
     c.client.borrow_mut().handle_disconnect();
@@ -313,22 +335,105 @@ async fn session(p: &Rc<Player>, c: &Rc<Conn>, stream: TcpStream) -> bool {
     was_in
 }
 
-async fn reader(p: &Rc<Player>, c: &Rc<Conn>, mut rd: OwnedReadHalf<TcpStream>) {
+/// The WebSocket upgrade: sends the request, reads the answer; returns the
+/// bytes that came after it.
+async fn upgrade(
+    stream: &mut TcpStream,
+    host: &str,
+    path: &str,
+    id: u32,
+) -> Result<BytesMut, String> {
+    // The key need not be secret here, only well formed.
+    let mut key = [0u8; 16];
+    key[..4].copy_from_slice(&id.to_be_bytes());
+    let (req, key) = ws::client_request(host, path, key);
+    let (res, _) = stream.write_all(req).await;
+    res.map_err(|e| format!("WebSocket upgrade not sent: {e}"))?;
     let mut buf = BytesMut::with_capacity(READ_MIN);
-    let mut want = READ_MIN;
     loop {
-        buf.reserve(want);
+        match ws::client_response(&buf, &key) {
+            Ok(Some(n)) => {
+                let _ = buf.split_to(n);
+                return Ok(buf);
+            }
+            Ok(None) if buf.len() < READ_MAX => {}
+            Ok(None) => return Err("WebSocket upgrade answer too long".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+        buf.reserve(READ_MIN);
         let start = buf.len();
         let cap = buf.capacity();
-        let (res, slice) = rd.read(buf.slice_mut(start..cap)).await;
+        let (res, slice) = stream.read(buf.slice_mut(start..cap)).await;
         buf = slice.into_inner();
-        let n = match res {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        want = if n >= cap - start { READ_MAX } else { READ_MIN };
+        if !matches!(res, Ok(n) if n > 0) {
+            return Err("closed during the WebSocket upgrade".into());
+        }
+    }
+}
+
+/// Moves the payloads of the WebSocket messages complete in `raw` to
+/// `plain` (without a copy when `plain` is empty). Ok(true) once the server
+/// sent its close frame (what came before it is in `plain`); Err on a bad
+/// frame.
+fn unwrap_ws(raw: &mut BytesMut, plain: &mut BytesMut) -> Result<bool, String> {
+    let d = ws::Decoder::client(READ_MAX * 1024);
+    loop {
+        match d.decode(raw) {
+            Ok(Some(f)) => match f.opcode {
+                ws::Opcode::Binary if plain.is_empty() => *plain = f.payload,
+                ws::Opcode::Binary => plain.extend_from_slice(&f.payload),
+                ws::Opcode::Close => return Ok(true),
+                _ => {}
+            },
+            Ok(None) => return Ok(false),
+            Err(e) => return Err(format!("bad WebSocket frame from the server: {e}")),
+        }
+    }
+}
+
+async fn reader(
+    p: &Rc<Player>,
+    c: &Rc<Conn>,
+    mut rd: OwnedReadHalf<TcpStream>,
+    ws: bool,
+    first: BytesMut,
+) {
+    // Over WebSocket, `buf` holds the raw frames and `plain` the imgate
+    // frames their payloads carry.
+    let mut buf = first;
+    let mut plain = BytesMut::new();
+    let mut want = READ_MIN;
+    let mut pending = ws && !buf.is_empty();
+    loop {
+        if pending {
+            pending = false;
+        } else {
+            buf.reserve(want);
+            let start = buf.len();
+            let cap = buf.capacity();
+            let (res, slice) = rd.read(buf.slice_mut(start..cap)).await;
+            buf = slice.into_inner();
+            let n = match res {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            want = if n >= cap - start { READ_MAX } else { READ_MIN };
+        }
         let now = Instant::now();
-        let r = c.client.borrow_mut().handle_input(&mut buf, now);
+        let mut closed = false;
+        let input = if ws {
+            match unwrap_ws(&mut buf, &mut plain) {
+                Ok(c) => closed = c,
+                Err(why) => {
+                    bump(&mut p.rec.borrow_mut().counters.server_errors, why);
+                    break;
+                }
+            }
+            &mut plain
+        } else {
+            &mut buf
+        };
+        let r = c.client.borrow_mut().handle_input(input, now);
         p.drain(c, now);
         if let Err(e) = r {
             bump(
@@ -337,12 +442,16 @@ async fn reader(p: &Rc<Player>, c: &Rc<Conn>, mut rd: OwnedReadHalf<TcpStream>) 
             );
             break;
         }
+        if closed {
+            break;
+        }
     }
     c.signal.raise(CUT);
 }
 
-async fn writer(c: &Rc<Conn>, mut wr: OwnedWriteHalf<TcpStream>) {
+async fn writer(c: &Rc<Conn>, mut wr: OwnedWriteHalf<TcpStream>, ws: bool) {
     let mut buf = BytesMut::new();
+    let mut messages = 0u32;
     loop {
         let bits = c.signal.wait(FLUSH | CLOSE | CUT).await;
         if bits & CUT != 0 {
@@ -353,6 +462,14 @@ async fn writer(c: &Rc<Conn>, mut wr: OwnedWriteHalf<TcpStream>) {
         }
         c.signal.clear(FLUSH);
         std::mem::swap(&mut buf, &mut *c.out.borrow_mut());
+        if ws && !buf.is_empty() {
+            // One masked binary message per write; the frames in it whole.
+            messages = messages.wrapping_add(1);
+            let mask = (c.id ^ messages.wrapping_mul(0x9E37_79B9)).to_be_bytes();
+            let wire = ws::encode(ws::Opcode::Binary, &buf, Some(mask));
+            buf.clear();
+            buf.extend_from_slice(&wire);
+        }
         if !buf.is_empty() {
             let (res, b) = wr.write_all(buf).await;
             buf = b;

@@ -64,6 +64,8 @@ pub(crate) struct EngineOpts {
     pub(crate) receipts: bool,
     pub(crate) max_in_flight: usize,
     pub(crate) clock: Clock,
+    /// The WebSocket upgrade path; None over plain TCP.
+    pub(crate) ws_path: Option<String>,
 }
 
 impl EngineOpts {

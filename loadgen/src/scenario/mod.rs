@@ -525,6 +525,7 @@ pub fn run(cli: Cli) -> Result<Report, RunError> {
         receipts: !c.no_receipts,
         max_in_flight: c.max_in_flight,
         clock,
+        ws_path: (c.transport == crate::cli::Transport::Ws).then(|| c.ws_path.clone()),
     };
     let engine = Engine::start(opts, progress)?;
     let report = Report {

@@ -63,6 +63,19 @@ pub fn figure<'a>(r: &'a Report, name: &str) -> &'a serde_json::Value {
         .unwrap_or_else(|| panic!("no figure {name}"))
 }
 
+/// The gateway with its default backend in memory and a WebSocket
+/// listener too.
+pub fn delivery_with_websocket() -> Running {
+    let cfg = Config {
+        ws_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        ..config()
+    };
+    let store = Box::new(imgate::store::MemoryStore::new());
+    let backend = imgate::delivery::Delivery::new(store, &cfg).expect("backend");
+    let v = Arc::new(HmacVerifier::new(cfg.secret.as_bytes()));
+    server::start(cfg, Box::new(backend), v).expect("gateway starts")
+}
+
 pub fn relay() -> Running {
     start_with(Box::new(Relay::default()))
 }
