@@ -37,7 +37,10 @@ use std::{sync::Arc, thread::JoinHandle, time::Duration};
 
 use crossbeam_channel::{Sender, bounded};
 
-use super::keys::{self, StreamId};
+use super::{
+    keys::{self, StreamId},
+    state::get_u64,
+};
 use crate::{
     clock::Clock,
     store::{Store, StoreError, Table, WriteBatch},
@@ -364,10 +367,6 @@ fn devices(store: &dyn Store, user: u64) -> Result<Vec<u32>, StoreError> {
         out.extend(keys::device_key_device(k));
     })?;
     Ok(out)
-}
-
-fn get_u64(store: &dyn Store, t: Table, k: &[u8]) -> Result<Option<u64>, StoreError> {
-    Ok(store.get(t, k)?.as_deref().and_then(keys::u64_value))
 }
 
 /// Calls `f` with every entry of `t` whose key starts with `prefix`.

@@ -3,7 +3,7 @@
 //! delivered range when memory no longer has them.
 
 use super::*;
-use crate::delivery::rules;
+use crate::delivery::{rules, state::get_u64};
 
 /// Reads one page: at most `limit` entries, and no more than fit a frame.
 pub(super) fn page(
@@ -165,11 +165,7 @@ pub(super) fn receipts(
     let mut read = 0u32;
     let mut delivered = 0u32;
     for m in &members {
-        let r = store
-            .get(Table::Meta, &keys::group_read_key(group, *m))?
-            .as_deref()
-            .and_then(keys::u64_value)
-            .unwrap_or(0);
+        let r = get_u64(store, Table::Meta, &keys::group_read_key(group, *m))?.unwrap_or(0);
         if r >= seq {
             read += 1;
         }

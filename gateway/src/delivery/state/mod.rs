@@ -103,7 +103,8 @@ pub(crate) struct State {
     expired_epoch: u64,
 }
 
-fn get_u64(store: &dyn Store, t: Table, k: &[u8]) -> Result<Option<u64>, StoreError> {
+/// The u64 value of a key, if it has one.
+pub(super) fn get_u64(store: &dyn Store, t: Table, k: &[u8]) -> Result<Option<u64>, StoreError> {
     Ok(store.get(t, k)?.as_deref().and_then(keys::u64_value))
 }
 
