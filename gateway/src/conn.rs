@@ -280,6 +280,7 @@ impl Conn {
         q.extend(keep);
     }
 }
+
 #[cfg(test)]
 mod tests {
     /// Every logged-in connection holds one `Conn` in an `Rc` (16 bytes

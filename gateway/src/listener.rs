@@ -66,13 +66,13 @@ async fn refuse(mut stream: TcpStream, code: ErrorCode, transport: Transport) {
     use monoio::io::AsyncWriteRentExt;
     let frame = match transport {
         Transport::Tcp => ErrorFrame::new(code, None, 0, code.as_str()).to_bytes(),
-        Transport::Ws => {
-            let body = format!("{{\"error\":\"{}\"}}", code.as_str());
-            bytes::Bytes::from(format!(
-                "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            ))
+        Transport::Ws => imgate_codec::ws::Refusal {
+            status: 503,
+            code: code.as_str(),
+            message: "the server takes no new connections now",
         }
+        .response()
+        .into(),
     };
     let _ = monoio::time::timeout(Duration::from_secs(1), stream.write_all(frame)).await;
 }

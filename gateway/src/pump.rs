@@ -166,9 +166,7 @@ async fn finish(core: &Rc<Core>, conn: &Rc<Conn>, stream: &mut TcpStream) {
 fn send_now(core: &Core, conn: &Conn, stream: &TcpStream) -> Result<bool, ()> {
     let (n, partial) = sock::send_queued(stream.as_raw_fd(), &mut conn.out()).map_err(|_| ())?;
     conn.sent(n, partial);
-    core.metrics()
-        .bytes_out
-        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    core.metrics().bytes_out.fetch_add(n as u64, Relaxed);
     let mut q = conn.out();
     if q.is_empty() {
         // An idle connection keeps no queue storage.
@@ -372,9 +370,7 @@ fn protocol_error(
     kind: Option<imgate_codec::Kind>,
     text: &str,
 ) {
-    core.metrics()
-        .protocol_errors
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    core.metrics().protocol_errors.fetch_add(1, Relaxed);
     conn.queue(ErrorFrame::new(code, kind, 0, text).to_bytes());
     conn.close(Closing::Kick(KickReason::ProtocolError));
 }

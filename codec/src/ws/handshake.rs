@@ -63,6 +63,7 @@ impl Refusal {
             405 => "Method Not Allowed",
             426 => "Upgrade Required",
             431 => "Request Header Fields Too Large",
+            503 => "Service Unavailable",
             _ => "Error",
         };
         let extra = if self.status == 426 {

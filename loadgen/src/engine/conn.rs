@@ -451,6 +451,9 @@ async fn reader(
 
 async fn writer(c: &Rc<Conn>, mut wr: OwnedWriteHalf<TcpStream>, ws: bool) {
     let mut buf = BytesMut::new();
+    // Over WebSocket, the message being built: header, then the frames,
+    // masked in place (one copy of them, this buffer reused).
+    let mut wire = BytesMut::new();
     let mut messages = 0u32;
     loop {
         let bits = c.signal.wait(FLUSH | CLOSE | CUT).await;
@@ -466,9 +469,12 @@ async fn writer(c: &Rc<Conn>, mut wr: OwnedWriteHalf<TcpStream>, ws: bool) {
             // One masked binary message per write; the frames in it whole.
             messages = messages.wrapping_add(1);
             let mask = (c.id ^ messages.wrapping_mul(0x9E37_79B9)).to_be_bytes();
-            let wire = ws::encode(ws::Opcode::Binary, &buf, Some(mask));
-            buf.clear();
-            buf.extend_from_slice(&wire);
+            let (h, n) = ws::header(ws::Opcode::Binary, buf.len(), Some(mask));
+            wire.clear();
+            wire.extend_from_slice(&h[..n]);
+            wire.extend_from_slice(&buf);
+            ws::mask_in_place(&mut wire[n..], mask);
+            std::mem::swap(&mut buf, &mut wire);
         }
         if !buf.is_empty() {
             let (res, b) = wr.write_all(buf).await;
