@@ -43,8 +43,10 @@ pub mod signals;
 mod sock;
 pub mod store;
 mod timers;
+pub mod tls;
 pub mod token;
 pub mod wake;
+mod web;
 pub mod wheel;
 
 pub use process::{raise_fd_limit, unix_time};

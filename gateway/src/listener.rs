@@ -50,14 +50,26 @@ fn admit(core: &Rc<Core>, stream: TcpStream, transport: Transport) {
         } else {
             ErrorCode::TooManyConnections
         };
-        monoio::spawn(refuse(stream, code, transport));
+        // A TLS client cannot read a clear-text refusal; it sees the close.
+        if shared.tls.is_none() {
+            monoio::spawn(refuse(stream, code, transport));
+        }
         return;
     }
+    let tls = match shared.tls.as_ref().map(crate::tls::accept).transpose() {
+        Ok(tls) => tls,
+        Err(e) => {
+            shared.connections.fetch_sub(1, Relaxed);
+            m.tls_failures.fetch_add(1, Relaxed);
+            tracing::warn!(core = core.id, error = %e, "cannot start TLS");
+            return;
+        }
+    };
     let conn = core.insert();
     if transport == Transport::Ws {
         conn.set_websocket();
     }
-    monoio::spawn(pump::serve(core.clone(), conn, stream));
+    monoio::spawn(pump::serve(core.clone(), conn, stream, tls));
 }
 
 /// Refuses a connection with an error frame (over WebSocket, before any

@@ -167,6 +167,12 @@ serve_args! {
     ws_path: String, "IMGATE_WS_PATH";
     /// Longest WebSocket upgrade request, bytes [default: 8192].
     ws_handshake_max: usize, "IMGATE_WS_HANDSHAKE_MAX";
+    /// Serve the browser client and a demo chat page under this path on the WebSocket listener [default: off].
+    demo_path: String, "IMGATE_DEMO_PATH";
+    /// PEM certificate chain; with --tls-key, both listeners speak TLS [default: off].
+    tls_cert: PathBuf, "IMGATE_TLS_CERT";
+    /// PEM private key of --tls-cert [default: off].
+    tls_key: PathBuf, "IMGATE_TLS_KEY";
     /// Worker threads, one per core; 0 = one per CPU [default: 0].
     workers: usize, "IMGATE_WORKERS";
     /// Pin each worker to a CPU.

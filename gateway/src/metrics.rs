@@ -47,6 +47,12 @@ pub struct CoreMetrics {
     /// WebSocket upgrades refused (HTTP errors) and WebSocket connections
     /// closed for a bad WebSocket frame or a text message.
     pub ws_refused: AtomicU64,
+    /// Demo page and browser client responses (`demo_path`).
+    pub demo_served: AtomicU64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: AtomicU64,
+    /// TLS connections ended for bad TLS (a failed handshake, a bad record).
+    pub tls_failures: AtomicU64,
     /// Requests refused because the backend queue was full.
     pub overloaded: AtomicU64,
     /// Pushes re-sent because no ack came.
@@ -170,6 +176,21 @@ impl Metrics {
                 "imgate_ws_refused_total",
                 "WebSocket upgrades refused, and WebSocket connections closed for a bad frame or a text message.",
                 |c| c.ws_refused.load(Relaxed),
+            ),
+            (
+                "imgate_demo_served_total",
+                "Demo page and browser client responses.",
+                |c| c.demo_served.load(Relaxed),
+            ),
+            (
+                "imgate_tls_handshakes_total",
+                "TLS handshakes completed.",
+                |c| c.tls_handshakes.load(Relaxed),
+            ),
+            (
+                "imgate_tls_failures_total",
+                "TLS connections ended for bad TLS (failed handshake, bad record).",
+                |c| c.tls_failures.load(Relaxed),
             ),
             (
                 "imgate_overloaded_total",

@@ -25,12 +25,16 @@ use imgate_codec::{
     ws,
 };
 use monoio::net::TcpStream;
+use rustls::ServerConnection;
 
 use crate::{
     conn::{Closing, Conn, Phase, SIG_CLOSE, SIG_FLUSH},
     core::Core,
-    dispatch, sock,
+    dispatch, sock, tls,
 };
+
+/// A TLS connection's rustls state; `None` on a clear-text listener.
+type Tls = Option<Box<ServerConnection>>;
 
 /// The frame decoders of one connection: before login, the first frame can
 /// only be a login, so a length above the largest login frame is refused as
@@ -65,7 +69,7 @@ enum ReadEnd {
 }
 
 /// Runs a connection until it closes, then unregisters it.
-pub(crate) async fn serve(core: Rc<Core>, conn: Rc<Conn>, mut stream: TcpStream) {
+pub(crate) async fn serve(core: Rc<Core>, conn: Rc<Conn>, mut stream: TcpStream, mut tls: Tls) {
     // Everything held here lives as long as the connection, in its task:
     // the decoders are made per read instead (two integers), which keeps
     // the task in mimalloc's 448-byte class rather than the 512-byte one
@@ -78,8 +82,8 @@ pub(crate) async fn serve(core: Rc<Core>, conn: Rc<Conn>, mut stream: TcpStream)
         // Write what is queued at once; only a full socket buffer needs the
         // waiting path, boxed so that its state does not enlarge the future
         // every idle connection keeps.
-        if conn.queued_bytes() > 0 {
-            let done = match send_now(&core, &conn, &stream) {
+        if conn.queued_bytes() > 0 || tls.as_ref().is_some_and(|t| t.wants_write()) {
+            let done = match send_now(&core, &conn, &stream, &mut tls) {
                 Ok(done) => done,
                 Err(()) => {
                     tracing::debug!(conn = %conn.id, "write failed; closing");
@@ -87,7 +91,7 @@ pub(crate) async fn serve(core: Rc<Core>, conn: Rc<Conn>, mut stream: TcpStream)
                     break;
                 }
             };
-            if !done && !Box::pin(flush(&core, &conn, &mut stream, true)).await {
+            if !done && !Box::pin(flush(&core, &conn, &mut stream, &mut tls, true)).await {
                 tracing::debug!(conn = %conn.id, "write failed; closing");
                 conn.close(Closing::Now);
                 break;
@@ -107,9 +111,9 @@ pub(crate) async fn serve(core: Rc<Core>, conn: Rc<Conn>, mut stream: TcpStream)
             }
             Some(true) => {
                 let end = if conn.is_websocket() {
-                    read_once_ws(&core, &conn, &stream, &mut partial)
+                    read_once_ws(&core, &conn, &stream, &mut tls, &mut partial)
                 } else {
-                    read_once(&core, &conn, &stream, &mut partial)
+                    read_once(&core, &conn, &stream, &mut tls, &mut partial)
                 };
                 if let ReadEnd::Gone = end {
                     tracing::debug!(conn = %conn.id, "peer gone; closing");
@@ -120,18 +124,20 @@ pub(crate) async fn serve(core: Rc<Core>, conn: Rc<Conn>, mut stream: TcpStream)
         }
     }
     if conn.closing() != Some(Closing::Now) {
-        Box::pin(finish(&core, &conn, &mut stream)).await;
+        Box::pin(finish(&core, &conn, &mut stream, &mut tls)).await;
     }
     core.remove(&conn);
 }
 
 /// Sends what a closing connection still owes (a kick, an error), briefly.
-async fn finish(core: &Rc<Core>, conn: &Rc<Conn>, stream: &mut TcpStream) {
+async fn finish(core: &Rc<Core>, conn: &Rc<Conn>, stream: &mut TcpStream, tls: &mut Tls) {
     let how = conn.closing().unwrap_or(Closing::Now);
     let (user, device) = conn.user();
     tracing::debug!(conn = %conn.id, user, device, how = ?how, "closing");
-    // A WebSocket client that never finished its handshake gets no frame.
-    let frames = !conn.is_websocket() || conn.is_upgraded();
+    // A client that never finished its TLS or WebSocket handshake gets no
+    // frame.
+    let frames = (!conn.is_websocket() || conn.is_upgraded())
+        && !tls.as_ref().is_some_and(|t| t.is_handshaking());
     match how {
         Closing::Now => return,
         Closing::Flush => {}
@@ -158,15 +164,87 @@ async fn finish(core: &Rc<Core>, conn: &Rc<Conn>, stream: &mut TcpStream) {
         }
     }
     let grace = Duration::from_millis(core.shared.cfg.shutdown_timeout_ms.clamp(10, 2000));
-    let _ = monoio::time::timeout(grace, flush(core, conn, stream, false)).await;
+    let _ = monoio::time::timeout(grace, async {
+        if !flush(core, conn, stream, tls, false).await {
+            return;
+        }
+        // The TLS stream ends with close_notify, so that the client can
+        // tell the end from a truncation.
+        if let Some(t) = tls.as_mut().filter(|t| !t.is_handshaking()) {
+            t.send_close_notify();
+            flush(core, conn, stream, tls, false).await;
+        }
+    })
+    .await;
 }
 
 /// Sends what the socket takes now. Ok(true): the queue is empty (and its
 /// storage freed); Ok(false): the socket buffer is full.
-fn send_now(core: &Core, conn: &Conn, stream: &TcpStream) -> Result<bool, ()> {
+fn send_now(core: &Core, conn: &Conn, stream: &TcpStream, tls: &mut Tls) -> Result<bool, ()> {
+    if let Some(t) = tls {
+        return send_now_tls(core, conn, stream, t);
+    }
     let (n, partial) = sock::send_queued(stream.as_raw_fd(), &mut conn.out()).map_err(|_| ())?;
     conn.sent(n, partial);
     core.metrics().bytes_out.fetch_add(n as u64, Relaxed);
+    finish_send(core, conn)
+}
+
+/// Most plaintext encrypted in one go: the ciphertext rustls holds for a
+/// connection is at most about this much.
+const TLS_BATCH: usize = 64 * 1024;
+
+/// [`send_now`] over TLS: writes rustls's pending ciphertext, then
+/// encrypts the next batch of the queue and writes that, until the queue
+/// is empty or the socket full. Nothing is encrypted before the handshake
+/// is done.
+fn send_now_tls(
+    core: &Core,
+    conn: &Conn,
+    stream: &TcpStream,
+    t: &mut ServerConnection,
+) -> Result<bool, ()> {
+    let fd = stream.as_raw_fd();
+    loop {
+        let (n, all) = tls::write(t, fd).map_err(|_| ())?;
+        core.metrics().bytes_out.fetch_add(n as u64, Relaxed);
+        if !all || t.is_handshaking() {
+            break;
+        }
+        let mut batch = 0;
+        {
+            let mut q = conn.out();
+            while batch < TLS_BATCH {
+                let Some(b) = q.pop_front() else {
+                    break;
+                };
+                // rustls takes all of it: its plaintext buffer is unbounded
+                // once the handshake is done.
+                if std::io::Write::write_all(&mut t.writer(), &b).is_err() {
+                    return Err(());
+                }
+                batch += b.len();
+            }
+        }
+        if batch == 0 {
+            break;
+        }
+        conn.sent(batch, false);
+    }
+    if t.wants_write() {
+        // The socket is full: the queue is the backlog, as over TCP.
+        finish_send(core, conn)?;
+        return Ok(false);
+    }
+    if t.is_handshaking() {
+        // Nothing can go out until the client answers.
+        return Ok(true);
+    }
+    finish_send(core, conn)
+}
+
+/// After a write: frees an empty queue's storage, or checks the backlog.
+fn finish_send(core: &Core, conn: &Conn) -> Result<bool, ()> {
     let mut q = conn.out();
     if q.is_empty() {
         // An idle connection keeps no queue storage.
@@ -191,10 +269,11 @@ async fn flush(
     core: &Rc<Core>,
     conn: &Rc<Conn>,
     stream: &mut TcpStream,
+    tls: &mut Tls,
     interruptible: bool,
 ) -> bool {
     loop {
-        match send_now(core, conn, stream) {
+        match send_now(core, conn, stream, tls) {
             Ok(true) => return true,
             Ok(false) => {}
             Err(()) => return false,
@@ -235,6 +314,7 @@ fn read_once_ws(
     core: &Rc<Core>,
     conn: &Rc<Conn>,
     stream: &TcpStream,
+    tls: &mut Tls,
     partial: &mut BytesMut,
 ) -> ReadEnd {
     let cfg = &core.shared.cfg;
@@ -244,11 +324,21 @@ fn read_once_ws(
     } else {
         1
     };
-    let (mut data, own) = match recv_once(core, stream, partial, want) {
+    let (mut data, own) = match recv_once(core, stream, tls, partial, want) {
         Ok(read) => read,
         Err(end) => return end,
     };
     if !conn.is_upgraded() {
+        if let Some(page) = cfg
+            .demo_path
+            .as_deref()
+            .and_then(|p| crate::web::respond(&data, p))
+        {
+            core.metrics().demo_served.fetch_add(1, Relaxed);
+            conn.queue_raw(page.into());
+            conn.close(Closing::Flush);
+            return ReadEnd::More;
+        }
         match ws::accept(&data, &cfg.ws_path, cfg.ws_handshake_max) {
             ws::Handshake::Partial => {}
             ws::Handshake::Accept { consumed, response } => {
@@ -385,11 +475,12 @@ fn read_once(
     core: &Rc<Core>,
     conn: &Rc<Conn>,
     stream: &TcpStream,
+    tls: &mut Tls,
     partial: &mut BytesMut,
 ) -> ReadEnd {
     let decoders = Decoders::new(core.shared.cfg.max_frame);
     let want = decoders.for_conn(conn).needed(partial);
-    let (mut data, own) = match recv_once(core, stream, partial, want) {
+    let (mut data, own) = match recv_once(core, stream, tls, partial, want) {
         Ok(read) => read,
         Err(end) => return end,
     };
@@ -407,6 +498,7 @@ fn read_once(
 fn recv_once(
     core: &Core,
     stream: &TcpStream,
+    tls: &mut Tls,
     partial: &mut BytesMut,
     want: usize,
 ) -> Result<(BytesMut, bool), ReadEnd> {
@@ -418,7 +510,11 @@ fn recv_once(
         core.take_read_block()
     };
     let start = buf.len();
-    let n = match sock::recv(stream.as_raw_fd(), &mut buf) {
+    let read = match tls {
+        Some(t) => recv_tls(core, stream, t, &mut buf, start),
+        None => sock::recv(stream.as_raw_fd(), &mut buf),
+    };
+    let n = match read {
         Ok(0) => {
             if !own {
                 core.give_read_block(buf);
@@ -439,7 +535,9 @@ fn recv_once(
             return Err(if again { ReadEnd::More } else { ReadEnd::Gone });
         }
     };
-    core.metrics().bytes_in.fetch_add(n as u64, Relaxed);
+    if tls.is_none() {
+        core.metrics().bytes_in.fetch_add(n as u64, Relaxed);
+    }
     if own {
         return Ok((buf, true));
     }
@@ -448,6 +546,39 @@ fn recv_once(
     let data = buf.split_to(start + n);
     core.give_read_block(buf);
     Ok((data, false))
+}
+
+/// [`sock::recv`] over TLS: reads ciphertext into rustls and the
+/// plaintext into `buf`, with `recv`'s results (0: the peer closed;
+/// `WouldBlock`: no plaintext this time, perhaps only handshake records).
+/// A client that does not speak TLS gets rustls's alert, then the end.
+fn recv_tls(
+    core: &Core,
+    stream: &TcpStream,
+    t: &mut ServerConnection,
+    buf: &mut BytesMut,
+    start: usize,
+) -> std::io::Result<usize> {
+    let fd = stream.as_raw_fd();
+    let mut wire = 0;
+    let handshaking = t.is_handshaking();
+    let end = tls::read(t, fd, buf, &mut wire);
+    core.metrics().bytes_in.fetch_add(wire as u64, Relaxed);
+    if handshaking && !t.is_handshaking() {
+        core.metrics().tls_handshakes.fetch_add(1, Relaxed);
+    }
+    match end {
+        tls::ReadTls::Read if buf.len() > start => Ok(buf.len() - start),
+        tls::ReadTls::Read | tls::ReadTls::Empty => Err(std::io::ErrorKind::WouldBlock.into()),
+        tls::ReadTls::Closed => Ok(0),
+        tls::ReadTls::Failed(e) => Err(e),
+        tls::ReadTls::Refused(e) => {
+            tracing::debug!(error = %e, "TLS refused");
+            core.metrics().tls_failures.fetch_add(1, Relaxed);
+            let _ = tls::write(t, fd);
+            Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        }
+    }
 }
 
 /// Keeps what is left of `data` (an unfinished frame or request) as the

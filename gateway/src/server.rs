@@ -69,6 +69,9 @@ pub enum StartError {
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    /// The TLS certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The backend's start hook failed.
     #[error("the backend cannot start: {0}")]
     Backend(std::io::Error),
@@ -113,6 +116,10 @@ pub fn start(
     if cfg.driver == DriverKind::Auto && !uring {
         tracing::info!("io_uring unavailable, cores use epoll");
     }
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        _ => None,
+    };
     let (sockets, addr) = bind_all(cfg.listen, n, cfg.bind_wait_ms)?;
     let ws = match cfg.ws_listen {
         Some(a) => Some(bind_all(a, n, cfg.bind_wait_ms)?),
@@ -188,6 +195,7 @@ pub fn start(
         verifier,
         connections: AtomicUsize::new(0),
         shutting_down: Default::default(),
+        tls,
     });
     let (done_tx, cores_done) = crossbeam_channel::unbounded();
     let allowed = if shared.cfg.pin_cores {

@@ -89,3 +89,52 @@ pub(crate) fn send_queued(fd: RawFd, queue: &mut VecDeque<Bytes>) -> io::Result<
     }
     Ok((total, partial))
 }
+
+/// A socket as `io::Read` and `io::Write` with non-blocking calls, for
+/// rustls's `read_tls` and `write_tls`.
+pub(crate) struct Nonblocking(pub(crate) RawFd);
+
+impl io::Read for Nonblocking {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is writable for `buf.len()` bytes; recv writes at
+        // most that many.
+        let n = unsafe {
+            libc::recv(
+                self.0,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
+impl io::Write for Nonblocking {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[io::IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let cnt = bufs.len().min(MAX_IOV);
+        // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        // IoSlice is guaranteed to be ABI compatible with iovec on Unix.
+        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = cnt;
+        // SAFETY: the iovecs point into `bufs`, alive for the call;
+        // sendmsg only reads them.
+        let n = unsafe { libc::sendmsg(self.0, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

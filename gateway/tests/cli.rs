@@ -43,6 +43,10 @@ fn help_lists_every_option() {
         "--no-metrics",
         "--admin-token",
         "--log-format",
+        "--ws-listen",
+        "--demo-path",
+        "--tls-cert",
+        "--tls-key",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}");
     }
@@ -81,6 +85,37 @@ fn bad_flags_and_configs_exit_2_with_one_line() {
         .expect("runs");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+
+    // TLS: a certificate without its key, and files that are not there.
+    let out = imgate()
+        .args(["--tls-cert", "cert.pem"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid setting tls_key"), "{err}");
+    let out = imgate()
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--no-metrics",
+            "--durability",
+            "memory",
+        ])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--tls-cert")
+        .arg(dir.join("missing-cert.pem"))
+        .arg("--tls-key")
+        .arg(dir.join("missing-key.pem"))
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tls_cert") && err.contains("missing-cert.pem"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 

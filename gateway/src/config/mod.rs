@@ -73,6 +73,14 @@ pub struct Config {
     pub ws_path: String,
     /// Longest WebSocket upgrade request, headers included, bytes.
     pub ws_handshake_max: usize,
+    /// Path under which the WebSocket listener serves the browser client
+    /// and its demo chat page (`<path>/`, `<path>/imgate.js`); empty, the
+    /// default, for none.
+    pub demo_path: Option<String>,
+    /// PEM certificate chain: with `tls_key`, both listeners speak TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
     /// Worker threads (cores); 0 means one per CPU.
     pub workers: usize,
     /// Pin worker `i` to CPU `i`.
@@ -173,6 +181,9 @@ impl Default for Config {
             ws_listen: None,
             ws_path: "/ws".into(),
             ws_handshake_max: 8192,
+            demo_path: None,
+            tls_cert: None,
+            tls_key: None,
             workers: 0,
             pin_cores: false,
             driver: DriverKind::Auto,
@@ -303,6 +314,22 @@ impl Config {
         if !(256..=65_536).contains(&self.ws_handshake_max) {
             return invalid("ws_handshake_max", "must be between 256 and 65536");
         }
+        if let Some(p) = &self.demo_path {
+            if !p.starts_with('/') || p.len() < 2 || p.ends_with('/') {
+                return invalid("demo_path", "must start with / and not end with /");
+            }
+            if *p == self.ws_path {
+                return invalid("demo_path", "must differ from ws_path");
+            }
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            let which = if self.tls_cert.is_some() {
+                "tls_key"
+            } else {
+                "tls_cert"
+            };
+            return invalid(which, "tls_cert and tls_key go together");
+        }
         if self.push_timeout_ms == 0 {
             return invalid("push_timeout_ms", "must be at least 1");
         }
@@ -421,6 +448,16 @@ mod tests {
             ("push_timeout_ms", Box::new(|c| c.push_timeout_ms = 0)),
             ("ws_path", Box::new(|c| c.ws_path = "ws".into())),
             ("ws_handshake_max", Box::new(|c| c.ws_handshake_max = 100)),
+            (
+                "demo_path",
+                Box::new(|c| c.demo_path = Some("/demo/".into())),
+            ),
+            ("demo_path", Box::new(|c| c.demo_path = Some("/ws".into()))),
+            (
+                "tls_key",
+                Box::new(|c| c.tls_cert = Some("cert.pem".into())),
+            ),
+            ("tls_cert", Box::new(|c| c.tls_key = Some("key.pem".into()))),
             ("dedup_window_ms", Box::new(|c| c.dedup_window_ms = 0)),
             ("sync_page_max", Box::new(|c| c.sync_page_max = 5)),
             ("max_group_size", Box::new(|c| c.max_group_size = 0)),

@@ -54,6 +54,8 @@ pub(crate) struct Shared {
     pub(crate) verifier: Arc<dyn Verifier>,
     pub(crate) connections: AtomicUsize,
     pub(crate) shutting_down: AtomicBool,
+    /// Both listeners' TLS configuration, when `tls_cert` is set.
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 const BLOCK: usize = 64 * 1024;

@@ -1,0 +1,466 @@
+//! TLS on both listeners over real sockets, with a certificate made for
+//! the test: the six packets, offline paging, a kick that ends with
+//! close_notify, WebSocket over TLS, a clear-text client and a handshake
+//! that never finishes, and configuration errors.
+
+mod common;
+
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::{Bytes, BytesMut};
+use common::{Gw, token};
+use imgate_codec::{
+    Decoder, Frame, KickReason,
+    frame::{AckR, Login, MsgR, SyncR},
+    ws,
+};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
+
+/// A certificate for 127.0.0.1 and localhost, written as PEM files.
+struct Cert {
+    dir: PathBuf,
+    pem: String,
+}
+
+impl Cert {
+    fn new() -> Cert {
+        use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let key = rcgen::KeyPair::generate().expect("key pair");
+        let params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .expect("names");
+        let cert = params.self_signed(&key).expect("self-signed");
+        let dir = std::env::temp_dir().join(format!(
+            "imgate-tls-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("cert.pem"), cert.pem()).expect("cert");
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("key");
+        Cert {
+            dir,
+            pem: cert.pem(),
+        }
+    }
+
+    fn client_config(&self) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        let der = CertificateDer::from_pem_slice(self.pem.as_bytes()).expect("pem");
+        roots.add(der).expect("root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+}
+
+impl Drop for Cert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn gw(cert: &Cert) -> Gw {
+    Gw::start(|c| {
+        c.ws_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.login_timeout_ms = 400;
+        c.tls_cert = Some(cert.dir.join("cert.pem"));
+        c.tls_key = Some(cert.dir.join("key.pem"));
+    })
+}
+
+type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+/// How a read ended.
+enum Read1 {
+    Data,
+    Closed,
+    Timeout,
+}
+
+/// Reads what arrives before `deadline` into `buf`. A close_notify or the
+/// end of the stream is `Closed`.
+fn read_some(s: &mut Tls, buf: &mut BytesMut, deadline: Instant) -> Read1 {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Read1::Timeout;
+    }
+    s.sock.set_read_timeout(Some(left)).expect("timeout");
+    let mut tmp = [0u8; 65536];
+    match s.read(&mut tmp) {
+        Ok(0) => Read1::Closed,
+        Ok(n) => {
+            buf.extend_from_slice(&tmp[..n]);
+            Read1::Data
+        }
+        // Interrupted by a signal: read again.
+        Err(e) if e.kind() == ErrorKind::Interrupted => Read1::Data,
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Read1::Timeout,
+        Err(_) => Read1::Closed,
+    }
+}
+
+/// A client over TLS, on the TCP listener or, upgraded, on the WebSocket
+/// one.
+struct Client {
+    s: Tls,
+    buf: BytesMut,
+    ws: bool,
+    frames: Vec<Frame>,
+}
+
+impl Client {
+    fn connect(cert: &Cert, addr: SocketAddr) -> Client {
+        let tcp = TcpStream::connect(addr).expect("connect");
+        tcp.set_nodelay(true).expect("nodelay");
+        let name = ServerName::try_from("127.0.0.1").expect("name");
+        let conn = ClientConnection::new(cert.client_config(), name).expect("client");
+        Client {
+            s: StreamOwned::new(conn, tcp),
+            buf: BytesMut::new(),
+            ws: false,
+            frames: Vec::new(),
+        }
+    }
+
+    fn connect_ws(cert: &Cert, addr: SocketAddr) -> Client {
+        let mut c = Client::connect(cert, addr);
+        let (req, key) = ws::client_request(&addr.to_string(), "/ws", [9; 16]);
+        c.s.write_all(&req).expect("write");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(n) = ws::client_response(&c.buf, &key).expect("upgraded") {
+                let _ = c.buf.split_to(n);
+                break;
+            }
+            assert!(
+                matches!(read_some(&mut c.s, &mut c.buf, deadline), Read1::Data),
+                "no upgrade answer"
+            );
+        }
+        c.ws = true;
+        c
+    }
+
+    fn login_on(mut c: Client, user: u64, device: u32) -> Client {
+        c.send(Login {
+            user,
+            device,
+            resume: 0,
+            token: token(user, device),
+        });
+        match c.frame() {
+            Frame::LoginOk(ok) => assert_eq!((ok.user, ok.device), (user, device)),
+            other => panic!("expected login:ok, got {other:?}"),
+        }
+        c
+    }
+
+    fn login(cert: &Cert, addr: SocketAddr, user: u64, device: u32) -> Client {
+        Client::login_on(Client::connect(cert, addr), user, device)
+    }
+
+    fn send(&mut self, f: impl Into<Frame>) {
+        let mut b = BytesMut::new();
+        f.into().encode(&mut b);
+        if self.ws {
+            b = ws::encode(ws::Opcode::Binary, &b, Some([1, 2, 3, 4]))
+                .as_slice()
+                .into();
+        }
+        self.s.write_all(&b).expect("write");
+        self.s.flush().expect("flush");
+    }
+
+    /// The next imgate frame, or None when the server closed.
+    fn next(&mut self) -> Option<Frame> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if !self.frames.is_empty() {
+                return Some(self.frames.remove(0));
+            }
+            if self.ws {
+                match ws::Decoder::client(1 << 20).decode(&mut self.buf) {
+                    Ok(Some(f)) if f.opcode == ws::Opcode::Binary => {
+                        let mut p = f.payload;
+                        while let Some(fr) = Decoder::new(1 << 20).decode(&mut p).expect("frames") {
+                            self.frames.push(fr);
+                        }
+                        continue;
+                    }
+                    Ok(Some(f)) if f.opcode == ws::Opcode::Close => {
+                        let code = u16::from_be_bytes([f.payload[0], f.payload[1]]);
+                        assert_eq!(code, ws::CloseCode::POLICY.0, "a kick's close code");
+                        continue;
+                    }
+                    Ok(Some(f)) => panic!("unexpected {:?}", f.opcode),
+                    Ok(None) => {}
+                    Err(e) => panic!("bad WebSocket frame: {e}"),
+                }
+            } else if let Some(f) = Decoder::new(1 << 20).decode(&mut self.buf).expect("frame") {
+                return Some(f);
+            }
+            match read_some(&mut self.s, &mut self.buf, deadline) {
+                Read1::Data => {}
+                Read1::Closed => return None,
+                Read1::Timeout => panic!("timed out waiting for a frame"),
+            }
+        }
+    }
+
+    fn frame(&mut self) -> Frame {
+        self.next().expect("a frame, not the end")
+    }
+}
+
+/// The sum over cores of a counter on the metrics endpoint.
+fn counter(g: &Gw, name: &str) -> u64 {
+    let mut s = TcpStream::connect(g.metrics_addr()).expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .expect("write");
+    let mut text = String::new();
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    loop {
+        match s.read_to_string(&mut text) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            r => {
+                r.expect("metrics");
+                break;
+            }
+        }
+    }
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn msg(msg_id: u64, to: u64, body: &'static [u8]) -> MsgR {
+    MsgR {
+        msg_id,
+        group: 0,
+        to,
+        retry: false,
+        body: Bytes::from_static(body),
+    }
+}
+
+#[test]
+fn the_six_packets_over_tls_and_over_websocket_on_tls() {
+    let cert = Cert::new();
+    let g = gw(&cert);
+    let mut a = Client::login(&cert, g.addr(), 1, 1);
+    let mut b = Client::login_on(Client::connect_ws(&cert, g.ws_addr()), 2, 1);
+    // msg:R → msg:A to the sender, msg:N to the receiver.
+    a.send(msg(10, 2, b"over tls"));
+    match a.frame() {
+        Frame::MsgA(m) => assert_eq!((m.msg_id, m.seq), (10, 1)),
+        other => panic!("expected msg:A, got {other:?}"),
+    }
+    match b.frame() {
+        Frame::MsgN(n) => assert_eq!((n.from, n.seq, &n.body[..]), (1, 1, &b"over tls"[..])),
+        other => panic!("expected msg:N, got {other:?}"),
+    }
+    // ack:R → ack:A to the receiver, ack:N to the sender.
+    b.send(AckR { group: 0, seq: 1 });
+    match b.frame() {
+        Frame::AckA(x) => assert_eq!(x.seq, 1),
+        other => panic!("expected ack:A, got {other:?}"),
+    }
+    match a.frame() {
+        Frame::AckN(x) => assert_eq!((x.peer, x.seq), (2, 1)),
+        other => panic!("expected ack:N, got {other:?}"),
+    }
+    // A body that takes several TLS records, the other way.
+    let big = Bytes::from(vec![b'y'; 40_000]);
+    b.send(MsgR {
+        msg_id: 11,
+        group: 0,
+        to: 1,
+        retry: false,
+        body: big.clone(),
+    });
+    assert!(matches!(b.frame(), Frame::MsgA(_)));
+    match a.frame() {
+        Frame::MsgN(n) => assert_eq!(n.body, big),
+        other => panic!("expected msg:N, got {other:?}"),
+    }
+    assert_eq!(counter(&g, "imgate_tls_handshakes_total"), 2);
+    assert_eq!(counter(&g, "imgate_ws_upgrades_total"), 1);
+}
+
+#[test]
+fn offline_messages_are_paged_over_tls() {
+    let cert = Cert::new();
+    let g = gw(&cert);
+    let mut a = Client::login(&cert, g.addr(), 1, 1);
+    for i in 0..5 {
+        a.send(msg(100 + i, 3, b"while you were away"));
+        assert!(matches!(a.frame(), Frame::MsgA(_)));
+    }
+    let mut c = Client::login(&cert, g.addr(), 3, 1);
+    let mut after = 0;
+    let mut seen = Vec::new();
+    loop {
+        c.send(SyncR {
+            group: 0,
+            after,
+            limit: 2,
+        });
+        let page = loop {
+            match c.frame() {
+                Frame::SyncPage(p) => break p,
+                // Pushes of the stored messages may arrive first.
+                Frame::MsgN(_) => {}
+                other => panic!("expected a page, got {other:?}"),
+            }
+        };
+        assert_eq!(page.head, 5);
+        let seqs: Vec<u64> = page.entries().map(|e| e.seq).collect();
+        assert!(seqs.len() <= 2, "the page size is kept: {seqs:?}");
+        if seqs.is_empty() {
+            break;
+        }
+        after = *seqs.last().expect("a seq");
+        seen.extend(seqs);
+    }
+    assert_eq!(seen, vec![1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn a_replaced_session_gets_its_kick_then_close_notify() {
+    let cert = Cert::new();
+    let g = gw(&cert);
+    for ws in [false, true] {
+        let connect = |ws| {
+            if ws {
+                Client::connect_ws(&cert, g.ws_addr())
+            } else {
+                Client::connect(&cert, g.addr())
+            }
+        };
+        let mut first = Client::login_on(connect(ws), 5, 1);
+        let _second = Client::login_on(connect(ws), 5, 1);
+        match first.frame() {
+            Frame::Kick(k) => assert_eq!(k.reason, KickReason::Replaced.to_wire()),
+            other => panic!("expected a kick, got {other:?}"),
+        }
+        // The stream then ends cleanly: rustls reports a close_notify as
+        // the end (a truncation would be an error, read as `Closed` too,
+        // so check the state rustls saw).
+        assert!(first.next().is_none(), "closed after the kick");
+        let mut rest = [0u8; 1];
+        assert_eq!(
+            first.s.conn.reader().read(&mut rest).expect("clean end"),
+            0,
+            "close_notify received"
+        );
+    }
+}
+
+#[test]
+fn a_clear_text_client_is_refused_and_others_are_unharmed() {
+    let cert = Cert::new();
+    let g = gw(&cert);
+    let mut good = Client::login(&cert, g.addr(), 1, 1);
+    for addr in [g.addr(), g.ws_addr()] {
+        let mut plain = TcpStream::connect(addr).expect("connect");
+        let mut login = BytesMut::new();
+        Frame::from(Login {
+            user: 9,
+            device: 1,
+            resume: 0,
+            token: token(9, 1),
+        })
+        .encode(&mut login);
+        plain.write_all(&login).expect("write");
+        plain
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut got = Vec::new();
+        let mut tmp = [0u8; 512];
+        loop {
+            match plain.read(&mut tmp) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&tmp[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    panic!("a clear-text client was not closed")
+                }
+                Err(_) => break,
+            }
+        }
+        // At most a TLS alert record (content type 21), never a frame.
+        assert!(got.is_empty() || got[0] == 21, "got {got:?}");
+    }
+    assert_eq!(counter(&g, "imgate_tls_failures_total"), 2);
+    good.send(msg(1, 2, b"still here"));
+    assert!(matches!(good.frame(), Frame::MsgA(_)));
+}
+
+#[test]
+fn a_handshake_that_never_finishes_is_closed_at_the_login_deadline() {
+    let cert = Cert::new();
+    let g = gw(&cert);
+    for addr in [g.addr(), g.ws_addr()] {
+        let started = Instant::now();
+        let mut s = TcpStream::connect(addr).expect("connect");
+        // The start of a TLS record, then nothing.
+        s.write_all(&[22, 3, 1]).expect("write");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut tmp = [0u8; 64];
+        let n = loop {
+            match s.read(&mut tmp) {
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    panic!("not closed at the login deadline")
+                }
+                r => break r.unwrap_or(0),
+            }
+        };
+        assert_eq!(n, 0, "closed without a frame");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(350) && took < Duration::from_secs(3),
+            "closed after {took:?}, login_timeout_ms is 400"
+        );
+    }
+}
+
+#[test]
+fn bad_certificate_files_are_refused_at_start_with_the_file_named() {
+    let cert = Cert::new();
+    let missing = cert.dir.join("missing.pem");
+    let e =
+        imgate::tls::server_config(&missing, &cert.dir.join("key.pem")).expect_err("missing cert");
+    assert!(e.to_string().contains("missing.pem"), "{e}");
+    // A key file given as the certificate holds no certificate.
+    let e = imgate::tls::server_config(&cert.dir.join("key.pem"), &cert.dir.join("key.pem"))
+        .expect_err("no certificate");
+    assert!(e.to_string().contains("tls_cert"), "{e}");
+    // A certificate given as the key holds no key.
+    let e = imgate::tls::server_config(&cert.dir.join("cert.pem"), &cert.dir.join("cert.pem"))
+        .expect_err("no key");
+    assert!(e.to_string().contains("tls_key"), "{e}");
+    // A key that is not the certificate's.
+    let other = Cert::new();
+    let e = imgate::tls::server_config(&cert.dir.join("cert.pem"), &other.dir.join("key.pem"))
+        .expect_err("mismatched key");
+    assert!(e.to_string().contains("tls_cert and tls_key"), "{e}");
+}
