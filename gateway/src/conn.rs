@@ -28,6 +28,8 @@ const BLOCKED: u8 = 2;
 const WEBSOCKET: u8 = 4;
 /// `write_state`: the WebSocket handshake is done.
 const UPGRADED: u8 = 8;
+/// The connection speaks TLS.
+const TLS: u8 = 16;
 
 /// Headers of binary WebSocket messages of 0 to 125 bytes, shared.
 static SMALL_WS_HEADERS: [[u8; 2]; 126] = {
@@ -127,6 +129,18 @@ impl Conn {
     /// The WebSocket handshake is done.
     pub(crate) fn set_upgraded(&self) {
         self.set_write_bit(UPGRADED, true);
+    }
+
+    /// Marks a TLS connection.
+    pub(crate) fn set_tls(&self) {
+        self.set_write_bit(TLS, true);
+    }
+
+    /// The connection's transport, an index into
+    /// [`crate::metrics::TRANSPORTS`]: tcp, ws, tls, wss.
+    pub(crate) fn transport_index(&self) -> usize {
+        let s = self.write_state.get();
+        usize::from(s & WEBSOCKET != 0) + 2 * usize::from(s & TLS != 0)
     }
 
     fn set_write_bit(&self, bit: u8, on: bool) {

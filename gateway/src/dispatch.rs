@@ -117,6 +117,9 @@ fn login(cx: &Ctx<'_>, conn: &Conn, frame: Frame, out: &mut Vec<Action>) {
     }
     conn.authenticated(login.user, login.device);
     m.logins.fetch_add(1, Relaxed);
+    if let Some(t) = m.transports.get(conn.transport_index()) {
+        t.logins.fetch_add(1, Relaxed);
+    }
     out.push(Action::LoggedIn {
         user: login.user,
         device: login.device,

@@ -38,9 +38,13 @@ pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener, transport
 /// Takes a new connection, or refuses it at the limit or during shutdown.
 fn admit(core: &Rc<Core>, stream: TcpStream, transport: Transport) {
     let m = core.metrics();
-    m.accepted.fetch_add(1, Relaxed);
-    let _ = stream.set_nodelay(true);
     let shared = &core.shared;
+    let t = usize::from(transport == Transport::Ws) + 2 * usize::from(shared.tls.is_some());
+    m.accepted.fetch_add(1, Relaxed);
+    if let Some(tm) = m.transports.get(t) {
+        tm.accepted.fetch_add(1, Relaxed);
+    }
+    let _ = stream.set_nodelay(true);
     let total = shared.connections.fetch_add(1, Relaxed) + 1;
     if total > shared.cfg.max_connections || core.stopping() {
         shared.connections.fetch_sub(1, Relaxed);
@@ -68,6 +72,12 @@ fn admit(core: &Rc<Core>, stream: TcpStream, transport: Transport) {
     let conn = core.insert();
     if transport == Transport::Ws {
         conn.set_websocket();
+    }
+    if tls.is_some() {
+        conn.set_tls();
+    }
+    if let Some(tm) = m.transports.get(conn.transport_index()) {
+        tm.connections.fetch_add(1, Relaxed);
     }
     monoio::spawn(pump::serve(core.clone(), conn, stream, tls));
 }

@@ -18,6 +18,28 @@ use imgate_codec::KickReason;
 /// Kick reasons with a counter, in label order.
 pub const KICK_REASONS: &[KickReason] = KickReason::ALL;
 
+/// Transports, in the order of [`CoreMetrics::transports`] (the
+/// `transport` label).
+pub const TRANSPORTS: [&str; 4] = ["tcp", "ws", "tls", "wss"];
+
+/// One core's counters for one transport.
+#[derive(Debug, Default)]
+pub struct TransportMetrics {
+    /// Open connections.
+    pub connections: AtomicI64,
+    /// Connections accepted (refused ones included).
+    pub accepted: AtomicU64,
+    /// Successful logins.
+    pub logins: AtomicU64,
+    /// Bytes received (on the wire: WebSocket headers and TLS records
+    /// included).
+    pub bytes_in: AtomicU64,
+    /// Bytes written (on the wire).
+    pub bytes_out: AtomicU64,
+    /// Kicks, any reason.
+    pub kicks: AtomicU64,
+}
+
 /// One core's counters.
 #[derive(Debug, Default)]
 #[repr(align(128))]
@@ -59,6 +81,8 @@ pub struct CoreMetrics {
     pub push_retransmits: AtomicU64,
     /// Kicks, indexed by `KickReason` wire value - 1.
     pub kicks: [AtomicU64; 16],
+    /// The same by transport, indexed as [`TRANSPORTS`].
+    pub transports: [TransportMetrics; 4],
 }
 
 impl CoreMetrics {
@@ -238,10 +262,65 @@ impl Metrics {
             "# HELP process_cpu_seconds_total CPU time used.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {:.3}",
             cpu_seconds()
         );
+        self.render_transports(&mut s);
         if let Some(b) = self.backend.get() {
             b.render(&mut s);
         }
         s
+    }
+
+    /// The per-transport counters, summed over cores.
+    fn render_transports(&self, s: &mut String) {
+        type Get = fn(&TransportMetrics) -> u64;
+        let families: [(&str, &str, Get); 6] = [
+            (
+                "imgate_transport_connections",
+                "Open connections, by transport.",
+                |t| t.connections.load(Relaxed).max(0) as u64,
+            ),
+            (
+                "imgate_transport_accepted_total",
+                "Connections accepted, by transport.",
+                |t| t.accepted.load(Relaxed),
+            ),
+            (
+                "imgate_transport_logins_total",
+                "Successful logins, by transport.",
+                |t| t.logins.load(Relaxed),
+            ),
+            (
+                "imgate_transport_bytes_in_total",
+                "Bytes received on the wire, by transport.",
+                |t| t.bytes_in.load(Relaxed),
+            ),
+            (
+                "imgate_transport_bytes_out_total",
+                "Bytes written on the wire, by transport.",
+                |t| t.bytes_out.load(Relaxed),
+            ),
+            (
+                "imgate_transport_kicks_total",
+                "Connections kicked, by transport.",
+                |t| t.kicks.load(Relaxed),
+            ),
+        ];
+        for (name, help, get) in families {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (i, t) in TRANSPORTS.iter().enumerate() {
+                let v: u64 = self
+                    .cores
+                    .iter()
+                    .filter_map(|c| c.transports.get(i))
+                    .map(get)
+                    .sum();
+                let _ = writeln!(s, "{name}{{transport=\"{t}\"}} {v}");
+            }
+        }
     }
 }
 

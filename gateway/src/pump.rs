@@ -149,6 +149,9 @@ async fn finish(core: &Rc<Core>, conn: &Rc<Conn>, stream: &mut TcpStream, tls: &
                 conn.drop_queue();
             }
             core.metrics().kick(reason);
+            if let Some(t) = core.metrics().transports.get(conn.transport_index()) {
+                t.kicks.fetch_add(1, Relaxed);
+            }
             if !frames {
                 return;
             }
@@ -186,7 +189,7 @@ fn send_now(core: &Core, conn: &Conn, stream: &TcpStream, tls: &mut Tls) -> Resu
     }
     let (n, partial) = sock::send_queued(stream.as_raw_fd(), &mut conn.out()).map_err(|_| ())?;
     conn.sent(n, partial);
-    core.metrics().bytes_out.fetch_add(n as u64, Relaxed);
+    count_bytes(core, conn, 0, n);
     finish_send(core, conn)
 }
 
@@ -207,7 +210,7 @@ fn send_now_tls(
     let fd = stream.as_raw_fd();
     loop {
         let (n, all) = tls::write(t, fd).map_err(|_| ())?;
-        core.metrics().bytes_out.fetch_add(n as u64, Relaxed);
+        count_bytes(core, conn, 0, n);
         if !all || t.is_handshaking() {
             break;
         }
@@ -324,7 +327,7 @@ fn read_once_ws(
     } else {
         1
     };
-    let (mut data, own) = match recv_once(core, stream, tls, partial, want) {
+    let (mut data, own) = match recv_once(core, conn, stream, tls, partial, want) {
         Ok(read) => read,
         Err(end) => return end,
     };
@@ -480,7 +483,7 @@ fn read_once(
 ) -> ReadEnd {
     let decoders = Decoders::new(core.shared.cfg.max_frame);
     let want = decoders.for_conn(conn).needed(partial);
-    let (mut data, own) = match recv_once(core, stream, tls, partial, want) {
+    let (mut data, own) = match recv_once(core, conn, stream, tls, partial, want) {
         Ok(read) => read,
         Err(end) => return end,
     };
@@ -497,6 +500,7 @@ fn read_once(
 /// the connection's own buffer, or how the read ended.
 fn recv_once(
     core: &Core,
+    conn: &Conn,
     stream: &TcpStream,
     tls: &mut Tls,
     partial: &mut BytesMut,
@@ -511,7 +515,7 @@ fn recv_once(
     };
     let start = buf.len();
     let read = match tls {
-        Some(t) => recv_tls(core, stream, t, &mut buf, start),
+        Some(t) => recv_tls(core, conn, stream, t, &mut buf, start),
         None => sock::recv(stream.as_raw_fd(), &mut buf),
     };
     let n = match read {
@@ -536,7 +540,7 @@ fn recv_once(
         }
     };
     if tls.is_none() {
-        core.metrics().bytes_in.fetch_add(n as u64, Relaxed);
+        count_bytes(core, conn, n, 0);
     }
     if own {
         return Ok((buf, true));
@@ -554,6 +558,7 @@ fn recv_once(
 /// A client that does not speak TLS gets rustls's alert, then the end.
 fn recv_tls(
     core: &Core,
+    conn: &Conn,
     stream: &TcpStream,
     t: &mut ServerConnection,
     buf: &mut BytesMut,
@@ -563,7 +568,7 @@ fn recv_tls(
     let mut wire = 0;
     let handshaking = t.is_handshaking();
     let end = tls::read(t, fd, buf, &mut wire);
-    core.metrics().bytes_in.fetch_add(wire as u64, Relaxed);
+    count_bytes(core, conn, wire, 0);
     if handshaking && !t.is_handshaking() {
         core.metrics().tls_handshakes.fetch_add(1, Relaxed);
     }
@@ -578,6 +583,20 @@ fn recv_tls(
             let _ = tls::write(t, fd);
             Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
         }
+    }
+}
+
+/// Counts bytes on the wire, in total and for the connection's transport.
+fn count_bytes(core: &Core, conn: &Conn, read: usize, written: usize) {
+    let m = core.metrics();
+    let t = m.transports.get(conn.transport_index());
+    if read > 0 {
+        m.bytes_in.fetch_add(read as u64, Relaxed);
+        t.map(|t| t.bytes_in.fetch_add(read as u64, Relaxed));
+    }
+    if written > 0 {
+        m.bytes_out.fetch_add(written as u64, Relaxed);
+        t.map(|t| t.bytes_out.fetch_add(written as u64, Relaxed));
     }
 }
 

@@ -302,6 +302,14 @@ fn the_six_packets_over_tls_and_over_websocket_on_tls() {
     }
     assert_eq!(counter(&g, "imgate_tls_handshakes_total"), 2);
     assert_eq!(counter(&g, "imgate_ws_upgrades_total"), 1);
+    // Labelled by transport: one login over TLS, one over WebSocket on TLS.
+    for (t, n) in [("tcp", 0), ("ws", 0), ("tls", 1), ("wss", 1)] {
+        let name = format!("imgate_transport_logins_total{{transport=\"{t}\"}}");
+        assert_eq!(counter(&g, &name), n, "{name}");
+    }
+    // The 40 kB body went in over wss and out over tls.
+    assert!(counter(&g, "imgate_transport_bytes_in_total{transport=\"wss\"}") > 40_000);
+    assert!(counter(&g, "imgate_transport_bytes_out_total{transport=\"tls\"}") > 40_000);
 }
 
 #[test]

@@ -234,6 +234,10 @@ fn a_websocket_client_and_a_tcp_client_chat() {
         other => panic!("expected msg:N, got {other:?}"),
     }
     assert_eq!(counter(&g, "imgate_ws_upgrades_total"), 1);
+    for (t, n) in [("tcp", 1), ("ws", 1), ("tls", 0), ("wss", 0)] {
+        let name = format!("imgate_transport_connections{{transport=\"{t}\"}}");
+        assert_eq!(counter(&g, &name), n, "{name}");
+    }
 }
 
 #[test]

@@ -295,6 +295,9 @@ impl Core {
         }
         self.shared.connections.fetch_sub(1, Relaxed);
         self.metrics().connections.fetch_sub(1, Relaxed);
+        if let Some(t) = self.metrics().transports.get(conn.transport_index()) {
+            t.connections.fetch_sub(1, Relaxed);
+        }
         if self.stop.is_set(1) && self.conns.borrow().is_empty() {
             self.stop.raise(2);
         }
