@@ -472,3 +472,64 @@ fn bad_certificate_files_are_refused_at_start_with_the_file_named() {
         .expect_err("mismatched key");
     assert!(e.to_string().contains("tls_cert and tls_key"), "{e}");
 }
+
+#[test]
+fn a_slow_reader_over_tls_is_kicked_at_the_outbound_limit() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let cert = Cert::new();
+    let g = Gw::start(|c| {
+        c.max_outbound_bytes = 256 * 1024;
+        c.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.max_frames_per_sec = 1_000_000;
+        c.frame_burst = 1_000_000;
+        c.tls_cert = Some(cert.dir.join("cert.pem"));
+        c.tls_key = Some(cert.dir.join("key.pem"));
+    });
+    let mut slow = Client::login(&cert, g.addr(), 2, 1);
+    let mut sender = Client::login(&cert, g.addr(), 1, 1);
+    let metrics = g.0.as_ref().expect("running").metrics().clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    // The sender writes far more than socket buffers hold, and reads its
+    // msg:A between bursts so that it is never the slow one.
+    let sending = std::thread::spawn(move || {
+        let body = Bytes::from(vec![7u8; 2000]);
+        let mut sent = 0u64;
+        while !stop2.load(Relaxed) && sent < 50_000 {
+            for _ in 0..20 {
+                sent += 1;
+                sender.send(MsgR {
+                    msg_id: sent,
+                    group: 0,
+                    to: 2,
+                    retry: false,
+                    body: body.clone(),
+                });
+            }
+            let soon = Instant::now() + Duration::from_millis(1);
+            while let Read1::Data = read_some(&mut sender.s, &mut sender.buf, soon) {}
+            sender.buf.clear();
+        }
+        sent
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metrics.kicks(KickReason::SlowConsumer) == 0 {
+        assert!(Instant::now() < deadline, "no slow-consumer kick");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    stop.store(true, Relaxed);
+    let mut got = Vec::new();
+    while let Some(f) = slow.next() {
+        got.push(f);
+    }
+    match got.last() {
+        Some(Frame::Kick(k)) => assert_eq!(k.reason, KickReason::SlowConsumer.to_wire()),
+        other => panic!("expected a slow_consumer kick last, got {other:?}"),
+    }
+    let sent = sending.join().expect("sender");
+    assert!((got.len() as u64) < sent, "the backlog was dropped");
+    assert_eq!(
+        counter(&g, "imgate_transport_kicks_total{transport=\"tls\"}"),
+        1
+    );
+}
