@@ -221,9 +221,10 @@ fn send_now_tls(
                 let Some(b) = q.pop_front() else {
                     break;
                 };
-                // rustls takes all of it: its plaintext buffer is unbounded
-                // once the handshake is done.
+                // rustls takes all of it: its buffer limit is off
+                // (tls::accept), the batch bounds it instead.
                 if std::io::Write::write_all(&mut t.writer(), &b).is_err() {
+                    tracing::debug!(conn = %conn.id, "rustls refused plaintext");
                     return Err(());
                 }
                 batch += b.len();

@@ -80,7 +80,13 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
 
 /// A new connection's TLS state.
 pub(crate) fn accept(config: &Arc<ServerConfig>) -> Result<Box<ServerConnection>, rustls::Error> {
-    ServerConnection::new(config.clone()).map(Box::new)
+    let mut tls = ServerConnection::new(config.clone())?;
+    // rustls would refuse plaintext past 64 KiB of unsent ciphertext; the
+    // pump bounds what it hands over itself (a batch at a time, once the
+    // previous one is on the wire), and the queue's backlog is what the
+    // slow-consumer limit measures.
+    tls.set_buffer_limit(None);
+    Ok(Box::new(tls))
 }
 
 /// Most plaintext taken from one readiness, so that one busy connection
