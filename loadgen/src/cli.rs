@@ -88,6 +88,26 @@ pub struct Common {
     /// Request path of the WebSocket upgrade.
     #[arg(long, default_value = "/ws", global = true)]
     pub ws_path: String,
+    /// Speak TLS (1.2 or 1.3) to the gateway: over tcp the frames, over ws
+    /// the upgrade and the messages travel in TLS. Needs --tls-ca or
+    /// --tls-insecure.
+    #[arg(long, global = true)]
+    pub tls: bool,
+    /// PEM file of the certificates to trust with --tls: the CA that
+    /// signed the gateway's certificate, or that certificate itself when
+    /// it is self-signed.
+    #[arg(long, value_name = "PEM", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// With --tls, accept any certificate without verifying it: the traffic
+    /// is encrypted but the gateway is not authenticated. For benchmarks
+    /// against self-signed certificates only.
+    #[arg(long, global = true)]
+    pub tls_insecure: bool,
+    /// With --tls, the name the gateway's certificate must carry (a DNS
+    /// name, also sent as SNI, or an IP address); default: the address of
+    /// the target each connection goes to.
+    #[arg(long, value_name = "NAME", global = true)]
+    pub tls_server_name: Option<String>,
     /// First user id: connection i of the scenario logs in as base + i
     /// (device 1); shards own disjoint ranges of i.
     #[arg(long, default_value_t = 1_000_000, global = true)]

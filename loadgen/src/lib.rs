@@ -56,6 +56,7 @@ pub mod report;
 #[path = "../../gateway/src/runtime.rs"]
 mod runtime;
 pub mod scenario;
+mod tls;
 mod wake;
 
 pub use cli::Cli;

@@ -23,6 +23,8 @@ pub struct ConnFigures {
     pub login_rate: f64,
     /// TCP connect time.
     pub connect: Summary,
+    /// TCP connected -> TLS handshake done (`--tls`; empty without).
+    pub handshake: Summary,
     /// Connect start -> login:ok.
     pub login: Summary,
     /// Cut -> logged in again (storm, chaos).
@@ -248,7 +250,11 @@ impl Report {
             "connections  {} logged in, {} failed, in {:.2} s ({:.0} logins/s)",
             c.opened, c.failed, c.open_seconds, c.login_rate
         );
-        let mut lat = vec![("connect", c.connect), ("login", c.login)];
+        let mut lat = vec![("connect", c.connect)];
+        if c.handshake.count > 0 {
+            lat.push(("tls handshake", c.handshake));
+        }
+        lat.push(("login", c.login));
         if c.relogin.count > 0 {
             lat.push(("re-login", c.relogin));
         }

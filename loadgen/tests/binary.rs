@@ -22,6 +22,9 @@ fn bad_usage_exits_2_with_one_line() {
         &["chat", "--target", "127.0.0.1:7000,127.0.0.1:7000"],
         &["chat", "--placement", "scatter"],
         &["chat", "--metrics", "127.0.0.1:9100,"],
+        &["chat", "--tls-ca", "ca.pem"],
+        &["chat", "--tls"],
+        &["chat", "--tls", "--tls-ca", "/nonexistent/ca.pem"],
     ] {
         let out = bin().args(args).output().expect("runs");
         assert_eq!(out.status.code(), Some(2), "{args:?}");

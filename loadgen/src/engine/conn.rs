@@ -1,9 +1,11 @@
 //! One connection: its state on the thread and the task that runs it.
 //!
 //! ```text
-//!   connect (bound to a source address) ─► Client::connect ─► reader ─┐ join
-//!        ▲                                                   writer ─┘   │
-//!        └──── delay (cut: as told; lost: backoff) ◄── handle_disconnect ◄┘
+//!   connect (bound to a source address) ─► TLS handshake (--tls) ─► WebSocket upgrade (ws)
+//!        ▲                                                                │
+//!        │                      Client::connect ─► reader ─┐ join ◄───────┘
+//!        │                                         writer ─┘   │
+//!        └──── delay (cut: as told; lost: backoff) ◄── handle_disconnect
 //! ```
 //!
 //! A connection that cannot reach its target (refused, timed out) moves to
@@ -11,7 +13,9 @@
 //! connection that was logged in before after one failed attempt, a first
 //! connection after its `--connect-retries` (it gives up only when every
 //! target failed it). Users are not tied
-//! to a node, so the ledger's per-user checks hold wherever it lands.
+//! to a node, so the ledger's per-user checks hold wherever it lands. A
+//! failed TLS handshake counts as a failed connect (its reason among the
+//! connect errors), since the gateway cannot be used.
 //!
 //! The reader owns the read half and never has its read cancelled: it ends
 //! when the socket does (the peer closed, or the writer cut it). The writer
@@ -19,7 +23,9 @@
 //! client stages them with `poll_transmit` into `out` and raises `FLUSH`;
 //! the writer swaps `out` with its own buffer and writes it whole, so many
 //! frames cost one write. `CUT` makes the writer shut the socket down (the
-//! reader then sees the end), `CLOSE` makes it flush first.
+//! reader then sees the end), `CLOSE` makes it flush first (and, with TLS,
+//! send a close_notify). Both halves are [`stream`]'s, which puts TLS
+//! between them and the socket when asked.
 
 use std::{
     cell::{Cell, RefCell},
@@ -35,23 +41,19 @@ use imgate_codec::{
     client::{Client, Dest},
     ws,
 };
-use monoio::{
-    buf::IoBufMut,
-    io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable},
-    net::TcpStream,
-};
+use monoio::net::TcpStream;
+use rustls::pki_types::ServerName;
 
-use super::{ConnSpec, player::Player};
+use super::{
+    ConnSpec,
+    player::Player,
+    stream::{self, READ_MAX, READ_MIN, ReadHalf, WriteHalf},
+};
 use crate::{
     measure::{Seen, SenderBook, bump, record_ns},
     net,
     wake::{CLOSE, CUT, FLUSH, Wake},
 };
-
-/// Reads of at least this much.
-const READ_MIN: usize = 4 * 1024;
-/// Reads of at most this much, when the socket keeps filling the buffer.
-const READ_MAX: usize = 64 * 1024;
 
 /// One span of a sender's schedule: message `k0 + i` was scheduled at
 /// `t0 + i * period`.
@@ -187,21 +189,18 @@ pub(crate) async fn run(p: Rc<Player>, c: Rc<Conn>) {
         };
         let (ok, unreachable) = match r {
             Ok(Ok(stream)) => {
-                let now = Instant::now();
-                {
-                    let mut rec = p.rec.borrow_mut();
-                    rec.counters.connects += 1;
-                    if let Some(t) = rec.targets.get_mut(target) {
-                        t.connects += 1;
+                let connected = Instant::now();
+                let fd = stream.as_raw_fd();
+                match secure(&p, target, stream).await {
+                    Ok((rd, wr)) => {
+                        connected_at(&p, &c, target, connected);
+                        (session(&p, &c, rd, wr, fd).await, false)
                     }
-                    if !c.ever_logged_in.get() {
-                        let ns =
-                            u64::try_from(now.duration_since(c.attempt_started.get()).as_nanos())
-                                .unwrap_or(u64::MAX);
-                        record_ns(&mut rec.connect, ns);
+                    Err(why) => {
+                        connect_failed(&p, why);
+                        (false, true)
                     }
                 }
-                (session(&p, &c, stream).await, false)
             }
             Ok(Err(e)) => {
                 connect_failed(&p, describe(&e));
@@ -261,6 +260,57 @@ pub(crate) async fn run(p: Rc<Player>, c: Rc<Conn>) {
     p.live.set(p.live.get().saturating_sub(1));
 }
 
+/// Counts a connection to `target` that is ready for its session (TCP
+/// connected at `connected`, TLS handshake done with `--tls`); times a
+/// first connection's connect and handshake.
+fn connected_at(p: &Player, c: &Conn, target: usize, connected: Instant) {
+    let now = Instant::now();
+    let mut rec = p.rec.borrow_mut();
+    rec.counters.connects += 1;
+    if let Some(t) = rec.targets.get_mut(target) {
+        t.connects += 1;
+    }
+    if !c.ever_logged_in.get() {
+        let started = c.attempt_started.get();
+        record_ns(
+            &mut rec.connect,
+            nanos(connected.saturating_duration_since(started)),
+        );
+        if p.opts.tls.is_some() {
+            record_ns(
+                &mut rec.handshake,
+                nanos(now.saturating_duration_since(connected)),
+            );
+        }
+    }
+}
+
+/// A duration in nanoseconds, saturated.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The connection's halves: as they are over plain TCP, after the TLS
+/// handshake (within the connect timeout) with `--tls`.
+async fn secure(
+    p: &Player,
+    target: usize,
+    stream: TcpStream,
+) -> Result<(ReadHalf, WriteHalf), String> {
+    let Some(config) = &p.opts.tls else {
+        return Ok(stream::plain(stream));
+    };
+    let name = match (&p.opts.tls_server_name, p.opts.target(target)) {
+        (Some(n), _) => n.clone(),
+        (None, Some(addr)) => ServerName::IpAddress(addr.ip().into()),
+        (None, None) => return Err("no such target".into()),
+    };
+    let handshake = stream::handshake(stream, config.clone(), name);
+    monoio::time::timeout(p.opts.connect_timeout, handshake)
+        .await
+        .unwrap_or_else(|_| Err("TLS handshake timed out".into()))
+}
+
 /// Points `c` at the next target and counts it.
 fn fail_over(p: &Player, c: &Conn) {
     c.target.set(p.opts.next_target(c.target.get()));
@@ -290,8 +340,15 @@ fn backoff(failures: u32, id: u32) -> Duration {
     Duration::from_millis((base + jitter).min(2000))
 }
 
-/// One session on a connected socket; returns whether it logged in.
-async fn session(p: &Rc<Player>, c: &Rc<Conn>, mut stream: TcpStream) -> bool {
+/// One session on a connected socket (`fd`, in halves); returns whether
+/// it logged in.
+async fn session(
+    p: &Rc<Player>,
+    c: &Rc<Conn>,
+    mut rd: ReadHalf,
+    mut wr: WriteHalf,
+    fd: RawFd,
+) -> bool {
     // Over WebSocket, the upgrade first; what follows its answer is frames.
     let (ws, first) = match &p.opts.ws_path {
         None => (false, BytesMut::new()),
@@ -301,7 +358,7 @@ async fn session(p: &Rc<Player>, c: &Rc<Conn>, mut stream: TcpStream) -> bool {
                 .target(c.target.get())
                 .map(|a| a.to_string())
                 .unwrap_or_default();
-            match upgrade(&mut stream, &host, path, c.id).await {
+            match upgrade(&mut rd, &mut wr, &host, path, c.id).await {
                 Ok(rest) => (true, rest),
                 Err(why) => {
                     bump(&mut p.rec.borrow_mut().counters.server_errors, why);
@@ -311,7 +368,6 @@ async fn session(p: &Rc<Player>, c: &Rc<Conn>, mut stream: TcpStream) -> bool {
             }
         }
     };
-    let fd = stream.as_raw_fd();
     c.fd.set(Some(fd));
     c.signal.clear(FLUSH | CLOSE | CUT);
     c.out.borrow_mut().clear();
@@ -319,7 +375,6 @@ async fn session(p: &Rc<Player>, c: &Rc<Conn>, mut stream: TcpStream) -> bool {
     let now = Instant::now();
     c.client.borrow_mut().connect(now);
     p.drain(c, now);
-    let (rd, wr) = stream.into_split();
     monoio::join!(reader(p, c, rd, ws, first), writer(c, wr, ws));
     c.fd.set(None);
     let was_in = c.logged_in.replace(false);
@@ -338,7 +393,8 @@ async fn session(p: &Rc<Player>, c: &Rc<Conn>, mut stream: TcpStream) -> bool {
 /// The WebSocket upgrade: sends the request, reads the answer; returns the
 /// bytes that came after it.
 async fn upgrade(
-    stream: &mut TcpStream,
+    rd: &mut ReadHalf,
+    wr: &mut WriteHalf,
     host: &str,
     path: &str,
     id: u32,
@@ -347,7 +403,7 @@ async fn upgrade(
     let mut key = [0u8; 16];
     key[..4].copy_from_slice(&id.to_be_bytes());
     let (req, key) = ws::client_request(host, path, key);
-    let (res, _) = stream.write_all(req).await;
+    let (res, _) = wr.write_all(BytesMut::from(&req[..])).await;
     res.map_err(|e| format!("WebSocket upgrade not sent: {e}"))?;
     let mut buf = BytesMut::with_capacity(READ_MIN);
     loop {
@@ -360,12 +416,7 @@ async fn upgrade(
             Ok(None) => return Err("WebSocket upgrade answer too long".into()),
             Err(e) => return Err(e.to_string()),
         }
-        buf.reserve(READ_MIN);
-        let start = buf.len();
-        let cap = buf.capacity();
-        let (res, slice) = stream.read(buf.slice_mut(start..cap)).await;
-        buf = slice.into_inner();
-        if !matches!(res, Ok(n) if n > 0) {
+        if !matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {
             return Err("closed during the WebSocket upgrade".into());
         }
     }
@@ -391,33 +442,33 @@ fn unwrap_ws(raw: &mut BytesMut, plain: &mut BytesMut) -> Result<bool, String> {
     }
 }
 
-async fn reader(
-    p: &Rc<Player>,
-    c: &Rc<Conn>,
-    mut rd: OwnedReadHalf<TcpStream>,
-    ws: bool,
-    first: BytesMut,
-) {
+async fn reader(p: &Rc<Player>, c: &Rc<Conn>, mut rd: ReadHalf, ws: bool, first: BytesMut) {
     // Over WebSocket, `buf` holds the raw frames and `plain` the imgate
     // frames their payloads carry.
     let mut buf = first;
     let mut plain = BytesMut::new();
-    let mut want = READ_MIN;
     let mut pending = ws && !buf.is_empty();
     loop {
         if pending {
             pending = false;
         } else {
-            buf.reserve(want);
-            let start = buf.len();
-            let cap = buf.capacity();
-            let (res, slice) = rd.read(buf.slice_mut(start..cap)).await;
-            buf = slice.into_inner();
-            let n = match res {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            want = if n >= cap - start { READ_MAX } else { READ_MIN };
+            match rd.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    if e.kind() == std::io::ErrorKind::InvalidData {
+                        bump(
+                            &mut p.rec.borrow_mut().counters.server_errors,
+                            format!("TLS: {e}"),
+                        );
+                    }
+                    break;
+                }
+            }
+            if rd.wants_write() {
+                // A TLS record to answer (an alert, a key update).
+                c.signal.raise(FLUSH);
+            }
         }
         let now = Instant::now();
         let mut closed = false;
@@ -449,7 +500,7 @@ async fn reader(
     c.signal.raise(CUT);
 }
 
-async fn writer(c: &Rc<Conn>, mut wr: OwnedWriteHalf<TcpStream>, ws: bool) {
+async fn writer(c: &Rc<Conn>, mut wr: WriteHalf, ws: bool) {
     let mut buf = BytesMut::new();
     // Over WebSocket, the message being built: header, then the frames,
     // masked in place (one copy of them, this buffer reused).
@@ -476,7 +527,7 @@ async fn writer(c: &Rc<Conn>, mut wr: OwnedWriteHalf<TcpStream>, ws: bool) {
             ws::mask_in_place(&mut wire[n..], mask);
             std::mem::swap(&mut buf, &mut wire);
         }
-        if !buf.is_empty() {
+        if !buf.is_empty() || wr.wants_write() {
             let (res, b) = wr.write_all(buf).await;
             buf = b;
             buf.clear();
@@ -489,6 +540,7 @@ async fn writer(c: &Rc<Conn>, mut wr: OwnedWriteHalf<TcpStream>, ws: bool) {
             continue;
         }
         if bits & CLOSE != 0 {
+            wr.close_notify().await;
             if let Some(fd) = c.fd.get() {
                 net::close_write(fd);
             }

@@ -15,7 +15,8 @@
 //!
 //! A connection belongs to one thread for its whole life. Its task reads
 //! and writes through split halves of one socket (a read is never
-//! cancelled, so no data is lost to a dropped future); every input goes
+//! cancelled, so no data is lost to a dropped future; with `--tls` the
+//! halves share one rustls session, see [`stream`]); every input goes
 //! through the sans-IO [`imgate_codec::client::Client`], and whatever it
 //! queued is encoded with `poll_transmit` into a staging buffer that the
 //! writer sends in one write per wake-up. Client deadlines (acks,
@@ -26,6 +27,7 @@
 pub(crate) mod conn;
 pub(crate) mod pacer;
 pub(crate) mod player;
+pub(crate) mod stream;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -66,6 +68,11 @@ pub(crate) struct EngineOpts {
     pub(crate) clock: Clock,
     /// The WebSocket upgrade path; None over plain TCP.
     pub(crate) ws_path: Option<String>,
+    /// With `--tls`: the client configuration every connection shares.
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    /// The name the gateway's certificate must carry; None: the address of
+    /// the connection's target.
+    pub(crate) tls_server_name: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 impl EngineOpts {
@@ -83,7 +90,8 @@ impl EngineOpts {
 /// What happened at one target, counted by one thread.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct TargetCounts {
-    /// TCP connections it accepted (reconnections included).
+    /// Connections it accepted, TLS handshake done with `--tls`
+    /// (reconnections included).
     pub(crate) connects: u64,
     /// login:ok it answered (re-logins included).
     pub(crate) logins: u64,
@@ -186,6 +194,8 @@ pub(crate) struct Snapshot {
     pub(crate) windows: Vec<WindowStats>,
     /// TCP connect time (first connections).
     pub(crate) connect: Hist,
+    /// TCP connected -> TLS handshake done (first connections, `--tls`).
+    pub(crate) handshake: Hist,
     /// Connect start -> login:ok (first logins).
     pub(crate) login: Hist,
     /// Cut -> login:ok again.
@@ -206,6 +216,7 @@ impl Snapshot {
             counters: Counters::default(),
             windows: Vec::new(),
             connect: new_hist(),
+            handshake: new_hist(),
             login: new_hist(),
             relogin: new_hist(),
             pull: new_hist(),
@@ -226,6 +237,7 @@ impl Snapshot {
             w.merge(ow);
         }
         let _ = self.connect.add(&o.connect);
+        let _ = self.handshake.add(&o.handshake);
         let _ = self.login.add(&o.login);
         let _ = self.relogin.add(&o.relogin);
         let _ = self.pull.add(&o.pull);

@@ -288,6 +288,7 @@ impl Ctx {
                 0.0
             },
             connect: Summary::of(&snap.connect),
+            handshake: Summary::of(&snap.handshake),
             login: Summary::of(&snap.login),
             relogin: Summary::of(&snap.relogin),
         };
@@ -432,6 +433,7 @@ impl Ctx {
                 0.0
             },
             connect: Summary::of(&snap.connect),
+            handshake: Summary::of(&snap.handshake),
             login: Summary::of(&snap.login),
             relogin: Summary::of(&snap.relogin),
         }
@@ -490,6 +492,7 @@ pub fn run(cli: Cli) -> Result<Report, RunError> {
     check_targets(&c.target)?;
     let sources = net::parse_sources(&c.source_ips).map_err(usage)?;
     let metrics = gwmetrics::parse_endpoints(&c.metrics).map_err(usage)?;
+    let tls = crate::tls::settings(c).map_err(usage)?;
     let threads = if c.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -526,6 +529,8 @@ pub fn run(cli: Cli) -> Result<Report, RunError> {
         max_in_flight: c.max_in_flight,
         clock,
         ws_path: (c.transport == crate::cli::Transport::Ws).then(|| c.ws_path.clone()),
+        tls: tls.as_ref().map(|t| t.config.clone()),
+        tls_server_name: tls.and_then(|t| t.server_name),
     };
     let engine = Engine::start(opts, progress)?;
     let report = Report {
