@@ -25,7 +25,6 @@ use imgate_codec::{
     ws,
 };
 use monoio::net::TcpStream;
-use rustls::ServerConnection;
 
 use crate::{
     conn::{Closing, Conn, Phase, SIG_CLOSE, SIG_FLUSH},
@@ -34,7 +33,7 @@ use crate::{
 };
 
 /// A TLS connection's rustls state; `None` on a clear-text listener.
-type Tls = Option<Box<ServerConnection>>;
+type Tls = Option<Box<tls::TlsConn>>;
 
 /// The frame decoders of one connection: before login, the first frame can
 /// only be a login, so a length above the largest login frame is refused as
@@ -174,7 +173,7 @@ async fn finish(core: &Rc<Core>, conn: &Rc<Conn>, stream: &mut TcpStream, tls: &
         // The TLS stream ends with close_notify, so that the client can
         // tell the end from a truncation.
         if let Some(t) = tls.as_mut().filter(|t| !t.is_handshaking()) {
-            t.send_close_notify();
+            t.close_notify();
             flush(core, conn, stream, tls, false).await;
         }
     })
@@ -205,32 +204,27 @@ fn send_now_tls(
     core: &Core,
     conn: &Conn,
     stream: &TcpStream,
-    t: &mut ServerConnection,
+    t: &mut tls::TlsConn,
 ) -> Result<bool, ()> {
     let fd = stream.as_raw_fd();
     loop {
-        let (n, all) = tls::write(t, fd).map_err(|_| ())?;
+        let (n, all) = t.send(fd).map_err(|_| ())?;
         count_bytes(core, conn, 0, n);
         if !all || t.is_handshaking() {
             break;
         }
-        let mut batch = 0;
-        {
+        let batch = {
             let mut q = conn.out();
-            while batch < TLS_BATCH {
-                let Some(b) = q.pop_front() else {
-                    break;
-                };
-                // rustls takes all of it: its buffer limit is off
-                // (tls::accept), the batch bounds it instead.
-                if std::io::Write::write_all(&mut t.writer(), &b).is_err() {
-                    tracing::debug!(conn = %conn.id, "rustls refused plaintext");
-                    return Err(());
-                }
-                batch += b.len();
+            t.encrypt(TLS_BATCH, || q.pop_front())
+        };
+        let batch = match batch {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(conn = %conn.id, error = %e, "cannot encrypt");
+                return Err(());
             }
-        }
-        if batch == 0 {
+        };
+        if batch == 0 && !t.wants_write() {
             break;
         }
         conn.sent(batch, false);
@@ -561,14 +555,16 @@ fn recv_tls(
     core: &Core,
     conn: &Conn,
     stream: &TcpStream,
-    t: &mut ServerConnection,
+    t: &mut tls::TlsConn,
     buf: &mut BytesMut,
     start: usize,
 ) -> std::io::Result<usize> {
     let fd = stream.as_raw_fd();
     let mut wire = 0;
     let handshaking = t.is_handshaking();
-    let end = tls::read(t, fd, buf, &mut wire);
+    let mut scratch = core.take_read_block();
+    let end = t.read(fd, &mut scratch, buf, &mut wire);
+    core.give_read_block(scratch);
     count_bytes(core, conn, wire, 0);
     if handshaking && !t.is_handshaking() {
         core.metrics().tls_handshakes.fetch_add(1, Relaxed);
@@ -581,7 +577,8 @@ fn recv_tls(
         tls::ReadTls::Refused(e) => {
             tracing::debug!(error = %e, "TLS refused");
             core.metrics().tls_failures.fetch_add(1, Relaxed);
-            let _ = tls::write(t, fd);
+            // The alert, if the socket takes it now.
+            let _ = t.send(fd);
             Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
         }
     }
