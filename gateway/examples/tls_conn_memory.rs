@@ -1,23 +1,27 @@
-//! What rustls keeps per TLS connection on the server, measured with a
-//! counting allocator: a server and a client connection handshake in
-//! memory (no sockets), exchange one small record each way, then go idle.
-//! Prints the server side's heap bytes and allocations at each step. Only
-//! the server's calls are counted, and a few of its frees release memory
-//! allocated outside them, so the count after the drop is the error to
-//! subtract (docs/benchmarks.md, "TCP, WebSocket and TLS").
+//! What a TLS connection keeps on the server while idle: the gateway's
+//! [`imgate::tls::TlsConn`] on one end of a socket pair and a rustls client
+//! on the other handshake, exchange one small record each way (a login and
+//! its answer), then idle. A counting allocator counts what the server
+//! side's calls allocate and free; a few of its frees release memory
+//! allocated outside them, so the count after the connection is dropped
+//! (which should be 0) is the error to subtract. The figures are in
+//! docs/benchmarks.md ("TCP, WebSocket and TLS").
 //!
 //! `cargo run --release -p imgate --example tls_conn_memory`
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
-    io::{Read, Write},
+    io::{ErrorKind, Read, Write},
+    os::{fd::AsRawFd, unix::net::UnixStream},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed},
     },
 };
 
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+use bytes::{Bytes, BytesMut};
+use imgate::tls::{ReadTls, TlsConn};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 
 /// Counts live bytes and allocations while `ON` is set.
@@ -58,24 +62,23 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-/// Moves every pending record from `from` to `to`.
-fn pass(from: &mut dyn FnMut(&mut Vec<u8>), to: &mut dyn FnMut(&[u8])) {
-    let mut wire = Vec::new();
-    from(&mut wire);
-    if !wire.is_empty() {
-        to(&wire);
-    }
+/// Runs `f` with the counter on.
+fn counted<T>(f: impl FnOnce() -> T) -> T {
+    ON.store(true, Relaxed);
+    let r = f();
+    ON.store(false, Relaxed);
+    r
 }
 
-fn main() {
+fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
     let key = rcgen::KeyPair::generate().expect("key");
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
         .expect("names")
         .self_signed(&key)
         .expect("cert");
     let der = CertificateDer::from(cert.der().to_vec());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server_config = ServerConfig::builder_with_provider(provider.clone())
+    let mut server = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_no_client_auth()
@@ -84,104 +87,78 @@ fn main() {
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         )
         .expect("server config");
-    server_config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    server_config.send_tls13_tickets = 0;
-    let server_config = Arc::new(server_config);
+    // As the gateway's: no resumption state.
+    server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    server.send_tls13_tickets = 0;
     let mut roots = RootCertStore::empty();
     roots.add(der).expect("root");
-    let client_config = Arc::new(
-        ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (Arc::new(server), Arc::new(client))
+}
 
+fn main() {
+    let (server_config, client_config) = configs();
+    let (server_end, mut client_end) = UnixStream::pair().expect("pair");
+    server_end.set_nonblocking(true).expect("nonblocking");
+    client_end.set_nonblocking(true).expect("nonblocking");
+    let fd = server_end.as_raw_fd();
     let mut client = ClientConnection::new(
         client_config,
-        ServerName::try_from("127.0.0.1").expect("name"),
+        ServerName::try_from("localhost").expect("name"),
     )
     .expect("client");
-    ON.store(true, Relaxed);
-    let mut server = Box::new(ServerConnection::new(server_config).expect("server"));
-    server.set_buffer_limit(None);
-    ON.store(false, Relaxed);
+    // The core's read block: the gateway's, not the connection's.
+    let mut block = BytesMut::with_capacity(64 * 1024);
     let report = |step: &str| {
         println!(
-            "{step:<40} {:>6} bytes in {:>3} allocations",
+            "{step:<38} {:>6} bytes in {:>3} allocations",
             BYTES.load(Relaxed),
             COUNT.load(Relaxed)
         );
     };
-    println!(
-        "size_of::<ServerConnection>() = {} bytes",
-        size_of::<ServerConnection>()
-    );
-    report("new");
-    while client.is_handshaking() || server.is_handshaking() {
-        pass(
-            &mut |w| {
-                while client.wants_write() {
-                    client.write_tls(w).expect("client write");
-                }
-            },
-            &mut |b| {
-                ON.store(true, Relaxed);
-                let mut r = b;
-                while !r.is_empty() {
-                    server.read_tls(&mut r).expect("server read");
-                    server.process_new_packets().expect("server process");
-                }
-                ON.store(false, Relaxed);
-            },
-        );
-        pass(
-            &mut |w| {
-                ON.store(true, Relaxed);
-                while server.wants_write() {
-                    server.write_tls(w).expect("server write");
-                }
-                ON.store(false, Relaxed);
-            },
-            &mut |b| {
-                let mut r = b;
-                while !r.is_empty() {
-                    client.read_tls(&mut r).expect("client read");
-                    client.process_new_packets().expect("client process");
-                }
-            },
-        );
+    let mut server = counted(|| imgate::tls::accept(&server_config).expect("server"));
+    report("accepted");
+    let mut plain = BytesMut::with_capacity(64 * 1024);
+    let mut round = |server: &mut Box<TlsConn>, client: &mut ClientConnection| {
+        while client.wants_write() {
+            client.write_tls(&mut client_end).expect("client write");
+        }
+        counted(|| {
+            let mut wire = 0;
+            while let ReadTls::Read = server.read(fd, &mut block, &mut plain, &mut wire) {}
+            server.send(fd).expect("server send");
+        });
+        match client.read_tls(&mut client_end) {
+            Ok(_) => {
+                client.process_new_packets().expect("client process");
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => panic!("client read: {e}"),
+        }
+    };
+    for _ in 0..10 {
+        if !client.is_handshaking() && !server.is_handshaking() {
+            break;
+        }
+        round(&mut server, &mut client);
     }
+    assert!(!server.is_handshaking(), "handshake done");
     report("handshake done");
-    // One small record each way, as a login and its answer.
-    client.writer().write_all(&[1u8; 80]).expect("write");
-    pass(
-        &mut |w| {
-            while client.wants_write() {
-                client.write_tls(w).expect("client write");
-            }
-        },
-        &mut |b| {
-            ON.store(true, Relaxed);
-            let mut r = b;
-            while !r.is_empty() {
-                server.read_tls(&mut r).expect("server read");
-                server.process_new_packets().expect("server process");
-            }
-            let mut plain = [0u8; 128];
-            let n = server.reader().read(&mut plain).expect("plaintext");
-            assert_eq!(n, 80);
-            server.writer().write_all(&[2u8; 60]).expect("answer");
-            let mut sink = Vec::new();
-            while server.wants_write() {
-                server.write_tls(&mut sink).expect("server write");
-            }
-            ON.store(false, Relaxed);
-        },
-    );
+    client.writer().write_all(&[1u8; 80]).expect("login");
+    round(&mut server, &mut client);
+    counted(|| {
+        let mut answer = Some(Bytes::from(vec![2u8; 60]));
+        server.encrypt(1 << 16, || answer.take()).expect("encrypt");
+    });
+    round(&mut server, &mut client);
+    let mut got = [0u8; 64];
+    let n = client.reader().read(&mut got).expect("answer");
+    assert_eq!(n, 60);
     report("after a request and an answer (idle)");
-    ON.store(true, Relaxed);
-    drop(server);
-    ON.store(false, Relaxed);
-    report("dropped");
+    counted(|| drop(server));
+    report("dropped (the error to subtract)");
 }

@@ -89,7 +89,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
 /// One connection's TLS: rustls's state and the two buffers the
 /// unbuffered API leaves to the caller, both empty (unallocated) while the
 /// connection idles.
-pub(crate) struct TlsConn {
+pub struct TlsConn {
     conn: UnbufferedServerConnection,
     /// Ciphertext not yet on the wire: handshake flights, alerts, an
     /// encrypted batch.
@@ -99,7 +99,7 @@ pub(crate) struct TlsConn {
 }
 
 /// A new connection's TLS state.
-pub(crate) fn accept(config: &Arc<ServerConfig>) -> Result<Box<TlsConn>, rustls::Error> {
+pub fn accept(config: &Arc<ServerConfig>) -> Result<Box<TlsConn>, rustls::Error> {
     Ok(Box::new(TlsConn {
         conn: UnbufferedServerConnection::new(config.clone())?,
         out: BytesMut::new(),
@@ -109,7 +109,7 @@ pub(crate) fn accept(config: &Arc<ServerConfig>) -> Result<Box<TlsConn>, rustls:
 
 /// How a TLS read ended.
 #[derive(Debug)]
-pub(crate) enum ReadTls {
+pub enum ReadTls {
     /// Bytes were read (perhaps only handshake records).
     Read,
     /// Nothing was there.
@@ -176,12 +176,12 @@ fn encrypt_insufficient(e: &EncryptError) -> Option<usize> {
 
 impl TlsConn {
     /// Whether the handshake is still going on.
-    pub(crate) fn is_handshaking(&self) -> bool {
+    pub fn is_handshaking(&self) -> bool {
         self.conn.is_handshaking()
     }
 
     /// Whether ciphertext waits to be sent.
-    pub(crate) fn wants_write(&self) -> bool {
+    pub fn wants_write(&self) -> bool {
         !self.out.is_empty()
     }
 
@@ -189,7 +189,7 @@ impl TlsConn {
     /// left empty for the next read) or after the unfinished record this
     /// connection keeps; decrypts every whole record and appends the
     /// plaintext to `plain`; adds the ciphertext bytes read to `wire`.
-    pub(crate) fn read(
+    pub fn read(
         &mut self,
         fd: i32,
         scratch: &mut BytesMut,
@@ -338,7 +338,7 @@ impl TlsConn {
     /// (whole chunks; the last may pass it), into the ciphertext to send.
     /// Returns the plaintext bytes taken. Nothing is taken during the
     /// handshake.
-    pub(crate) fn encrypt(
+    pub fn encrypt(
         &mut self,
         max: usize,
         mut next: impl FnMut() -> Option<Bytes>,
@@ -377,7 +377,7 @@ impl TlsConn {
     }
 
     /// Queues close_notify after what is already queued.
-    pub(crate) fn close_notify(&mut self) {
+    pub fn close_notify(&mut self) {
         let status = self.conn.process_tls_records(&mut []);
         if let Ok(ConnectionState::WriteTraffic(mut w)) = status.state {
             let _ = write_into(
@@ -391,7 +391,7 @@ impl TlsConn {
 
     /// Sends the queued ciphertext. Ok(n, true): all of it went out (and
     /// its buffer is freed); Ok(n, false): the socket buffer is full.
-    pub(crate) fn send(&mut self, fd: i32) -> io::Result<(usize, bool)> {
+    pub fn send(&mut self, fd: i32) -> io::Result<(usize, bool)> {
         let mut total = 0;
         while !self.out.is_empty() {
             match io::Write::write(&mut crate::sock::Nonblocking(fd), &self.out) {
