@@ -568,3 +568,39 @@ fn a_backlog_of_large_messages_over_tls_is_delivered_whole() {
         }
     }
 }
+
+#[test]
+fn over_the_connection_limit_a_tls_client_is_closed_without_a_frame() {
+    let cert = Cert::new();
+    let g = Gw::start(|c| {
+        c.max_connections = 1;
+        c.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.tls_cert = Some(cert.dir.join("cert.pem"));
+        c.tls_key = Some(cert.dir.join("key.pem"));
+    });
+    let mut first = Client::login(&cert, g.addr(), 1, 1);
+    // The second connection is closed at once: a refusal frame would
+    // need a handshake, which the limit is there to spare.
+    let mut second = Client::connect(&cert, g.addr());
+    second
+        .s
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let handshake = loop {
+        match second.s.conn.complete_io(&mut second.s.sock) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            r => break r,
+        }
+    };
+    match handshake {
+        Err(e) => assert!(
+            !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+            "not closed: {e}"
+        ),
+        Ok(_) => panic!("a handshake over the connection limit"),
+    }
+    assert_eq!(counter(&g, "imgate_refused_total"), 1);
+    first.send(msg(1, 2, b"still served"));
+    assert!(matches!(first.frame(), Frame::MsgA(_)));
+}
