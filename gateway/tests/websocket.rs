@@ -355,3 +355,68 @@ fn over_the_connection_limit_a_websocket_client_gets_a_503() {
         "{answer}"
     );
 }
+
+#[test]
+fn the_six_packets_and_offline_paging_over_websocket() {
+    use imgate_codec::frame::{AckR, SyncR};
+    let g = gw();
+    let mut a = WsClient::login(g.ws_addr(), 1, 1);
+    let mut b = WsClient::login(g.ws_addr(), 2, 1);
+    a.send(MsgR {
+        msg_id: 7,
+        group: 0,
+        to: 2,
+        retry: false,
+        body: Bytes::from_static(b"six packets"),
+    });
+    match a.frame() {
+        Frame::MsgA(m) => assert_eq!((m.msg_id, m.seq), (7, 1)),
+        other => panic!("expected msg:A, got {other:?}"),
+    }
+    match b.frame() {
+        Frame::MsgN(n) => assert_eq!((n.from, n.seq), (1, 1)),
+        other => panic!("expected msg:N, got {other:?}"),
+    }
+    b.send(AckR { group: 0, seq: 1 });
+    match b.frame() {
+        Frame::AckA(x) => assert_eq!(x.seq, 1),
+        other => panic!("expected ack:A, got {other:?}"),
+    }
+    match a.frame() {
+        Frame::AckN(x) => assert_eq!((x.peer, x.seq), (2, 1)),
+        other => panic!("expected ack:N, got {other:?}"),
+    }
+    // Five messages to a user who is offline, paged two at a time.
+    for i in 0..5 {
+        a.send(MsgR {
+            msg_id: 100 + i,
+            group: 0,
+            to: 3,
+            retry: false,
+            body: Bytes::from_static(b"later"),
+        });
+        assert!(matches!(a.frame(), Frame::MsgA(_)));
+    }
+    let mut c = WsClient::login(g.ws_addr(), 3, 1);
+    let (mut after, mut seen) = (0, Vec::new());
+    loop {
+        c.send(SyncR {
+            group: 0,
+            after,
+            limit: 2,
+        });
+        let page = match c.frame() {
+            Frame::SyncPage(p) => p,
+            other => panic!("expected a page, got {other:?}"),
+        };
+        assert_eq!(page.head, 5);
+        let seqs: Vec<u64> = page.entries().map(|e| e.seq).collect();
+        assert!(seqs.len() <= 2, "{seqs:?}");
+        let Some(&last) = seqs.last() else {
+            break;
+        };
+        after = last;
+        seen.extend(seqs);
+    }
+    assert_eq!(seen, vec![1, 2, 3, 4, 5]);
+}
