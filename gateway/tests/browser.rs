@@ -131,6 +131,67 @@ fn the_demo_page_chats_and_pulls_offline_messages_in_chromium() {
     demo.note("done");
 }
 
+/// The same page from an `https://` origin, so that it opens `wss://`:
+/// the gateway terminates TLS on its WebSocket listener, and Chromium
+/// trusts the test's certificate by its public key alone.
+#[test]
+fn the_demo_page_chats_over_tls_in_chromium() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let Some(binary) = Chromium::find() else {
+        return;
+    };
+    let t0 = Instant::now();
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("names")
+        .self_signed(&key)
+        .expect("certificate");
+    let dir = std::env::temp_dir().join(format!("imgate-browser-tls-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("dir");
+    fs::write(dir.join("cert.pem"), cert.pem()).expect("cert");
+    fs::write(dir.join("key.pem"), key.serialize_pem()).expect("key");
+    let gw = Gw::start(|c| {
+        c.ws_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.demo_path = Some("/demo".into());
+        c.heartbeat_ms = HEARTBEAT_MS;
+        c.tls_cert = Some(dir.join("cert.pem"));
+        c.tls_key = Some(dir.join("key.pem"));
+    });
+    let spki = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(
+        rcgen::PublicKeyData::subject_public_key_info(&key),
+    ));
+    let chromium = Chromium::launch_with(
+        &binary,
+        &[format!("--ignore-certificate-errors-spki-list={spki}")],
+    );
+    let mut demo = Demo {
+        cdp: chromium.connect(),
+        base: format!("https://{}/demo/", gw.ws_addr()),
+        tabs: Vec::new(),
+        t0,
+    };
+    let alice = demo.open("alice-tls", ALICE, 1, BOB);
+    let bob = demo.open("bob-tls", BOB, 1, ALICE);
+    demo.wait_online(alice);
+    demo.wait_online(bob);
+    demo.note("alice and bob online over wss");
+    demo.chat(alice, bob, "hello over tls");
+    demo.chat(bob, alice, "and back");
+    demo.note("chatted both ways over wss");
+    // Two page loads (the page, the module) and two WebSockets, at least.
+    let handshakes: u64 =
+        gw.0.as_ref()
+            .expect("running")
+            .metrics()
+            .cores
+            .iter()
+            .map(|c| c.tls_handshakes.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+    assert!(handshakes >= 4, "{handshakes} TLS handshakes");
+    let _ = fs::remove_dir_all(&dir);
+}
+
 /// Where a tab is in [`Demo::tabs`].
 type Tab = usize;
 

@@ -98,6 +98,11 @@ impl Chromium {
     /// Starts `binary` headless on a fresh profile and waits until its
     /// DevTools endpoint is announced in `DevToolsActivePort`.
     pub(crate) fn launch(binary: &Path) -> Chromium {
+        Chromium::launch_with(binary, &[])
+    }
+
+    /// [`Chromium::launch`] with more command-line flags.
+    pub(crate) fn launch_with(binary: &Path, extra: &[String]) -> Chromium {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let dir = env::temp_dir().join(format!("imgate-chromium-{}-{seq}", std::process::id()));
@@ -126,6 +131,7 @@ impl Chromium {
             "--remote-debugging-port=0",
             "--window-size=900,700",
         ])
+        .args(extra)
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg("about:blank")
         .stdin(Stdio::null())
