@@ -7,7 +7,8 @@
 //! `sending` → `stored` → `delivered` → `read`. B: a user who was offline
 //! opens the page and is shown what was sent to her meanwhile, each message
 //! once and in order. The pages run on a 500 ms heartbeat and must stay
-//! online, with nothing in their logs, to the end.
+//! online, with nothing in their logs, to the end. Over TLS: A again, from
+//! an `https://` page over `wss://`.
 //!
 //! Needs Chromium (see `common/cdp.rs` for where it is looked for); without
 //! one the test is skipped, except under `CI=true`, where it fails. A
