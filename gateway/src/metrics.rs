@@ -226,12 +226,7 @@ impl Metrics {
             }),
         ];
         for (name, help, get) in per_core {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            family_header(&mut s, name, help);
             for (i, c) in self.cores.iter().enumerate() {
                 let _ = writeln!(s, "{name}{{core=\"{i}\"}} {}", get(c));
             }
@@ -305,12 +300,7 @@ impl Metrics {
             ),
         ];
         for (name, help, get) in families {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            family_header(s, name, help);
             for (i, t) in TRANSPORTS.iter().enumerate() {
                 let v: u64 = self
                     .cores
@@ -322,6 +312,17 @@ impl Metrics {
             }
         }
     }
+}
+
+/// A metric family's HELP and TYPE lines; a name ending in `_total` is a
+/// counter, any other a gauge.
+fn family_header(s: &mut String, name: &str, help: &str) {
+    let kind = if name.ends_with("_total") {
+        "counter"
+    } else {
+        "gauge"
+    };
+    let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 pub use crate::process::{cpu_seconds, process_stats};

@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use common::{Gw, token};
 use imgate_codec::{
     Decoder, Frame, KickReason,
-    frame::{AckR, Login, MsgR, SyncR},
+    frame::{Login, MsgR},
     ws,
 };
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
@@ -227,27 +227,14 @@ impl Client {
     }
 }
 
-/// The sum over cores of a counter on the metrics endpoint.
-fn counter(g: &Gw, name: &str) -> u64 {
-    let mut s = TcpStream::connect(g.metrics_addr()).expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-        .expect("write");
-    let mut text = String::new();
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    loop {
-        match s.read_to_string(&mut text) {
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            r => {
-                r.expect("metrics");
-                break;
-            }
-        }
+impl common::FrameClient for Client {
+    fn send_frame(&mut self, f: Frame) {
+        self.send(f);
     }
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+
+    fn next_frame(&mut self) -> Frame {
+        self.frame()
+    }
 }
 
 fn msg(msg_id: u64, to: u64, body: &'static [u8]) -> MsgR {
@@ -266,26 +253,7 @@ fn the_six_packets_over_tls_and_over_websocket_on_tls() {
     let g = gw(&cert);
     let mut a = Client::login(&cert, g.addr(), 1, 1);
     let mut b = Client::login_on(Client::connect_ws(&cert, g.ws_addr()), 2, 1);
-    // msg:R → msg:A to the sender, msg:N to the receiver.
-    a.send(msg(10, 2, b"over tls"));
-    match a.frame() {
-        Frame::MsgA(m) => assert_eq!((m.msg_id, m.seq), (10, 1)),
-        other => panic!("expected msg:A, got {other:?}"),
-    }
-    match b.frame() {
-        Frame::MsgN(n) => assert_eq!((n.from, n.seq, &n.body[..]), (1, 1, &b"over tls"[..])),
-        other => panic!("expected msg:N, got {other:?}"),
-    }
-    // ack:R → ack:A to the receiver, ack:N to the sender.
-    b.send(AckR { group: 0, seq: 1 });
-    match b.frame() {
-        Frame::AckA(x) => assert_eq!(x.seq, 1),
-        other => panic!("expected ack:A, got {other:?}"),
-    }
-    match a.frame() {
-        Frame::AckN(x) => assert_eq!((x.peer, x.seq), (2, 1)),
-        other => panic!("expected ack:N, got {other:?}"),
-    }
+    common::six_packets(&mut a, &mut b, b"over tls");
     // A body that takes several TLS records, the other way.
     let big = Bytes::from(vec![b'y'; 40_000]);
     b.send(MsgR {
@@ -300,16 +268,16 @@ fn the_six_packets_over_tls_and_over_websocket_on_tls() {
         Frame::MsgN(n) => assert_eq!(n.body, big),
         other => panic!("expected msg:N, got {other:?}"),
     }
-    assert_eq!(counter(&g, "imgate_tls_handshakes_total"), 2);
-    assert_eq!(counter(&g, "imgate_ws_upgrades_total"), 1);
+    assert_eq!(g.counter("imgate_tls_handshakes_total"), 2);
+    assert_eq!(g.counter("imgate_ws_upgrades_total"), 1);
     // Labelled by transport: one login over TLS, one over WebSocket on TLS.
     for (t, n) in [("tcp", 0), ("ws", 0), ("tls", 1), ("wss", 1)] {
         let name = format!("imgate_transport_logins_total{{transport=\"{t}\"}}");
-        assert_eq!(counter(&g, &name), n, "{name}");
+        assert_eq!(g.counter(&name), n, "{name}");
     }
     // The 40 kB body went in over wss and out over tls.
-    assert!(counter(&g, "imgate_transport_bytes_in_total{transport=\"wss\"}") > 40_000);
-    assert!(counter(&g, "imgate_transport_bytes_out_total{transport=\"tls\"}") > 40_000);
+    assert!(g.counter("imgate_transport_bytes_in_total{transport=\"wss\"}") > 40_000);
+    assert!(g.counter("imgate_transport_bytes_out_total{transport=\"tls\"}") > 40_000);
 }
 
 #[test]
@@ -322,31 +290,7 @@ fn offline_messages_are_paged_over_tls() {
         assert!(matches!(a.frame(), Frame::MsgA(_)));
     }
     let mut c = Client::login(&cert, g.addr(), 3, 1);
-    let mut after = 0;
-    let mut seen = Vec::new();
-    loop {
-        c.send(SyncR {
-            group: 0,
-            after,
-            limit: 2,
-        });
-        let page = loop {
-            match c.frame() {
-                Frame::SyncPage(p) => break p,
-                // Pushes of the stored messages may arrive first.
-                Frame::MsgN(_) => {}
-                other => panic!("expected a page, got {other:?}"),
-            }
-        };
-        assert_eq!(page.head, 5);
-        let seqs: Vec<u64> = page.entries().map(|e| e.seq).collect();
-        assert!(seqs.len() <= 2, "the page size is kept: {seqs:?}");
-        if seqs.is_empty() {
-            break;
-        }
-        after = *seqs.last().expect("a seq");
-        seen.extend(seqs);
-    }
+    let seen = common::page_through(&mut c, 2, 5);
     assert_eq!(seen, vec![1, 2, 3, 4, 5]);
 }
 
@@ -416,7 +360,7 @@ fn a_clear_text_client_is_refused_and_others_are_unharmed() {
         // At most a TLS alert record (content type 21), never a frame.
         assert!(got.is_empty() || got[0] == 21, "got {got:?}");
     }
-    assert_eq!(counter(&g, "imgate_tls_failures_total"), 2);
+    assert_eq!(g.counter("imgate_tls_failures_total"), 2);
     good.send(msg(1, 2, b"still here"));
     assert!(matches!(good.frame(), Frame::MsgA(_)));
 }
@@ -529,7 +473,7 @@ fn a_slow_reader_over_tls_is_kicked_at_the_outbound_limit() {
     let sent = sending.join().expect("sender");
     assert!((got.len() as u64) < sent, "the backlog was dropped");
     assert_eq!(
-        counter(&g, "imgate_transport_kicks_total{transport=\"tls\"}"),
+        g.counter("imgate_transport_kicks_total{transport=\"tls\"}"),
         1
     );
 }
@@ -600,7 +544,7 @@ fn over_the_connection_limit_a_tls_client_is_closed_without_a_frame() {
         ),
         Ok(_) => panic!("a handshake over the connection limit"),
     }
-    assert_eq!(counter(&g, "imgate_refused_total"), 1);
+    assert_eq!(g.counter("imgate_refused_total"), 1);
     first.send(msg(1, 2, b"still served"));
     assert!(matches!(first.frame(), Frame::MsgA(_)));
 }

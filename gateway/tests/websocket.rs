@@ -150,6 +150,16 @@ impl WsClient {
     }
 }
 
+impl common::FrameClient for WsClient {
+    fn send_frame(&mut self, f: Frame) {
+        self.send(f);
+    }
+
+    fn next_frame(&mut self) -> Frame {
+        self.frame()
+    }
+}
+
 /// Reads what arrives before `deadline`: Ok(true) some bytes (or none,
 /// after a signal), Ok(false) closed, Err on timeout.
 fn read_some(s: &mut TcpStream, buf: &mut BytesMut, deadline: Instant) -> Result<bool, ()> {
@@ -170,18 +180,6 @@ fn read_some(s: &mut TcpStream, buf: &mut BytesMut, deadline: Instant) -> Result
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Err(()),
         Err(_) => Ok(false),
     }
-}
-
-/// The sum over cores of a counter on the metrics endpoint.
-fn counter(g: &Gw, name: &str) -> u64 {
-    let mut s = TcpStream::connect(g.metrics_addr()).expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-        .expect("write");
-    read_to_close(&mut s)
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 /// Everything the server sends until it closes (bounded by 5 s).
@@ -233,10 +231,10 @@ fn a_websocket_client_and_a_tcp_client_chat() {
         Frame::MsgN(n) => assert_eq!((n.from, &n.body[..]), (2, &big[..])),
         other => panic!("expected msg:N, got {other:?}"),
     }
-    assert_eq!(counter(&g, "imgate_ws_upgrades_total"), 1);
+    assert_eq!(g.counter("imgate_ws_upgrades_total"), 1);
     for (t, n) in [("tcp", 1), ("ws", 1), ("tls", 0), ("wss", 0)] {
         let name = format!("imgate_transport_connections{{transport=\"{t}\"}}");
-        assert_eq!(counter(&g, &name), n, "{name}");
+        assert_eq!(g.counter(&name), n, "{name}");
     }
 }
 
@@ -318,8 +316,8 @@ fn bad_upgrades_get_an_http_error_with_a_json_body() {
     let _ = s.write_all(&req);
     let answer = read_to_close(&mut s);
     assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
-    assert_eq!(counter(&g, "imgate_ws_refused_total"), 4);
-    assert_eq!(counter(&g, "imgate_ws_upgrades_total"), 0);
+    assert_eq!(g.counter("imgate_ws_refused_total"), 4);
+    assert_eq!(g.counter("imgate_ws_upgrades_total"), 0);
 }
 
 #[test]
@@ -358,34 +356,10 @@ fn over_the_connection_limit_a_websocket_client_gets_a_503() {
 
 #[test]
 fn the_six_packets_and_offline_paging_over_websocket() {
-    use imgate_codec::frame::{AckR, SyncR};
     let g = gw();
     let mut a = WsClient::login(g.ws_addr(), 1, 1);
     let mut b = WsClient::login(g.ws_addr(), 2, 1);
-    a.send(MsgR {
-        msg_id: 7,
-        group: 0,
-        to: 2,
-        retry: false,
-        body: Bytes::from_static(b"six packets"),
-    });
-    match a.frame() {
-        Frame::MsgA(m) => assert_eq!((m.msg_id, m.seq), (7, 1)),
-        other => panic!("expected msg:A, got {other:?}"),
-    }
-    match b.frame() {
-        Frame::MsgN(n) => assert_eq!((n.from, n.seq), (1, 1)),
-        other => panic!("expected msg:N, got {other:?}"),
-    }
-    b.send(AckR { group: 0, seq: 1 });
-    match b.frame() {
-        Frame::AckA(x) => assert_eq!(x.seq, 1),
-        other => panic!("expected ack:A, got {other:?}"),
-    }
-    match a.frame() {
-        Frame::AckN(x) => assert_eq!((x.peer, x.seq), (2, 1)),
-        other => panic!("expected ack:N, got {other:?}"),
-    }
+    common::six_packets(&mut a, &mut b, b"six packets");
     // Five messages to a user who is offline, paged two at a time.
     for i in 0..5 {
         a.send(MsgR {
@@ -398,25 +372,5 @@ fn the_six_packets_and_offline_paging_over_websocket() {
         assert!(matches!(a.frame(), Frame::MsgA(_)));
     }
     let mut c = WsClient::login(g.ws_addr(), 3, 1);
-    let (mut after, mut seen) = (0, Vec::new());
-    loop {
-        c.send(SyncR {
-            group: 0,
-            after,
-            limit: 2,
-        });
-        let page = match c.frame() {
-            Frame::SyncPage(p) => p,
-            other => panic!("expected a page, got {other:?}"),
-        };
-        assert_eq!(page.head, 5);
-        let seqs: Vec<u64> = page.entries().map(|e| e.seq).collect();
-        assert!(seqs.len() <= 2, "{seqs:?}");
-        let Some(&last) = seqs.last() else {
-            break;
-        };
-        after = last;
-        seen.extend(seqs);
-    }
-    assert_eq!(seen, vec![1, 2, 3, 4, 5]);
+    assert_eq!(common::page_through(&mut c, 2, 5), vec![1, 2, 3, 4, 5]);
 }

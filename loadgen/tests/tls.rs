@@ -120,18 +120,11 @@ fn the_certificate_is_checked_against_the_name() {
     assert!(r.passed(), "{:?}", r.failures);
     assert_eq!(r.connections.handshake.count, 4);
     // One it does not.
-    let e = loadgen(
+    handshake_fails(
         gw.addr(),
-        &format!(
-            "idle -n 2 --hold 200ms --connect-retries 0 {} --tls-server-name gw.example",
-            cert.flags()
-        ),
-    )
-    .expect_err("the name is not on the certificate");
-    match e {
-        RunError::Failed(m) => assert!(m.contains("TLS handshake failed"), "{m}"),
-        other => panic!("{other:?}"),
-    }
+        &format!("{} --tls-server-name gw.example", cert.flags()),
+        "the name is not on the certificate",
+    );
     gw.shutdown();
 }
 
@@ -140,21 +133,8 @@ fn a_certificate_not_trusted_fails_the_connections_unless_insecure() {
     let cert = Cert::new("theirs");
     let other = Cert::new("other");
     let gw = gateway(&cert);
-    let e = loadgen(
-        gw.addr(),
-        &format!(
-            "idle -n 2 --hold 200ms --connect-retries 0 {}",
-            other.flags()
-        ),
-    )
-    .expect_err("not trusted");
-    match e {
-        RunError::Failed(m) => {
-            assert!(m.contains("TLS handshake failed"), "{m}");
-            assert!(m.contains("certificate"), "{m}");
-        }
-        other => panic!("{other:?}"),
-    }
+    let m = handshake_fails(gw.addr(), &other.flags(), "not trusted");
+    assert!(m.contains("certificate"), "{m}");
     // --tls-insecure takes it, on both transports.
     for (addr, transport) in [
         (gw.addr(), "tcp"),
@@ -183,19 +163,25 @@ fn tls_and_clear_text_are_not_confused() {
     gw.shutdown();
     // TLS against a clear-text listener: the handshake fails.
     let gw = common::relay();
-    let e = loadgen(
-        gw.addr(),
-        &format!(
-            "idle -n 2 --hold 200ms --connect-retries 0 {}",
-            cert.flags()
-        ),
-    )
-    .expect_err("no TLS there");
-    match e {
-        RunError::Failed(m) => assert!(m.contains("TLS handshake failed"), "{m}"),
-        other => panic!("{other:?}"),
-    }
+    handshake_fails(gw.addr(), &cert.flags(), "no TLS there");
     gw.shutdown();
+}
+
+/// Two idle connections with `flags` whose TLS handshakes must fail;
+/// returns the run's failure.
+fn handshake_fails(addr: std::net::SocketAddr, flags: &str, why: &str) -> String {
+    let e = loadgen(
+        addr,
+        &format!("idle -n 2 --hold 200ms --connect-retries 0 {flags}"),
+    )
+    .expect_err(why);
+    match e {
+        RunError::Failed(m) => {
+            assert!(m.contains("TLS handshake failed"), "{why}: {m}");
+            m
+        }
+        other => panic!("{why}: {other:?}"),
+    }
 }
 
 #[test]

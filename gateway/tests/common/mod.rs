@@ -125,6 +125,90 @@ impl Gw {
     }
 }
 
+impl Gw {
+    /// The sum of a metric's lines on the metrics endpoint whose name and
+    /// labels start with `name`.
+    pub fn counter(&self, name: &str) -> u64 {
+        let (status, text) =
+            imgate::http::request(self.metrics_addr(), "GET", "/metrics", None).expect("metrics");
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+}
+
+/// A client of any transport, for flows every transport must carry alike.
+pub trait FrameClient {
+    fn send_frame(&mut self, f: Frame);
+    /// The next frame; panics on a close or a timeout.
+    fn next_frame(&mut self) -> Frame;
+}
+
+/// The six packets between `a` (user 1) and `b` (user 2): msg:R, msg:A,
+/// msg:N, ack:R, ack:A, ack:N, with `body`.
+pub fn six_packets(a: &mut impl FrameClient, b: &mut impl FrameClient, body: &'static [u8]) {
+    use imgate_codec::frame::{AckR, MsgR};
+    a.send_frame(
+        MsgR {
+            msg_id: 10,
+            group: 0,
+            to: 2,
+            retry: false,
+            body: Bytes::from_static(body),
+        }
+        .into(),
+    );
+    match a.next_frame() {
+        Frame::MsgA(m) => assert_eq!((m.msg_id, m.seq), (10, 1)),
+        other => panic!("expected msg:A, got {other:?}"),
+    }
+    match b.next_frame() {
+        Frame::MsgN(n) => assert_eq!((n.from, n.seq, &n.body[..]), (1, 1, body)),
+        other => panic!("expected msg:N, got {other:?}"),
+    }
+    b.send_frame(AckR { group: 0, seq: 1 }.into());
+    match b.next_frame() {
+        Frame::AckA(x) => assert_eq!(x.seq, 1),
+        other => panic!("expected ack:A, got {other:?}"),
+    }
+    match a.next_frame() {
+        Frame::AckN(x) => assert_eq!((x.peer, x.seq), (2, 1)),
+        other => panic!("expected ack:N, got {other:?}"),
+    }
+}
+
+/// Pages `c`'s inbox from the start, `limit` entries a page, until a page
+/// comes back empty; checks every page's head is `head` and returns the
+/// sequence ids seen.
+pub fn page_through(c: &mut impl FrameClient, limit: u16, head: u64) -> Vec<u64> {
+    use imgate_codec::frame::SyncR;
+    let (mut after, mut seen) = (0, Vec::new());
+    loop {
+        c.send_frame(
+            SyncR {
+                group: 0,
+                after,
+                limit,
+            }
+            .into(),
+        );
+        let page = match c.next_frame() {
+            Frame::SyncPage(p) => p,
+            other => panic!("expected a page, got {other:?}"),
+        };
+        assert_eq!(page.head, head);
+        let seqs: Vec<u64> = page.entries().map(|e| e.seq).collect();
+        assert!(seqs.len() <= usize::from(limit), "{seqs:?}");
+        let Some(&last) = seqs.last() else {
+            return seen;
+        };
+        after = last;
+        seen.extend(seqs);
+    }
+}
+
 impl Drop for Gw {
     fn drop(&mut self) {
         if let Some(r) = self.0.take() {
