@@ -32,7 +32,7 @@ use crate::{
     dispatch, sock, tls,
 };
 
-/// A TLS connection's rustls state; `None` on a clear-text listener.
+/// A TLS connection's state; `None` on a clear-text listener.
 type Tls = Option<Box<tls::TlsConn>>;
 
 /// The frame decoders of one connection: before login, the first frame can
@@ -192,14 +192,14 @@ fn send_now(core: &Core, conn: &Conn, stream: &TcpStream, tls: &mut Tls) -> Resu
     finish_send(core, conn)
 }
 
-/// Most plaintext encrypted in one go: the ciphertext rustls holds for a
-/// connection is at most about this much.
+/// Most plaintext encrypted in one go: the ciphertext a TLS connection
+/// holds waiting for the socket is at most about this much.
 const TLS_BATCH: usize = 64 * 1024;
 
-/// [`send_now`] over TLS: writes rustls's pending ciphertext, then
-/// encrypts the next batch of the queue and writes that, until the queue
-/// is empty or the socket full. Nothing is encrypted before the handshake
-/// is done.
+/// [`send_now`] over TLS: writes the pending ciphertext (handshake
+/// flights, the last batch), then encrypts the next batch of the queue and
+/// writes that, until the queue is empty or the socket full. Nothing is
+/// encrypted before the handshake is done.
 fn send_now_tls(
     core: &Core,
     conn: &Conn,
@@ -547,8 +547,9 @@ fn recv_once(
     Ok((data, false))
 }
 
-/// [`sock::recv`] over TLS: reads ciphertext into rustls and the
-/// plaintext into `buf`, with `recv`'s results (0: the peer closed;
+/// [`sock::recv`] over TLS: reads ciphertext into the core's block and
+/// appends the plaintext of its whole records to `buf`, with `recv`'s
+/// results (0: the peer closed;
 /// `WouldBlock`: no plaintext this time, perhaps only handshake records).
 /// A client that does not speak TLS gets rustls's alert, then the end.
 fn recv_tls(
