@@ -33,6 +33,10 @@ pub enum TokenError {
     /// The user id is 0, which names no user.
     #[error("user id 0 names no user")]
     NoUser,
+    /// A claim the server checks is not as required: a JWT's issuer or
+    /// audience, or a `nbf` still in the future.
+    #[error("token claims not accepted (issuer, audience or not yet valid)")]
+    Claims,
 }
 
 /// A token secret, keyed once: mints and checks tokens.

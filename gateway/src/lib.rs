@@ -28,6 +28,7 @@ mod core;
 pub mod delivery;
 mod dispatch;
 pub mod http;
+pub mod jwt;
 mod listener;
 pub mod mailbox;
 pub mod metrics;

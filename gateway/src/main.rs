@@ -235,6 +235,18 @@ serve_args! {
     shutdown_timeout_ms: u64, "IMGATE_SHUTDOWN_TIMEOUT_MS";
     /// Secret for HMAC-SHA256 login tokens.
     secret: String, "IMGATE_SECRET";
+    /// Accept JWT login tokens signed HS256 with this secret [default: off].
+    jwt_secret: String, "IMGATE_JWT_SECRET";
+    /// Accept JWT login tokens signed with this PEM public key's private key: RSA for RS256, EC P-256 for ES256 [default: off].
+    jwt_public_key: PathBuf, "IMGATE_JWT_PUBLIC_KEY";
+    /// JWTs must carry this iss [default: any].
+    jwt_issuer: String, "IMGATE_JWT_ISSUER";
+    /// JWTs must carry this aud [default: any].
+    jwt_audience: String, "IMGATE_JWT_AUDIENCE";
+    /// The JWT claim that names the device [default: device].
+    jwt_device_claim: String, "IMGATE_JWT_DEVICE_CLAIM";
+    /// Clock skew allowed on a JWT's exp and nbf, s [default: 30].
+    jwt_leeway_s: u64, "IMGATE_JWT_LEEWAY_S";
     /// Backend: embedded (reliable delivery on the embedded store), cluster (on NATS JetStream, see --cluster-*) or relay (online only, nothing stored) [default: embedded].
     backend: BackendKind, "IMGATE_BACKEND";
     /// Data directory of the default backend [default: ./imgate-data].
@@ -358,7 +370,11 @@ fn serve(cfg: Config) -> ExitCode {
         Ok(b) => b,
         Err(e) => return usage_error(&e.to_string()),
     };
-    let verifier = Arc::new(HmacVerifier::new(cfg.secret.as_bytes()));
+    let jwt = match imgate::jwt::JwtVerifier::new(&cfg.jwt()) {
+        Ok(j) => j,
+        Err(e) => return usage_error(&e.to_string()),
+    };
+    let verifier = Arc::new(imgate::jwt::Tokens::new(cfg.secret.as_bytes(), jwt));
     let running = match server::start(cfg, backend, verifier) {
         Ok(r) => r,
         Err(e) => return usage_error(&e.to_string()),

@@ -47,6 +47,12 @@ fn help_lists_every_option() {
         "--demo-path",
         "--tls-cert",
         "--tls-key",
+        "--jwt-secret",
+        "--jwt-public-key",
+        "--jwt-issuer",
+        "--jwt-audience",
+        "--jwt-device-claim",
+        "--jwt-leeway-s",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}");
     }
@@ -114,6 +120,28 @@ fn bad_flags_and_configs_exit_2_with_one_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("tls_cert") && err.contains("missing-cert.pem"),
+        "{err}"
+    );
+
+    // A JWT public key that is not there.
+    let out = imgate()
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--no-metrics",
+            "--durability",
+            "memory",
+        ])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--jwt-public-key")
+        .arg(dir.join("missing-jwt.pem"))
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("jwt_public_key") && err.contains("missing-jwt.pem"),
         "{err}"
     );
     let _ = std::fs::remove_dir_all(dir);

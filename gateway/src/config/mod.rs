@@ -151,6 +151,18 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
     /// Secret for HMAC login tokens.
     pub secret: String,
+    /// JWT login tokens: HS256 secret; empty, the default, for none.
+    pub jwt_secret: String,
+    /// JWT login tokens: PEM public key (RSA: RS256, EC P-256: ES256).
+    pub jwt_public_key: Option<PathBuf>,
+    /// JWT login tokens: the `iss` required, if any.
+    pub jwt_issuer: Option<String>,
+    /// JWT login tokens: the `aud` required, if any.
+    pub jwt_audience: Option<String>,
+    /// JWT login tokens: the claim that names the device.
+    pub jwt_device_claim: String,
+    /// JWT login tokens: clock skew allowed on `exp` and `nbf`, seconds.
+    pub jwt_leeway_s: u64,
     /// The backend.
     pub backend: BackendKind,
     /// Directory of the default backend's store.
@@ -215,6 +227,12 @@ impl Default for Config {
             purge_interval_ms: 250,
             shutdown_timeout_ms: 10_000,
             secret: DEV_SECRET.to_string(),
+            jwt_secret: String::new(),
+            jwt_public_key: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_device_claim: "device".into(),
+            jwt_leeway_s: 30,
             backend: BackendKind::Embedded,
             data_dir: PathBuf::from("./imgate-data"),
             durability: Durability::Fsync,
@@ -322,6 +340,12 @@ impl Config {
                 return invalid("demo_path", "must differ from ws_path");
             }
         }
+        if self.jwt_device_claim.is_empty() {
+            return invalid("jwt_device_claim", "must not be empty");
+        }
+        if self.jwt_leeway_s > 3600 {
+            return invalid("jwt_leeway_s", "must be at most 3600");
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             let which = if self.tls_cert.is_some() {
                 "tls_key"
@@ -393,6 +417,18 @@ impl Config {
         Ok(())
     }
 
+    /// The JWT settings.
+    pub fn jwt(&self) -> crate::jwt::JwtSettings {
+        crate::jwt::JwtSettings {
+            secret: self.jwt_secret.clone(),
+            public_key: self.jwt_public_key.clone(),
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            device_claim: self.jwt_device_claim.clone(),
+            leeway_s: self.jwt_leeway_s,
+        }
+    }
+
     /// Worker count, with 0 resolved to the number of CPUs.
     pub fn worker_count(&self) -> usize {
         if self.workers > 0 {
@@ -448,6 +484,8 @@ mod tests {
             ("push_timeout_ms", Box::new(|c| c.push_timeout_ms = 0)),
             ("ws_path", Box::new(|c| c.ws_path = "ws".into())),
             ("ws_handshake_max", Box::new(|c| c.ws_handshake_max = 100)),
+            ("jwt_device_claim", Box::new(|c| c.jwt_device_claim.clear())),
+            ("jwt_leeway_s", Box::new(|c| c.jwt_leeway_s = 7200)),
             (
                 "demo_path",
                 Box::new(|c| c.demo_path = Some("/demo/".into())),
