@@ -1,19 +1,36 @@
-//! Counters, and their Prometheus text for the `/metrics` endpoint
-//! (served by [`crate::http`]).
+//! The gateway's metrics, and their Prometheus text for the `/metrics`
+//! endpoint (served by [`crate::http`]).
 //!
-//! Each core owns one [`CoreMetrics`] and is its only writer (relaxed
-//! atomics on a cache line of their own: no contention, no locks); the HTTP
-//! thread reads them all when scraped.
+//! Counting stays where it is cheapest: each core owns one [`CoreMetrics`]
+//! and is its only writer (relaxed atomics on cache lines of their own: no
+//! contention, no locks on the data path). The client library,
+//! `prometheus-client`, only formats: at scrape time its collectors read
+//! those atomics (module `cores`), the process's own figures (module
+//! `process`) and the backend's report ([`BackendReport`]), and it writes
+//! the text. The backend's latency and batch-size histograms
+//! ([`BackendHistograms`]) are observed on the backend's single thread,
+//! never on a core.
 
-use std::{
-    fmt::Write as _,
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
-    },
+mod cores;
+mod encode;
+mod histograms;
+mod process;
+
+use std::sync::{
+    Arc, OnceLock,
+    atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
 };
 
 use imgate_codec::KickReason;
+use prometheus_client::{encoding::prometheus_text, registry::Registry};
+
+pub use encode::{counter, gauge, labelled};
+pub use histograms::BackendHistograms;
+pub use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
+
+/// The `Content-Type` of [`Metrics::render`]'s text: the Prometheus text
+/// format, version 0.0.4 (no OpenMetrics `# EOF`).
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Kick reasons with a counter, in label order.
 pub const KICK_REASONS: &[KickReason] = KickReason::ALL;
@@ -95,24 +112,24 @@ impl CoreMetrics {
     }
 }
 
-/// A per-core metric: name, help, reader.
-type PerCore = (&'static str, &'static str, fn(&CoreMetrics) -> u64);
-
-/// Every core's counters plus gateway-wide gauges.
+/// Every core's counters, the gateway-wide gauges, the backend's
+/// histograms, and the registry that reads them all when scraped.
 #[derive(Debug)]
 pub struct Metrics {
     /// Per core.
-    pub cores: Vec<CoreMetrics>,
+    pub cores: Arc<[CoreMetrics]>,
     /// Batches waiting for the backend.
-    pub backend_queue: AtomicI64,
+    pub backend_queue: Arc<AtomicI64>,
     /// What the backend reports of itself, once it started.
-    pub backend: OnceLock<Arc<dyn BackendReport>>,
+    pub backend: Arc<OnceLock<Arc<dyn BackendReport>>>,
+    /// Observed by the backend's thread.
+    pub histograms: BackendHistograms,
+    registry: Registry,
 }
 
-/// A backend's own metrics and health, for the operator's endpoint.
-pub trait BackendReport: Send + Sync + std::fmt::Debug {
-    /// Appends the backend's metrics in the Prometheus text format.
-    fn render(&self, out: &mut String);
+/// A backend's own metrics and health, for the operator's endpoint. Its
+/// [`Collector::encode`] adds the backend's families to every scrape.
+pub trait BackendReport: Collector {
     /// Whether the backend can serve, and if not why.
     fn health(&self) -> Result<(), String>;
     /// A user's sessions on every node, as JSON objects, when the backend
@@ -123,13 +140,40 @@ pub trait BackendReport: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// The backend's report, once there is one.
+#[derive(Debug)]
+struct BackendCollector(Arc<OnceLock<Arc<dyn BackendReport>>>);
+
+impl Collector for BackendCollector {
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        match self.0.get() {
+            Some(b) => b.encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Metrics {
     /// Counters for `cores` cores.
     pub fn new(cores: usize) -> Metrics {
+        let cores: Arc<[CoreMetrics]> = (0..cores).map(|_| CoreMetrics::default()).collect();
+        let backend_queue = Arc::new(AtomicI64::new(0));
+        let backend = Arc::new(OnceLock::new());
+        let histograms = BackendHistograms::default();
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(cores::CoreCollector {
+            cores: cores.clone(),
+            backend_queue: backend_queue.clone(),
+        }));
+        registry.register_collector(Box::new(process::ProcessCollector));
+        registry.register_collector(Box::new(histograms.clone()));
+        registry.register_collector(Box::new(BackendCollector(backend.clone())));
         Metrics {
-            cores: (0..cores).map(|_| CoreMetrics::default()).collect(),
-            backend_queue: AtomicI64::new(0),
-            backend: OnceLock::new(),
+            cores,
+            backend_queue,
+            backend,
+            histograms,
+            registry,
         }
     }
 
@@ -140,12 +184,7 @@ impl Metrics {
 
     /// Total kicks for `reason`.
     pub fn kicks(&self, reason: KickReason) -> u64 {
-        let i = usize::from(reason.to_wire()).saturating_sub(1);
-        self.cores
-            .iter()
-            .filter_map(|c| c.kicks.get(i))
-            .map(|k| k.load(Relaxed))
-            .sum()
+        cores::kicks(&self.cores, reason)
     }
 
     /// Whether the backend can serve (see [`BackendReport::health`]).
@@ -153,176 +192,190 @@ impl Metrics {
         self.backend.get().map_or(Ok(()), |b| b.health())
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition ([`CONTENT_TYPE`]); empty, and the
+    /// failure logged, if a collector failed.
     pub fn render(&self) -> String {
-        let mut s = String::with_capacity(4096);
-        let per_core: &[PerCore] = &[
-            ("imgate_connections", "Open connections.", |c| {
-                c.connections.load(Relaxed).max(0) as u64
-            }),
-            ("imgate_accepted_total", "Connections accepted.", |c| {
-                c.accepted.load(Relaxed)
-            }),
-            (
-                "imgate_refused_total",
-                "Connections refused at the limit.",
-                |c| c.refused.load(Relaxed),
-            ),
-            ("imgate_logins_total", "Successful logins.", |c| {
-                c.logins.load(Relaxed)
-            }),
-            ("imgate_login_failures_total", "Failed logins.", |c| {
-                c.login_failures.load(Relaxed)
-            }),
-            ("imgate_frames_in_total", "Frames received.", |c| {
-                c.frames_in.load(Relaxed)
-            }),
-            ("imgate_bytes_in_total", "Bytes received.", |c| {
-                c.bytes_in.load(Relaxed)
-            }),
-            (
-                "imgate_frames_out_total",
-                "Frames queued to clients.",
-                |c| c.frames_out.load(Relaxed),
-            ),
-            ("imgate_bytes_out_total", "Bytes written to clients.", |c| {
-                c.bytes_out.load(Relaxed)
-            }),
-            ("imgate_protocol_errors_total", "Protocol errors.", |c| {
-                c.protocol_errors.load(Relaxed)
-            }),
-            (
-                "imgate_ws_upgrades_total",
-                "WebSocket upgrades accepted.",
-                |c| c.ws_upgrades.load(Relaxed),
-            ),
-            (
-                "imgate_ws_refused_total",
-                "WebSocket upgrades refused, and WebSocket connections closed for a bad frame or a text message.",
-                |c| c.ws_refused.load(Relaxed),
-            ),
-            (
-                "imgate_demo_served_total",
-                "Demo page and browser client responses.",
-                |c| c.demo_served.load(Relaxed),
-            ),
-            (
-                "imgate_tls_handshakes_total",
-                "TLS handshakes completed.",
-                |c| c.tls_handshakes.load(Relaxed),
-            ),
-            (
-                "imgate_tls_failures_total",
-                "TLS connections ended for bad TLS (failed handshake, bad record).",
-                |c| c.tls_failures.load(Relaxed),
-            ),
-            (
-                "imgate_overloaded_total",
-                "Requests refused: backend queue full.",
-                |c| c.overloaded.load(Relaxed),
-            ),
-            ("imgate_push_retransmits_total", "Pushes re-sent.", |c| {
-                c.push_retransmits.load(Relaxed)
-            }),
-        ];
-        for (name, help, get) in per_core {
-            family_header(&mut s, name, help);
-            for (i, c) in self.cores.iter().enumerate() {
-                let _ = writeln!(s, "{name}{{core=\"{i}\"}} {}", get(c));
-            }
-        }
-        let _ = writeln!(
-            s,
-            "# HELP imgate_kicks_total Connections kicked, by reason.\n# TYPE imgate_kicks_total counter"
-        );
-        for &r in KICK_REASONS {
-            let _ = writeln!(s, "imgate_kicks_total{{reason=\"{r}\"}} {}", self.kicks(r));
-        }
-        let _ = writeln!(
-            s,
-            "# HELP imgate_backend_queue_batches Batches waiting for the backend.\n# TYPE imgate_backend_queue_batches gauge\nimgate_backend_queue_batches {}",
-            self.backend_queue.load(Relaxed).max(0)
-        );
-        let (rss, fds) = process_stats();
-        let _ = writeln!(
-            s,
-            "# HELP process_resident_memory_bytes Resident memory.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}"
-        );
-        let _ = writeln!(
-            s,
-            "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {fds}"
-        );
-        let _ = writeln!(
-            s,
-            "# HELP process_cpu_seconds_total CPU time used.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {:.3}",
-            cpu_seconds()
-        );
-        self.render_transports(&mut s);
-        if let Some(b) = self.backend.get() {
-            b.render(&mut s);
-        }
-        s
+        self.try_render().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot encode the metrics");
+            String::new()
+        })
     }
 
-    /// The per-transport counters, summed over cores.
-    fn render_transports(&self, s: &mut String) {
-        type Get = fn(&TransportMetrics) -> u64;
-        let families: [(&str, &str, Get); 6] = [
-            (
-                "imgate_transport_connections",
-                "Open connections, by transport.",
-                |t| t.connections.load(Relaxed).max(0) as u64,
-            ),
-            (
-                "imgate_transport_accepted_total",
-                "Connections accepted, by transport.",
-                |t| t.accepted.load(Relaxed),
-            ),
-            (
-                "imgate_transport_logins_total",
-                "Successful logins, by transport.",
-                |t| t.logins.load(Relaxed),
-            ),
-            (
-                "imgate_transport_bytes_in_total",
-                "Bytes received on the wire, by transport.",
-                |t| t.bytes_in.load(Relaxed),
-            ),
-            (
-                "imgate_transport_bytes_out_total",
-                "Bytes written on the wire, by transport.",
-                |t| t.bytes_out.load(Relaxed),
-            ),
-            (
-                "imgate_transport_kicks_total",
-                "Connections kicked, by transport.",
-                |t| t.kicks.load(Relaxed),
-            ),
-        ];
-        for (name, help, get) in families {
-            family_header(s, name, help);
-            for (i, t) in TRANSPORTS.iter().enumerate() {
-                let v: u64 = self
-                    .cores
-                    .iter()
-                    .filter_map(|c| c.transports.get(i))
-                    .map(get)
-                    .sum();
-                let _ = writeln!(s, "{name}{{transport=\"{t}\"}} {v}");
-            }
-        }
+    /// The Prometheus text exposition, or why a collector failed.
+    pub fn try_render(&self) -> Result<String, std::fmt::Error> {
+        let mut s = String::with_capacity(16 * 1024);
+        prometheus_text::encode(&mut s, &self.registry)?;
+        Ok(s)
     }
-}
-
-/// A metric family's HELP and TYPE lines; a name ending in `_total` is a
-/// counter, any other a gauge.
-fn family_header(s: &mut String, name: &str, help: &str) {
-    let kind = if name.ends_with("_total") {
-        "counter"
-    } else {
-        "gauge"
-    };
-    let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 pub use crate::process::{cpu_seconds, process_stats};
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Every `# HELP` and `# TYPE` line's family name and type.
+    fn families(text: &str) -> Vec<(String, String)> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect()
+    }
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn every_family_has_help_and_type() {
+        let m = Metrics::new(2);
+        let text = m.render();
+        let expected = [
+            ("imgate_connections", "gauge"),
+            ("imgate_accepted_total", "counter"),
+            ("imgate_refused_total", "counter"),
+            ("imgate_logins_total", "counter"),
+            ("imgate_login_failures_total", "counter"),
+            ("imgate_frames_in_total", "counter"),
+            ("imgate_bytes_in_total", "counter"),
+            ("imgate_frames_out_total", "counter"),
+            ("imgate_bytes_out_total", "counter"),
+            ("imgate_protocol_errors_total", "counter"),
+            ("imgate_ws_upgrades_total", "counter"),
+            ("imgate_ws_refused_total", "counter"),
+            ("imgate_demo_served_total", "counter"),
+            ("imgate_tls_handshakes_total", "counter"),
+            ("imgate_tls_failures_total", "counter"),
+            ("imgate_overloaded_total", "counter"),
+            ("imgate_push_retransmits_total", "counter"),
+            ("imgate_kicks_total", "counter"),
+            ("imgate_transport_connections", "gauge"),
+            ("imgate_transport_accepted_total", "counter"),
+            ("imgate_transport_logins_total", "counter"),
+            ("imgate_transport_bytes_in_total", "counter"),
+            ("imgate_transport_bytes_out_total", "counter"),
+            ("imgate_transport_kicks_total", "counter"),
+            ("imgate_backend_queue_batches", "gauge"),
+            ("process_resident_memory_bytes", "gauge"),
+            ("process_open_fds", "gauge"),
+            ("process_cpu_seconds_total", "counter"),
+            ("imgate_msg_ack_seconds", "histogram"),
+            ("imgate_store_commit_seconds", "histogram"),
+            ("imgate_backend_batch_events", "histogram"),
+        ];
+        let found = families(&text);
+        assert_eq!(found.len(), expected.len(), "{text}");
+        for (name, kind) in expected {
+            assert!(
+                found.iter().any(|(n, k)| n == name && k == kind),
+                "{name} {kind}: {text}"
+            );
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}: {text}");
+        }
+        assert!(!text.contains("_total_total"), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
+        assert_eq!(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
+    }
+
+    #[test]
+    fn per_core_and_per_transport_series() {
+        let m = Metrics::new(2);
+        m.cores[0].connections.store(3, Relaxed);
+        m.cores[1].connections.store(4, Relaxed);
+        m.cores[1].logins.store(5, Relaxed);
+        m.cores[0].transports[2].logins.store(1, Relaxed);
+        m.cores[1].transports[2].logins.store(2, Relaxed);
+        m.cores[1].transports[3].connections.store(-1, Relaxed);
+        m.cores[0].kick(KickReason::Replaced);
+        m.cores[1].kick(KickReason::Replaced);
+        m.backend_queue.store(7, Relaxed);
+        let text = m.render();
+        let v = |s: &str| value(&text, s);
+        assert_eq!(v("imgate_connections{core=\"0\"}"), Some(3.0), "{text}");
+        assert_eq!(v("imgate_connections{core=\"1\"}"), Some(4.0), "{text}");
+        assert_eq!(v("imgate_logins_total{core=\"0\"}"), Some(0.0), "{text}");
+        assert_eq!(v("imgate_logins_total{core=\"1\"}"), Some(5.0), "{text}");
+        for t in TRANSPORTS {
+            let series = format!("imgate_transport_logins_total{{transport=\"{t}\"}}");
+            let want = if t == "tls" { 3.0 } else { 0.0 };
+            assert_eq!(v(&series), Some(want), "{series}: {text}");
+        }
+        assert_eq!(
+            v("imgate_transport_connections{transport=\"wss\"}"),
+            Some(0.0),
+            "a negative count reads as none: {text}"
+        );
+        assert_eq!(v("imgate_kicks_total{reason=\"replaced\"}"), Some(2.0));
+        assert_eq!(m.kicks(KickReason::Replaced), 2);
+        assert_eq!(m.connections(), 7);
+        assert_eq!(v("imgate_backend_queue_batches"), Some(7.0), "{text}");
+        assert!(v("process_resident_memory_bytes").is_some_and(|b| b > 0.0));
+        assert!(v("process_cpu_seconds_total").is_some_and(|s| s >= 0.0));
+    }
+
+    #[test]
+    fn histograms_have_buckets_sum_and_count() {
+        let m = Metrics::new(1);
+        m.histograms.msg_acks(2, Duration::from_millis(3));
+        m.histograms.commit(Duration::from_micros(200));
+        m.histograms.batch(3);
+        let text = m.render();
+        let v = |s: &str| value(&text, s);
+        assert_eq!(v("imgate_msg_ack_seconds_bucket{le=\"0.0025\"}"), Some(0.0));
+        assert_eq!(v("imgate_msg_ack_seconds_bucket{le=\"0.005\"}"), Some(2.0));
+        assert_eq!(v("imgate_msg_ack_seconds_bucket{le=\"+Inf\"}"), Some(2.0));
+        assert_eq!(v("imgate_msg_ack_seconds_count"), Some(2.0), "{text}");
+        assert!(v("imgate_msg_ack_seconds_sum").is_some_and(|s| (s - 0.006).abs() < 1e-9));
+        assert_eq!(
+            v("imgate_store_commit_seconds_bucket{le=\"0.0001\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            v("imgate_store_commit_seconds_bucket{le=\"0.00025\"}"),
+            Some(1.0)
+        );
+        assert_eq!(v("imgate_store_commit_seconds_count"), Some(1.0));
+        assert_eq!(v("imgate_backend_batch_events_bucket{le=\"2\"}"), Some(0.0));
+        assert_eq!(v("imgate_backend_batch_events_bucket{le=\"4\"}"), Some(1.0));
+        assert_eq!(v("imgate_backend_batch_events_sum"), Some(3.0), "{text}");
+    }
+
+    #[derive(Debug)]
+    struct Report;
+
+    impl Collector for Report {
+        fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+            counter(&mut enc, "imgate_test_things_total", "Things.", 4u64)?;
+            gauge(&mut enc, "imgate_test_up", "Up.", 1u64)
+        }
+    }
+
+    impl BackendReport for Report {
+        fn health(&self) -> Result<(), String> {
+            Err("down".into())
+        }
+    }
+
+    #[test]
+    fn the_backend_report_joins_the_exposition() {
+        let m = Metrics::new(1);
+        assert!(m.health().is_ok());
+        assert!(!m.render().contains("imgate_test_"));
+        let _ = m.backend.set(Arc::new(Report));
+        let text = m.render();
+        assert_eq!(
+            value(&text, "imgate_test_things_total"),
+            Some(4.0),
+            "{text}"
+        );
+        assert_eq!(value(&text, "imgate_test_up"), Some(1.0), "{text}");
+        assert!(text.contains("# TYPE imgate_test_things_total counter"));
+        assert_eq!(m.health(), Err("down".to_string()));
+    }
+}

@@ -65,6 +65,7 @@ pub use stats::Stats;
 pub struct Cluster {
     cfg: Config,
     stats: Arc<Stats>,
+    histograms: crate::metrics::BackendHistograms,
     inflight: Arc<AtomicUsize>,
     tx: Option<tokio::sync::mpsc::UnboundedSender<Inbound>>,
     thread: Option<JoinHandle<()>>,
@@ -85,6 +86,7 @@ impl Cluster {
         Cluster {
             cfg: cfg.clone(),
             stats: Arc::new(Stats::default()),
+            histograms: Default::default(),
             inflight: Arc::new(AtomicUsize::new(0)),
             tx: None,
             thread: None,
@@ -118,6 +120,7 @@ impl Backend for Cluster {
             names: js.names().clone(),
         });
         let _ = start.metrics.backend.set(report);
+        self.histograms = start.metrics.histograms.clone();
         tracing::info!(
             node = %node_name,
             partitions = cc.partitions,
@@ -158,6 +161,7 @@ impl Backend for Cluster {
         let Some(tx) = &self.tx else {
             return;
         };
+        self.histograms.batch(batch.len());
         let max = self.cfg.cluster.max_in_flight;
         for ev in batch.drain(..) {
             if let Inbound::Frame { conn, frame, .. } = &ev {

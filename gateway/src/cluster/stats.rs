@@ -1,4 +1,5 @@
-//! The cluster backend's counters, read by the metrics endpoint.
+//! The cluster backend's counters, read by the metrics endpoint: atomics
+//! the cluster's tasks bump, written as metric families when scraped.
 
 use std::{
     sync::{
@@ -7,6 +8,8 @@ use std::{
     },
     time::Duration,
 };
+
+use crate::metrics::{Collector, DescriptorEncoder, counter, gauge};
 
 /// Counters of one node's work with JetStream.
 #[derive(Debug, Default)]
@@ -99,11 +102,13 @@ impl Report {
     }
 }
 
-impl crate::metrics::BackendReport for Report {
-    fn render(&self, out: &mut String) {
-        self.stats.render(out, self.connected());
+impl Collector for Report {
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        self.stats.encode(encoder, self.connected())
     }
+}
 
+impl crate::metrics::BackendReport for Report {
     fn health(&self) -> Result<(), String> {
         if self.connected() {
             Ok(())
@@ -128,91 +133,81 @@ impl Stats {
         }
     }
 
-    /// The Prometheus text of these counters, and whether the NATS
-    /// connection is up.
-    pub fn render(&self, out: &mut String, connected: bool) {
-        use std::fmt::Write;
-        let c = |v: &AtomicU64| v.load(Relaxed);
-        let rows: [(&str, &str, &str, u64); 11] = [
+    /// Writes these counters, and whether the NATS connection is up, as
+    /// metric families (the slowest append is reset by the reading).
+    pub fn encode(&self, mut enc: DescriptorEncoder<'_>, connected: bool) -> std::fmt::Result {
+        let counts: [(&str, &str, &AtomicU64); 8] = [
             (
                 "imgate_cluster_appends_total",
-                "counter",
                 "Records appended to JetStream.",
-                c(&self.appends),
-            ),
-            (
-                "imgate_cluster_append_seconds_total",
-                "counter",
-                "Time spent appending, retries included.",
-                c(&self.append_us),
-            ),
-            (
-                "imgate_cluster_append_max_seconds",
-                "gauge",
-                "Slowest append since the last scrape.",
-                self.append_max_us.swap(0, Relaxed),
+                &self.appends,
             ),
             (
                 "imgate_cluster_publish_retries_total",
-                "counter",
                 "Appends retried after JetStream did not answer.",
-                c(&self.retries),
-            ),
-            (
-                "imgate_cluster_election_wait_seconds_total",
-                "counter",
-                "Time appends waited through retries (elections, reconnects).",
-                c(&self.election_wait_us),
+                &self.retries,
             ),
             (
                 "imgate_cluster_cas_conflicts_total",
-                "counter",
                 "Appends refused because another node appended first.",
-                c(&self.conflicts),
+                &self.conflicts,
             ),
             (
                 "imgate_cluster_duplicates_total",
-                "counter",
                 "Appends found to be retransmits.",
-                c(&self.duplicates),
+                &self.duplicates,
             ),
             (
                 "imgate_cluster_gap_fills_total",
-                "counter",
                 "Log reads to fill a gap in the pushes.",
-                c(&self.gap_fills),
+                &self.gap_fills,
             ),
             (
                 "imgate_cluster_refused_total",
-                "counter",
                 "Requests refused with overloaded (too many in flight).",
-                c(&self.refused),
+                &self.refused,
             ),
             (
                 "imgate_cluster_purged_total",
-                "counter",
                 "Records deleted by the purge (acknowledged or past retention).",
-                c(&self.purged),
+                &self.purged,
             ),
             (
                 "imgate_cluster_purge_sweeps_total",
-                "counter",
                 "Partition sweeps of the purge made by this node.",
-                c(&self.purge_sweeps),
+                &self.purge_sweeps,
             ),
         ];
-        for (name, kind, help, v) in rows {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            if name.contains("seconds") {
-                let _ = writeln!(out, "{name} {}", v as f64 / 1e6);
-            } else {
-                let _ = writeln!(out, "{name} {v}");
-            }
+        for (name, help, v) in counts {
+            counter(&mut enc, name, help, v.load(Relaxed))?;
         }
-        let up = u8::from(connected);
-        let _ = writeln!(
-            out,
-            "# HELP imgate_cluster_connected Whether the NATS connection is up.\n# TYPE imgate_cluster_connected gauge\nimgate_cluster_connected {up}"
-        );
+        let seconds = |us: u64| us as f64 / 1e6;
+        let times: [(&str, &str, &AtomicU64); 2] = [
+            (
+                "imgate_cluster_append_seconds_total",
+                "Time spent appending, retries included.",
+                &self.append_us,
+            ),
+            (
+                "imgate_cluster_election_wait_seconds_total",
+                "Time appends waited through retries (elections, reconnects).",
+                &self.election_wait_us,
+            ),
+        ];
+        for (name, help, us) in times {
+            counter(&mut enc, name, help, seconds(us.load(Relaxed)))?;
+        }
+        gauge(
+            &mut enc,
+            "imgate_cluster_append_max_seconds",
+            "Slowest append since the last scrape.",
+            seconds(self.append_max_us.swap(0, Relaxed)),
+        )?;
+        gauge(
+            &mut enc,
+            "imgate_cluster_connected",
+            "Whether the NATS connection is up.",
+            u64::from(connected),
+        )
     }
 }

@@ -44,9 +44,10 @@ mod tests;
 use std::{sync::Arc, time::Instant};
 
 use crate::{
-    backend::{Backend, Inbound, Router},
+    backend::{Backend, Inbound, Router, Start},
     clock::{Clock, SystemClock},
     config::Config,
+    metrics::BackendHistograms,
     store::{Store, StoreError, WriteBatch},
 };
 
@@ -62,6 +63,7 @@ pub struct Delivery {
     batch: WriteBatch,
     deferred: Vec<emit::Deferred>,
     failed: Option<String>,
+    histograms: BackendHistograms,
     // Stopped when the backend is dropped.
     _purger: Option<purge::Purger>,
 }
@@ -104,15 +106,20 @@ impl Delivery {
             batch: WriteBatch::default(),
             deferred: Vec::new(),
             failed: None,
+            histograms: BackendHistograms::default(),
             _purger: purger,
         })
     }
 
-    /// Writes the batch and sends what waited on it.
-    fn commit(&mut self, out: &mut Router) {
+    /// Writes the batch and sends what waited on it; false if the write
+    /// failed and the answers were refusals.
+    fn commit(&mut self, out: &mut Router) -> bool {
         self.state.write_heads(&mut self.batch);
         if !self.batch.is_empty() {
-            if let Err(e) = self.store.write(&self.batch) {
+            let started = Instant::now();
+            let written = self.store.write(&self.batch);
+            self.histograms.commit(started.elapsed());
+            if let Err(e) = written {
                 // Nothing of this batch is acknowledged: the senders
                 // retransmit, and the state is reloaded from the store,
                 // which holds everything before this batch.
@@ -124,7 +131,7 @@ impl Delivery {
                     tracing::error!(error = %e, "store unusable");
                     self.failed = Some(e.to_string());
                 }
-                return;
+                return false;
             }
             self.batch.clear();
         }
@@ -136,11 +143,19 @@ impl Delivery {
             &mut self.batch,
             out,
         );
+        true
     }
 }
 
 impl Backend for Delivery {
+    fn start(&mut self, start: &Start) -> std::io::Result<()> {
+        self.histograms = start.metrics.histograms.clone();
+        Ok(())
+    }
+
     fn handle(&mut self, events: &mut Vec<Inbound>, out: &mut Router) {
+        let taken = Instant::now();
+        self.histograms.batch(events.len());
         let now = self.clock.unix_ms();
         for ev in events.drain(..) {
             if out.control(&ev) {
@@ -159,7 +174,14 @@ impl Backend for Delivery {
                 &mut self.deferred,
             );
         }
-        self.commit(out);
+        let acks = self
+            .deferred
+            .iter()
+            .filter(|d| matches!(d, emit::Deferred::Msg { .. } | emit::Deferred::Again { .. }))
+            .count();
+        if self.commit(out) {
+            self.histograms.msg_acks(acks, taken.elapsed());
+        }
     }
 
     fn tick(&mut self, _now: Instant, out: &mut Router) {
