@@ -132,6 +132,9 @@ pub enum CoreMsg {
         /// Only this device, if set.
         device: Option<u32>,
     },
+    /// A request the server API makes on a user's behalf, for the
+    /// backend (its answer comes back through `crate::replies`).
+    Request(Box<Inbound>),
     /// Start the graceful shutdown.
     Shutdown,
 }
@@ -199,6 +202,13 @@ impl Router {
     }
 
     fn push(&mut self, core: u16, o: Outbound) {
+        if core == crate::replies::API_CORE {
+            // The answer to a server API request (see `crate::replies`).
+            if let Outbound::Send { conn, bytes, .. } = o {
+                self.registry.replies.answer(conn, bytes);
+            }
+            return;
+        }
         if let Some(p) = self.pending.get_mut(usize::from(core)) {
             p.push(o);
         }

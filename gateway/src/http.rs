@@ -15,12 +15,7 @@
 //! the metrics address is often opened to a scraper, and a kick must not
 //! be open with it.
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -37,7 +32,7 @@ use crate::{backend::CoreMsg, mailbox::MailboxTx, metrics::Metrics, registry::Re
 pub const MAX_BODY: usize = 64 * 1024;
 
 /// How long the one-shot client waits.
-const READ_DEADLINE: Duration = Duration::from_secs(2);
+const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
 
 /// What the admin path acts on.
 #[derive(Debug)]
@@ -50,6 +45,8 @@ pub struct Admin {
     /// backend (holding the backend's queue here would keep the backend
     /// running after the cores stop).
     pub cores: Vec<MailboxTx<CoreMsg>>,
+    /// The server API's limits.
+    pub limits: crate::api::ApiLimits,
 }
 
 /// Everything the endpoint serves.
@@ -70,12 +67,23 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
             message: message.into(),
         }
+    }
+}
+
+impl ApiError {
+    /// The error's code, as in the JSON body.
+    pub fn code(&self) -> &'static str {
+        self.code
     }
 }
 
@@ -123,6 +131,8 @@ pub fn router(endpoint: Arc<Endpoint>) -> Router {
         .route("/healthz", get(healthz))
         .route("/admin/kick", post(kick))
         .route("/admin/sessions", get(sessions))
+        .route("/api/v1/messages", post(crate::api::send))
+        .route("/api/v1/messages/batch", post(crate::api::batch))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "not found") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -151,7 +161,7 @@ async fn healthz(State(e): State<Arc<Endpoint>>) -> Response {
 }
 
 /// The admin path's part of `e`, for a request that carries its token.
-fn admin<'a>(e: &'a Endpoint, headers: &HeaderMap) -> Result<&'a Admin, ApiError> {
+pub(crate) fn admin<'a>(e: &'a Endpoint, headers: &HeaderMap) -> Result<&'a Admin, ApiError> {
     let Some(admin) = &e.admin else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -262,33 +272,60 @@ fn json_text(body: String) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// A one-shot HTTP/1.0 request (for `imgate kick` and tests): the status
-/// code and body of the answer.
+/// A one-shot request without a body (for `imgate kick` and tests): the
+/// status code and body of the answer, whatever the status.
 pub fn request(
     addr: SocketAddr,
     method: &str,
     target: &str,
     token: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, READ_DEADLINE)?;
-    s.set_read_timeout(Some(READ_DEADLINE))?;
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(s, "{method} {target} HTTP/1.0\r\n{auth}\r\n")?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP answer");
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(bad)?;
-    Ok((status, body.to_string()))
+    request_with(addr, method, target, token, None)
+}
+
+/// A one-shot request with an optional JSON body.
+pub fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    token: Option<&str>,
+    json: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(CLIENT_DEADLINE))
+        .build()
+        .into();
+    let mut req = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{target}"));
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    let other = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
+    let answer = match json {
+        Some(body) => {
+            let req = req
+                .header("Content-Type", "application/json")
+                .body(body.to_owned())
+                .map_err(|e| other(&e))?;
+            agent.run(req)
+        }
+        None => agent.run(req.body(()).map_err(|e| other(&e))?),
+    };
+    let mut answer = answer.map_err(|e| other(&e))?;
+    let status = answer.status().as_u16();
+    let body = answer.body_mut().read_to_string().map_err(|e| other(&e))?;
+    Ok((status, body))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        io::{Read, Write},
+        net::TcpStream,
+    };
+
     use super::*;
     use crate::conn_id::ConnId;
 
@@ -307,6 +344,11 @@ mod tests {
             token: t.to_string(),
             registry: registry.clone(),
             cores: vec![core],
+            limits: crate::api::ApiLimits {
+                max_body: 1024,
+                batch_max: 10,
+                timeout: Duration::from_secs(1),
+            },
         });
         let e = Endpoint {
             metrics: Arc::new(Metrics::new(1)),

@@ -18,6 +18,7 @@
 //! The design notes are in `docs/architecture.md`.
 
 pub mod alloc;
+pub mod api;
 pub mod backend;
 pub mod clock;
 pub mod cluster;
@@ -38,6 +39,7 @@ mod pushes;
 mod rate;
 pub mod registry;
 pub mod relay;
+pub mod replies;
 mod runtime;
 pub mod server;
 pub mod signals;

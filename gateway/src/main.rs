@@ -235,6 +235,10 @@ serve_args! {
     shutdown_timeout_ms: u64, "IMGATE_SHUTDOWN_TIMEOUT_MS";
     /// Secret for HMAC-SHA256 login tokens.
     secret: String, "IMGATE_SECRET";
+    /// How long a server API send waits for the backend, ms [default: 10000].
+    api_timeout_ms: u64, "IMGATE_API_TIMEOUT_MS";
+    /// Most recipients of one server API batch [default: 1000].
+    api_batch_max: usize, "IMGATE_API_BATCH_MAX";
     /// Accept JWT login tokens signed HS256 with this secret [default: off].
     jwt_secret: String, "IMGATE_JWT_SECRET";
     /// Accept JWT login tokens signed with this PEM public key's private key: RSA for RS256, EC P-256 for ES256 [default: off].

@@ -37,6 +37,8 @@ impl Devices {
 #[derive(Debug)]
 pub struct Registry {
     shards: Box<[Mutex<AHashMap<u64, Devices>>]>,
+    /// The server API's requests waiting for their answers.
+    pub replies: crate::replies::Replies,
 }
 
 impl Default for Registry {
@@ -51,6 +53,7 @@ impl Registry {
         let n = shards.max(1).next_power_of_two();
         Registry {
             shards: (0..n).map(|_| Mutex::new(AHashMap::new())).collect(),
+            replies: Default::default(),
         }
     }
 

@@ -141,6 +141,11 @@ pub fn start(
                 token: cfg.admin_token.clone(),
                 registry: registry.clone(),
                 cores: txs.clone(),
+                limits: crate::api::ApiLimits {
+                    max_body: cfg.max_frame.saturating_sub(crate::api::FRAME_OVERHEAD),
+                    batch_max: cfg.api_batch_max,
+                    timeout: std::time::Duration::from_millis(cfg.api_timeout_ms),
+                },
             });
             let endpoint = http::Endpoint {
                 metrics: metrics.clone(),

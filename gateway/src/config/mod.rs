@@ -151,6 +151,10 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
     /// Secret for HMAC login tokens.
     pub secret: String,
+    /// How long a server API send waits for the backend, ms.
+    pub api_timeout_ms: u64,
+    /// Most recipients of one server API batch.
+    pub api_batch_max: usize,
     /// JWT login tokens: HS256 secret; empty, the default, for none.
     pub jwt_secret: String,
     /// JWT login tokens: PEM public key (RSA: RS256, EC P-256: ES256).
@@ -227,6 +231,8 @@ impl Default for Config {
             purge_interval_ms: 250,
             shutdown_timeout_ms: 10_000,
             secret: DEV_SECRET.to_string(),
+            api_timeout_ms: 10_000,
+            api_batch_max: 1000,
             jwt_secret: String::new(),
             jwt_public_key: None,
             jwt_issuer: None,
@@ -339,6 +345,12 @@ impl Config {
             if *p == self.ws_path {
                 return invalid("demo_path", "must differ from ws_path");
             }
+        }
+        if self.api_timeout_ms == 0 {
+            return invalid("api_timeout_ms", "must be at least 1");
+        }
+        if !(1..=100_000).contains(&self.api_batch_max) {
+            return invalid("api_batch_max", "must be between 1 and 100000");
         }
         if self.jwt_device_claim.is_empty() {
             return invalid("jwt_device_claim", "must not be empty");
@@ -485,6 +497,8 @@ mod tests {
             ("ws_path", Box::new(|c| c.ws_path = "ws".into())),
             ("ws_handshake_max", Box::new(|c| c.ws_handshake_max = 100)),
             ("jwt_device_claim", Box::new(|c| c.jwt_device_claim.clear())),
+            ("api_timeout_ms", Box::new(|c| c.api_timeout_ms = 0)),
+            ("api_batch_max", Box::new(|c| c.api_batch_max = 0)),
             ("jwt_leeway_s", Box::new(|c| c.jwt_leeway_s = 7200)),
             (
                 "demo_path",

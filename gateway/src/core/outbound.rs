@@ -71,6 +71,10 @@ impl Core {
                     self.to_backend(Inbound::Kick { user, device });
                     self.flush_backend_soon();
                 }
+                CoreMsg::Request(ev) => {
+                    self.to_backend(*ev);
+                    self.flush_backend_soon();
+                }
                 CoreMsg::Shutdown => self.begin_shutdown(),
             }
         }

@@ -146,6 +146,16 @@ pub trait FrameClient {
     fn next_frame(&mut self) -> Frame;
 }
 
+impl FrameClient for Client {
+    fn send_frame(&mut self, f: Frame) {
+        self.send(f);
+    }
+
+    fn next_frame(&mut self) -> Frame {
+        self.frame()
+    }
+}
+
 /// The six packets between `a` (user 1) and `b` (user 2): msg:R, msg:A,
 /// msg:N, ack:R, ack:A, ack:N, with `body`.
 pub fn six_packets(a: &mut impl FrameClient, b: &mut impl FrameClient, body: &'static [u8]) {

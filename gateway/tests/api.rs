@@ -1,0 +1,251 @@
+//! The server API over real HTTP against the real binary: a send from a
+//! user reaches an online receiver and is pulled by an offline one, a
+//! retried send is one copy, a batch to several users, and the refusals
+//! (auth, bad JSON, a body too large, a batch too large, a reused key).
+
+mod common;
+
+use std::{ffi::OsString, time::Duration};
+
+use common::{
+    Client,
+    process::{Gateway, free_port},
+};
+use imgate_codec::Frame;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "api-token";
+
+struct Api {
+    gw: Gateway,
+    http: std::net::SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Api {
+    fn start() -> Api {
+        let http_port = free_port();
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("imgate-api-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let args: Vec<OsString> = [
+            "--metrics-listen",
+            &format!("127.0.0.1:{http_port}"),
+            "--admin-token",
+            TOKEN,
+            "--secret",
+            common::SECRET,
+            "--workers",
+            "2",
+            "--max-frame",
+            "4096",
+            "--api-batch-max",
+            "3",
+            "--data-dir",
+        ]
+        .iter()
+        .map(OsString::from)
+        .chain([dir.clone().into_os_string()])
+        .collect();
+        let gw = Gateway::spawn(free_port(), args, None, Duration::from_secs(20));
+        Api {
+            gw,
+            http: ([127, 0, 0, 1], http_port).into(),
+            dir,
+        }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.gw.port).into()
+    }
+
+    /// POSTs `body` to `path`: the status and the JSON answer.
+    fn post(&self, path: &str, body: &str, token: Option<&str>) -> (u16, Value) {
+        let (status, text) =
+            imgate::http::request_with(self.http, "POST", path, token, Some(body)).expect("http");
+        let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        (status, v)
+    }
+
+    fn send(&self, body: Value) -> (u16, Value) {
+        self.post("/api/v1/messages", &body.to_string(), Some(TOKEN))
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The messages in `c`'s inbox: (from, body) in order.
+fn inbox(c: &mut Client, head: u64) -> Vec<(u64, String)> {
+    use common::FrameClient;
+    c.send_frame(
+        imgate_codec::frame::SyncR {
+            group: 0,
+            after: 0,
+            limit: 100,
+        }
+        .into(),
+    );
+    match c.next_frame() {
+        Frame::SyncPage(p) => {
+            assert_eq!(p.head, head);
+            p.entries()
+                .map(|e| (e.from, String::from_utf8_lossy(&e.body).into_owned()))
+                .collect()
+        }
+        other => panic!("expected a page, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_send_is_stored_pushed_pulled_and_one_copy_on_retry() {
+    let api = Api::start();
+    let mut bob = Client::login(api.addr(), 2, 1);
+    let msg = json!({"from": 1, "to": 2, "key": "order-42-shipped", "body": "your order shipped"});
+    let (status, sent) = api.send(msg.clone());
+    assert_eq!(status, 200, "{sent}");
+    assert_eq!(sent["seq"], 1, "{sent}");
+    assert_eq!(sent["own_seq"], 1, "{sent}");
+    assert_eq!(
+        sent["msg_id"],
+        imgate::api::msg_id("order-42-shipped"),
+        "{sent}"
+    );
+    match bob.frame() {
+        Frame::MsgN(n) => {
+            assert_eq!((n.from, n.seq), (1, 1));
+            assert_eq!(&n.body[..], b"your order shipped");
+        }
+        other => panic!("expected msg:N, got {other:?}"),
+    }
+    // The same key again: the same answer, no second copy.
+    let (status, again) = api.send(msg);
+    assert_eq!((status, &again), (200, &sent));
+    assert_eq!(inbox(&mut bob, 1), vec![(1, "your order shipped".into())]);
+    // The same key with another message.
+    let (status, reused) =
+        api.send(json!({"from": 1, "to": 2, "key": "order-42-shipped", "body": "something else"}));
+    assert_eq!(status, 409, "{reused}");
+    assert_eq!(reused["error"], "msg_id_reused");
+
+    // Carol is offline; she pulls it when she comes.
+    let (status, sent) =
+        api.send(json!({"from": 1, "to": 3, "key": "welcome-3", "body_base64": "aGk="}));
+    assert_eq!((status, &sent["seq"]), (200, &json!(1)), "{sent}");
+    let mut carol = Client::login(api.addr(), 3, 1);
+    assert_eq!(inbox(&mut carol, 1), vec![(1, "hi".into())]);
+}
+
+#[test]
+fn a_batch_sends_one_message_to_each_once() {
+    let api = Api::start();
+    let batch = json!({"from": 9, "to": [4, 5, 6], "key": "maintenance-1", "body": "down at 2am"});
+    let path = "/api/v1/messages/batch";
+    let (status, first) = api.post(path, &batch.to_string(), Some(TOKEN));
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(
+        (first["sent"].clone(), first["failed"].clone()),
+        (json!(3), json!(0))
+    );
+    let (status, again) = api.post(path, &batch.to_string(), Some(TOKEN));
+    assert_eq!(
+        (status, &again),
+        (200, &first),
+        "a retried batch is the same batch"
+    );
+    for user in [4, 5, 6] {
+        let mut c = Client::login(api.addr(), user, 1);
+        assert_eq!(
+            inbox(&mut c, 1),
+            vec![(9, "down at 2am".into())],
+            "user {user}"
+        );
+    }
+    // Over api_batch_max (3 here).
+    let big = json!({"from": 9, "to": [4, 5, 6, 7], "key": "k", "body": "x"});
+    let (status, e) = api.post(path, &big.to_string(), Some(TOKEN));
+    assert_eq!((status, &e["error"]), (400, &json!("bad_receiver")), "{e}");
+}
+
+#[test]
+fn bad_requests_get_a_4xx_with_a_json_error_and_store_nothing() {
+    let api = Api::start();
+    let good = json!({"from": 1, "to": 2, "key": "k", "body": "x"}).to_string();
+    let path = "/api/v1/messages";
+    let cases: Vec<(Option<&str>, String, u16, &str)> = vec![
+        (None, good.clone(), 401, "unauthorized"),
+        (Some("wrong"), good.clone(), 401, "unauthorized"),
+        (Some(TOKEN), "{not json".into(), 400, "bad_json"),
+        (
+            Some(TOKEN),
+            json!({"from": 1, "to": 2, "key": "k", "body": "x", "extra": 1}).to_string(),
+            400,
+            "bad_json",
+        ),
+        (
+            Some(TOKEN),
+            json!({"from": 0, "to": 2, "key": "k", "body": "x"}).to_string(),
+            400,
+            "bad_sender",
+        ),
+        (
+            Some(TOKEN),
+            json!({"from": 1, "to": 2, "group": 5, "key": "k", "body": "x"}).to_string(),
+            400,
+            "bad_receiver",
+        ),
+        (
+            Some(TOKEN),
+            json!({"from": 1, "key": "k", "body": "x"}).to_string(),
+            400,
+            "bad_receiver",
+        ),
+        (
+            Some(TOKEN),
+            json!({"from": 1, "to": 2, "key": "", "body": "x"}).to_string(),
+            400,
+            "bad_key",
+        ),
+        (
+            Some(TOKEN),
+            json!({"from": 1, "to": 2, "key": "k"}).to_string(),
+            400,
+            "bad_body",
+        ),
+        (
+            Some(TOKEN),
+            json!({"from": 1, "to": 2, "key": "k", "body_base64": "***"}).to_string(),
+            400,
+            "bad_body",
+        ),
+        // max_frame is 4096 here.
+        (
+            Some(TOKEN),
+            json!({"from": 1, "to": 2, "key": "k", "body": "x".repeat(5000)}).to_string(),
+            413,
+            "body_too_large",
+        ),
+        // Over the HTTP body limit.
+        (
+            Some(TOKEN),
+            json!({"from": 1, "to": 2, "key": "k", "body": "x".repeat(70_000)}).to_string(),
+            413,
+            "bad_json",
+        ),
+    ];
+    for (token, body, status, code) in cases {
+        let (got, v) = api.post(path, &body, token);
+        assert_eq!((got, v["error"].as_str()), (status, Some(code)), "{v}");
+        assert!(v["message"].is_string(), "{v}");
+    }
+    // A group the sender is not in.
+    let (got, v) = api.send(json!({"from": 1, "group": 77, "key": "g", "body": "x"}));
+    assert!((400..500).contains(&got), "{got} {v}");
+    // Nothing reached user 2.
+    let mut c = Client::login(api.addr(), 2, 1);
+    assert_eq!(inbox(&mut c, 0), vec![]);
+}
