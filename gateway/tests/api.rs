@@ -249,3 +249,39 @@ fn bad_requests_get_a_4xx_with_a_json_error_and_store_nothing() {
     let mut c = Client::login(api.addr(), 2, 1);
     assert_eq!(inbox(&mut c, 0), vec![]);
 }
+
+#[test]
+fn a_send_works_on_the_cluster_backend() {
+    use common::Gw;
+    let start = |f: &dyn Fn(&mut imgate::config::Config)| {
+        Gw::cluster(|c| {
+            c.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+            c.admin_token = TOKEN.into();
+            f(c);
+        })
+    };
+    let Some(a) = start(&|c| c.cluster.node_id = "api-a".into()) else {
+        return;
+    };
+    let mut bob = Client::login(a.addr(), 2, 1);
+    let body = json!({"from": 1, "to": 2, "key": "cluster-1", "body": "from the API"}).to_string();
+    let post = |body: &str| {
+        let (status, text) = imgate::http::request_with(
+            a.metrics_addr(),
+            "POST",
+            "/api/v1/messages",
+            Some(TOKEN),
+            Some(body),
+        )
+        .expect("http");
+        (status, serde_json::from_str::<Value>(&text).expect("json"))
+    };
+    let (status, sent) = post(&body);
+    assert_eq!((status, &sent["seq"]), (200, &json!(1)), "{sent}");
+    match bob.frame() {
+        Frame::MsgN(n) => assert_eq!((n.from, &n.body[..]), (1, &b"from the API"[..])),
+        other => panic!("expected msg:N, got {other:?}"),
+    }
+    let (status, again) = post(&body);
+    assert_eq!((status, &again), (200, &sent), "one copy on retry");
+}
