@@ -206,9 +206,29 @@ fn target(q: Result<Query<Target>, QueryRejection>) -> Result<Target, ApiError> 
         .map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", r.body_text()))
 }
 
+/// The user's sessions as JSON objects, off the runtime's thread: a
+/// backend of several nodes asks the others and waits for them.
+async fn sessions_of(e: &Arc<Endpoint>, t: &Target) -> Result<Vec<String>, ApiError> {
+    let (e, user, device) = (e.clone(), t.user, t.device);
+    tokio::task::spawn_blocking(move || {
+        let Some(admin) = &e.admin else {
+            return Ok(Vec::new());
+        };
+        admin.sessions(&Target { user, device }, &e.metrics)
+    })
+    .await
+    .unwrap_or_else(|err| {
+        Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            err.to_string(),
+        ))
+    })
+}
+
 impl Admin {
     /// The user's sessions as JSON objects: on every node if the backend
-    /// knows them, else on this one.
+    /// knows them, else on this one. It may block: see [`sessions_of`].
     fn sessions(&self, t: &Target, metrics: &Metrics) -> Result<Vec<String>, ApiError> {
         if let Some(found) = metrics
             .backend
@@ -234,7 +254,7 @@ async fn kick(
 ) -> Result<Response, ApiError> {
     let admin = admin(&e, &headers)?;
     let t = target(q)?;
-    let sessions = admin.sessions(&t, &e.metrics)?;
+    let sessions = sessions_of(&e, &t).await?;
     let sent = admin.cores.first().is_some_and(|core| {
         core.send(CoreMsg::Kick {
             user: t.user,
@@ -257,9 +277,9 @@ async fn sessions(
     headers: HeaderMap,
     q: Result<Query<Target>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let admin = admin(&e, &headers)?;
+    admin(&e, &headers)?;
     let t = target(q)?;
-    let list = admin.sessions(&t, &e.metrics)?;
+    let list = sessions_of(&e, &t).await?;
     Ok(json_text(format!(
         "{{\"user\":{},\"sessions\":[{}]}}\n",
         t.user,
