@@ -147,7 +147,7 @@ pub fn router(endpoint: Arc<Endpoint>) -> Router {
 
 async fn metrics(State(e): State<Arc<Endpoint>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         e.metrics.render(),
     )
         .into_response()
