@@ -133,6 +133,11 @@ pub fn router(endpoint: Arc<Endpoint>) -> Router {
         .route("/admin/sessions", get(sessions))
         .route("/api/v1/messages", post(crate::api::send))
         .route("/api/v1/messages/batch", post(crate::api::batch))
+        .route("/api/v1/groups", post(crate::api::create_group))
+        .route(
+            "/api/v1/groups/{group}/members",
+            post(crate::api::change_members).get(crate::api::list_members),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "not found") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::{Args, Parser, Subcommand};
 use imgate::{
-    config::{BackendKind, Config, DEV_SECRET, DriverKind, Durability, LogFormat},
+    config::{BackendKind, Config, DEV_SECRET, DriverKind, Durability, GroupAdmin, LogFormat},
     server,
     token::HmacVerifier,
 };
@@ -235,6 +235,8 @@ serve_args! {
     shutdown_timeout_ms: u64, "IMGATE_SHUTDOWN_TIMEOUT_MS";
     /// Secret for HMAC-SHA256 login tokens.
     secret: String, "IMGATE_SECRET";
+    /// Who manages group membership: members (group:R and the server API) or api (the server API only) [default: members].
+    group_admin: GroupAdmin, "IMGATE_GROUP_ADMIN";
     /// How long a server API send waits for the backend, ms [default: 10000].
     api_timeout_ms: u64, "IMGATE_API_TIMEOUT_MS";
     /// Most recipients of one server API batch [default: 1000].

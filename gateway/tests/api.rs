@@ -24,6 +24,10 @@ struct Api {
 
 impl Api {
     fn start() -> Api {
+        Api::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Api {
         let http_port = free_port();
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -47,6 +51,7 @@ impl Api {
         .iter()
         .map(OsString::from)
         .chain([dir.clone().into_os_string()])
+        .chain(extra.iter().map(OsString::from))
         .collect();
         let gw = Gateway::spawn(free_port(), args, None, Duration::from_secs(20));
         Api {
@@ -284,4 +289,134 @@ fn a_send_works_on_the_cluster_backend() {
     }
     let (status, again) = post(&body);
     assert_eq!((status, &again), (200, &sent), "one copy on retry");
+}
+
+/// A group:R from a client: the error code it gets, if any.
+fn client_group_op(
+    c: &mut Client,
+    op: imgate_codec::frame::GroupOp,
+    group: u64,
+    ids: &[u64],
+) -> Frame {
+    c.send(
+        imgate_codec::frame::GroupR {
+            req: 5,
+            op: op as u8,
+            group,
+            members: bytes::Bytes::new(),
+        }
+        .with_members(ids),
+    );
+    c.frame()
+}
+
+/// Groups managed by the server API alone (`group_admin = "api"`), and
+/// a notice to a group from a system sender id that is not a member.
+fn groups_managed_by_the_api(addr: std::net::SocketAddr, http: std::net::SocketAddr) {
+    use imgate_codec::{ErrorCode, frame::GroupOp};
+    let call = |method: &str, path: &str, body: Option<Value>| {
+        let body = body.map(|b| b.to_string());
+        let (status, text) =
+            imgate::http::request_with(http, method, path, Some(TOKEN), body.as_deref())
+                .expect("http");
+        (
+            status,
+            serde_json::from_str::<Value>(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
+        )
+    };
+    let (status, g) = call("POST", "/api/v1/groups", Some(json!({"members": [11, 12]})));
+    assert_eq!(status, 200, "{g}");
+    assert_eq!(
+        (g["total"].clone(), g["members"].clone()),
+        (json!(2), json!([11, 12])),
+        "{g}"
+    );
+    let id = g["group"].as_u64().expect("an id");
+    let members = format!("/api/v1/groups/{id}/members");
+    // A member cannot change the membership; it may list.
+    let mut m11 = Client::login(addr, 11, 1);
+    match client_group_op(&mut m11, GroupOp::Add, id, &[13]) {
+        Frame::Error(e) => assert_eq!(e.code(), ErrorCode::Forbidden),
+        other => panic!("expected forbidden, got {other:?}"),
+    }
+    match client_group_op(&mut m11, GroupOp::List, id, &[]) {
+        Frame::GroupA(a) => assert_eq!(a.total, 2),
+        other => panic!("expected group:A, got {other:?}"),
+    }
+    let (status, added) = call("POST", &members, Some(json!({"add": [13]})));
+    assert_eq!(
+        (status, added["members"].clone(), added["total"].clone()),
+        (200, json!([13]), json!(3)),
+        "{added}"
+    );
+    let (status, list) = call("GET", &members, None);
+    assert_eq!(
+        (status, list["members"].clone()),
+        (200, json!([11, 12, 13])),
+        "{list}"
+    );
+    let (status, page) = call("GET", &format!("{members}?after=11"), None);
+    assert_eq!(
+        (status, page["members"].clone()),
+        (200, json!([12, 13])),
+        "{page}"
+    );
+    // A system sender that is no member posts to the group.
+    let mut m12 = Client::login(addr, 12, 1);
+    let (status, sent) = call(
+        "POST",
+        "/api/v1/messages",
+        Some(json!({"from": 99, "group": id, "key": "g-notice-1", "body": "meeting at 3"})),
+    );
+    assert_eq!(status, 200, "{sent}");
+    match m12.frame() {
+        Frame::MsgN(n) => assert_eq!(
+            (n.group, n.from, &n.body[..]),
+            (id, 99, &b"meeting at 3"[..])
+        ),
+        other => panic!("expected msg:N, got {other:?}"),
+    }
+    let (status, removed) = call("POST", &members, Some(json!({"remove": [11]})));
+    assert_eq!(
+        (status, removed["total"].clone()),
+        (200, json!(2)),
+        "{removed}"
+    );
+    // Refusals.
+    let (status, e) = call("POST", &members, Some(json!({"add": [1], "remove": [2]})));
+    assert_eq!(
+        (status, e["error"].clone()),
+        (400, json!("bad_members")),
+        "{e}"
+    );
+    let (status, e) = call("POST", "/api/v1/groups", Some(json!({"members": []})));
+    assert_eq!(
+        (status, e["error"].clone()),
+        (400, json!("bad_members")),
+        "{e}"
+    );
+    let (status, e) = call("GET", "/api/v1/groups/987654/members", None);
+    assert_eq!(
+        (status, e["error"].clone()),
+        (404, json!("not_found")),
+        "{e}"
+    );
+}
+
+#[test]
+fn groups_are_managed_by_the_api_alone_when_configured() {
+    let api = Api::start_with(&["--group-admin", "api"]);
+    groups_managed_by_the_api(api.addr(), api.http);
+}
+
+#[test]
+fn groups_are_managed_by_the_api_on_the_cluster_backend() {
+    let Some(g) = common::Gw::cluster(|c| {
+        c.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+        c.admin_token = TOKEN.into();
+        c.group_admin = imgate::config::GroupAdmin::Api;
+    }) else {
+        return;
+    };
+    groups_managed_by_the_api(g.addr(), g.metrics_addr());
 }

@@ -131,6 +131,14 @@ impl Node {
         }
     }
 
+    /// Refuses a group that does not exist (`not_found`).
+    pub(super) async fn exists(&self, group: u64) -> Result<u64, Failed> {
+        match self.read_members(group).await? {
+            Some(_) => Ok(0),
+            None => Err(Refuse(ErrorCode::NotFound, "no such group").into()),
+        }
+    }
+
     /// The groups listed for `user` (a superset of its groups).
     pub(super) async fn user_groups(&self, user: u64) -> Result<Vec<u64>, JsError> {
         let e = self
@@ -151,12 +159,19 @@ impl Node {
             return Err(Refuse(ErrorCode::InvalidRequest, "unknown group op").into());
         };
         let listed: Vec<u64> = r.members().collect();
-        rules::check_members(op, &listed).map_err(|(c, t)| Refuse(c, t))?;
+        // The server API (`crate::replies`) manages any group and is no
+        // member of the groups it creates.
+        let server = conn.core == crate::replies::API_CORE;
+        rules::check_members(op, &listed)
+            .and_then(|()| rules::may_manage(op, server, self.limits.group_admin))
+            .map_err(|(c, t)| Refuse(c, t))?;
         let max = self.limits.max_group_size;
         let (group, total, changed) = match op {
             GroupOp::Create => {
                 let mut all = listed.clone();
-                all.push(user);
+                if !server {
+                    all.push(user);
+                }
                 all.sort_unstable();
                 all.dedup();
                 if all.len() > max {
@@ -168,14 +183,19 @@ impl Node {
             }
             GroupOp::List => {
                 let m = self.read_members(r.group).await?;
-                let m = check_member(m.as_ref(), user)?;
+                let m = if server {
+                    m.as_ref()
+                        .ok_or(Refuse(ErrorCode::NotFound, "no such group"))?
+                } else {
+                    check_member(m.as_ref(), user)?
+                };
                 let after = listed.first().copied().unwrap_or(0);
                 let fit = (self.limits.max_frame.saturating_sub(64) / 8).min(1000);
                 let page: Vec<u64> = m.users().filter(|&u| u > after).take(fit).collect();
                 (r.group, m.len(), page)
             }
             GroupOp::Add | GroupOp::Remove => {
-                let (total, changed) = self.change(r.group, user, op, &listed).await?;
+                let (total, changed) = self.change(r.group, user, server, op, &listed).await?;
                 if op == GroupOp::Add {
                     self.joined(r.group, &changed).await?;
                 }
@@ -259,6 +279,7 @@ impl Node {
         &self,
         group: u64,
         by: u64,
+        server: bool,
         op: GroupOp,
         listed: &[u64],
     ) -> Result<(usize, Vec<u64>), Failed> {
@@ -266,7 +287,11 @@ impl Node {
         for _ in 0..CAS_TRIES {
             let e = self.js.get_key(Bucket::Groups, &key).await?;
             let m = members_of(&e)?;
-            let mut m = check_member(m.as_ref(), by)?.clone();
+            let mut m = if server {
+                m.ok_or(Refuse(ErrorCode::NotFound, "no such group"))?
+            } else {
+                check_member(m.as_ref(), by)?.clone()
+            };
             let mut changed: Vec<u64> = Vec::new();
             if op == GroupOp::Add {
                 let mut new: Vec<u64> = listed

@@ -132,6 +132,7 @@ impl Backend for Cluster {
             max_body: crate::delivery::rules::max_body(self.cfg.max_frame),
             max_frame: self.cfg.max_frame,
             max_group_size: self.cfg.max_group_size,
+            group_admin: self.cfg.group_admin,
             unread_scan_limit: self.cfg.unread_scan_limit,
             page_default: self.cfg.sync_page_default,
             page_max: self.cfg.sync_page_max,

@@ -50,6 +50,7 @@ pub(super) struct Limits {
     pub(super) page_max: usize,
     pub(super) page_budget: usize,
     pub(super) max_group_size: usize,
+    pub(super) group_admin: crate::config::GroupAdmin,
     pub(super) unread_scan_limit: usize,
     pub(super) retry: Duration,
     pub(super) purge: super::purge::Settings,

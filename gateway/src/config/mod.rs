@@ -46,6 +46,18 @@ pub enum Durability {
     Memory,
 }
 
+/// Who manages group membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupAdmin {
+    /// Members, with group:R, and the server API.
+    #[default]
+    Members,
+    /// The server API only: a client's create, add or remove is refused
+    /// (`forbidden`); members still list.
+    Api,
+}
+
 /// Which backend routes and stores the messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -151,6 +163,8 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
     /// Secret for HMAC login tokens.
     pub secret: String,
+    /// Who manages group membership.
+    pub group_admin: GroupAdmin,
     /// How long a server API send waits for the backend, ms.
     pub api_timeout_ms: u64,
     /// Most recipients of one server API batch.
@@ -231,6 +245,7 @@ impl Default for Config {
             purge_interval_ms: 250,
             shutdown_timeout_ms: 10_000,
             secret: DEV_SECRET.to_string(),
+            group_admin: GroupAdmin::Members,
             api_timeout_ms: 10_000,
             api_batch_max: 1000,
             jwt_secret: String::new(),

@@ -5,6 +5,7 @@
 //! engine uses the same functions, so both refuse the same requests with the
 //! same codes). Each refusal is the error code and a text for humans.
 
+use crate::config::GroupAdmin;
 use imgate_codec::{
     ErrorCode, HEADER_LEN,
     frame::{ENTRY_FIXED, GroupOp, MsgR, ReadR, UNREAD_ENTRY, UnreadA, UnreadEntry},
@@ -71,6 +72,19 @@ pub fn check_members(op: GroupOp, listed: &[u64]) -> Result<(), Refusal> {
         }
         GroupOp::List if listed.len() > 1 => Err((ErrorCode::InvalidRequest, "list takes one id")),
         _ => Ok(()),
+    }
+}
+
+/// Whether a group:R may change membership: the server API always may
+/// (`server`); a client may unless `group_admin = "api"`, and always
+/// lists.
+pub fn may_manage(op: GroupOp, server: bool, admin: GroupAdmin) -> Result<(), Refusal> {
+    match (op, server, admin) {
+        (GroupOp::List, _, _) | (_, true, _) | (_, false, GroupAdmin::Members) => Ok(()),
+        (_, false, GroupAdmin::Api) => Err((
+            ErrorCode::Forbidden,
+            "group membership is managed by the server",
+        )),
     }
 }
 
@@ -233,6 +247,20 @@ mod tests {
         assert!(check_members(GroupOp::Create, &[3, 0]).is_err());
         assert_eq!(check_members(GroupOp::List, &[0]), Ok(()));
         assert!(check_members(GroupOp::List, &[1, 2]).is_err());
+    }
+
+    #[test]
+    fn who_manages_membership() {
+        use GroupAdmin::{Api, Members};
+        for op in [GroupOp::Create, GroupOp::Add, GroupOp::Remove] {
+            assert_eq!(may_manage(op, false, Members), Ok(()));
+            assert_eq!(may_manage(op, true, Api), Ok(()));
+            assert_eq!(
+                may_manage(op, false, Api).map_err(|e| e.0),
+                Err(ErrorCode::Forbidden)
+            );
+        }
+        assert_eq!(may_manage(GroupOp::List, false, Api), Ok(()));
     }
 
     #[test]

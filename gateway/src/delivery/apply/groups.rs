@@ -33,15 +33,20 @@ pub(super) fn group(cx: &mut Ctx<'_>, r: GroupR) -> Result<(), StoreError> {
         return Ok(());
     };
     let listed: Vec<u64> = r.members().collect();
-    if let Err((code, text)) = rules::check_members(op, &listed) {
+    if let Err((code, text)) = rules::check_members(op, &listed)
+        .and_then(|()| rules::may_manage(op, cx.is_server(), cx.state.limits.group_admin))
+    {
         cx.refuse(code, k, r.req, text);
         return Ok(());
     }
     let max = cx.state.limits.max_group_size;
     if op == GroupOp::Create {
-        // The creator plus the listed users, each once.
+        // The creator plus the listed users, each once (the server API
+        // creates groups it is not a member of).
         let mut unique = listed.clone();
-        unique.push(cx.user);
+        if !cx.is_server() {
+            unique.push(cx.user);
+        }
         unique.sort_unstable();
         unique.dedup();
         if unique.len() > max {
@@ -59,7 +64,9 @@ pub(super) fn group(cx: &mut Ctx<'_>, r: GroupR) -> Result<(), StoreError> {
             r.group
         };
         let mut g = Group::default();
-        g.members.insert(cx.user, 0);
+        if !cx.is_server() {
+            g.members.insert(cx.user, 0);
+        }
         for &u in &listed {
             g.members.insert(u, 0);
         }

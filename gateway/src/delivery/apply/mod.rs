@@ -45,6 +45,12 @@ impl Ctx<'_> {
         });
     }
 
+    /// Whether the request is the server API's (`crate::replies`): no
+    /// client can send from its core number.
+    fn is_server(&self) -> bool {
+        self.conn.core == crate::replies::API_CORE
+    }
+
     /// The stream a request names, if the user may use it; refuses if not.
     /// Returns the stream and the first sequence id the user may see - 1.
     fn stream(
@@ -57,11 +63,14 @@ impl Ctx<'_> {
             return Ok(Some((StreamId::inbox(self.user), 0)));
         }
         let user = self.user;
+        let server = self.is_server();
         match self.state.group(self.store, group)? {
             None => {
                 self.refuse(ErrorCode::NotFound, kind, id, "no such group");
                 Ok(None)
             }
+            // The server API acts on any group, from its start.
+            Some(_) if server => Ok(Some((StreamId::group(group), 0))),
             Some(g) => match g.members.get(&user) {
                 Some(&join) => Ok(Some((StreamId::group(group), join))),
                 None => {

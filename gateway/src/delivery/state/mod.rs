@@ -33,6 +33,8 @@ pub struct Limits {
     pub page_max: usize,
     /// Largest group.
     pub max_group_size: usize,
+    /// Who manages group membership.
+    pub group_admin: crate::config::GroupAdmin,
     /// Largest message body.
     pub max_body: usize,
     /// Largest frame the server sends.
@@ -54,6 +56,7 @@ impl Limits {
             page_default: cfg.sync_page_default,
             page_max: cfg.sync_page_max,
             max_group_size: cfg.max_group_size,
+            group_admin: cfg.group_admin,
             max_body: super::rules::max_body(cfg.max_frame),
             max_frame: cfg.max_frame,
             unread_scan_limit: cfg.unread_scan_limit,
