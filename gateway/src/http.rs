@@ -133,6 +133,7 @@ pub fn router(endpoint: Arc<Endpoint>) -> Router {
         .route("/admin/sessions", get(sessions))
         .route("/api/v1/messages", post(crate::api::send))
         .route("/api/v1/messages/batch", post(crate::api::batch))
+        .route("/api/v1/presence", get(presence))
         .route("/api/v1/groups", post(crate::api::create_group))
         .route(
             "/api/v1/groups/{group}/members",
@@ -245,9 +246,9 @@ impl Admin {
         }
         Ok(self
             .registry
-            .sessions(t.user, t.device)
+            .sessions_info(t.user, t.device)
             .iter()
-            .map(|(d, c)| format!("{{\"device\":{d},\"core\":{}}}", c.core))
+            .map(|(d, c, info)| format!("{{{}}}", info.json_members(*d, *c)))
             .collect())
     }
 }
@@ -290,6 +291,33 @@ async fn sessions(
         t.user,
         list.join(",")
     )))
+}
+
+/// `GET /api/v1/presence`: this node's online users, sessions, and
+/// connections by transport.
+async fn presence(
+    State(e): State<Arc<Endpoint>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let admin = admin(&e, &headers)?;
+    let (users, sessions) = admin.registry.counts();
+    let mut by_transport = serde_json::Map::new();
+    for (i, t) in crate::metrics::TRANSPORTS.iter().enumerate() {
+        let n: i64 = e
+            .metrics
+            .cores
+            .iter()
+            .filter_map(|c| c.transports.get(i))
+            .map(|t| t.connections.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        by_transport.insert((*t).to_string(), n.max(0).into());
+    }
+    Ok(Json(serde_json::json!({
+        "users": users,
+        "sessions": sessions,
+        "connections": e.metrics.connections().max(0),
+        "by_transport": by_transport,
+    })))
 }
 
 /// A JSON body already serialised.
@@ -495,17 +523,21 @@ mod tests {
     #[test]
     fn sessions_lists_devices_in_order() {
         let (a, reg, _rx) = endpoint(Some("t"));
-        reg.login(7, 2, ConnId::new(1, 5, 0));
+        let wss = crate::registry::SessionInfo {
+            since: 1_767_312_000,
+            transport: 3,
+        };
+        reg.login_with(7, 2, ConnId::new(1, 5, 0), wss);
         reg.login(7, 1, ConnId::new(0, 3, 0));
         let all = request(a, "GET", "/admin/sessions?user=7", Some("t")).expect("http");
         assert_eq!(
             all.1,
-            "{\"user\":7,\"sessions\":[{\"device\":1,\"core\":0},{\"device\":2,\"core\":1}]}\n"
+            "{\"user\":7,\"sessions\":[{\"device\":1,\"core\":0,\"transport\":\"tcp\",\"since\":0},{\"device\":2,\"core\":1,\"transport\":\"wss\",\"since\":1767312000}]}\n"
         );
         let one = request(a, "GET", "/admin/sessions?user=7&device=2", Some("t")).expect("http");
         assert_eq!(
             one.1,
-            "{\"user\":7,\"sessions\":[{\"device\":2,\"core\":1}]}\n"
+            "{\"user\":7,\"sessions\":[{\"device\":2,\"core\":1,\"transport\":\"wss\",\"since\":1767312000}]}\n"
         );
     }
 }

@@ -12,24 +12,62 @@ use ahash::AHashMap;
 
 use crate::conn_id::ConnId;
 
+/// What presence shows of a session besides its connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// When it logged in, Unix seconds.
+    pub since: u32,
+    /// Its transport, an index into [`crate::metrics::TRANSPORTS`].
+    pub transport: u8,
+}
+
+/// One session: device, connection, presence.
+type Session = (u32, ConnId, SessionInfo);
+
 /// The devices of one online user. Most users have one, kept inline; the
 /// list of several is boxed so that the common entry stays small.
 #[derive(Debug)]
 enum Devices {
-    One(u32, ConnId),
+    One(Session),
     // Boxed on purpose: a `Vec` inline would make every one-device entry
     // 8 bytes larger; several devices are rare and pay the extra pointer.
     #[allow(clippy::box_collection)]
-    Many(Box<Vec<(u32, ConnId)>>),
+    Many(Box<Vec<Session>>),
 }
 
 impl Devices {
-    fn iter(&self) -> impl Iterator<Item = (u32, ConnId)> + '_ {
+    fn all(&self) -> impl Iterator<Item = Session> + '_ {
         let (one, many) = match self {
-            Devices::One(d, c) => (Some((*d, *c)), &[][..]),
+            Devices::One(s) => (Some(*s), &[][..]),
             Devices::Many(v) => (None, &v[..]),
         };
         one.into_iter().chain(many.iter().copied())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u32, ConnId)> + '_ {
+        self.all().map(|(d, c, _)| (d, c))
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Devices::One(_) => 1,
+            Devices::Many(v) => v.len(),
+        }
+    }
+}
+
+impl SessionInfo {
+    /// The session as presence shows it: `"device"`, `"core"`,
+    /// `"transport"`, `"since"` (JSON object members, without braces).
+    pub fn json_members(&self, device: u32, conn: ConnId) -> String {
+        let transport = crate::metrics::TRANSPORTS
+            .get(usize::from(self.transport))
+            .copied()
+            .unwrap_or("tcp");
+        format!(
+            "\"device\":{device},\"core\":{},\"transport\":\"{transport}\",\"since\":{}",
+            conn.core, self.since
+        )
     }
 }
 
@@ -69,25 +107,42 @@ impl Registry {
     /// Records `conn` as `user`'s `device`, returning the connection it
     /// replaces, if any.
     pub fn login(&self, user: u64, device: u32, conn: ConnId) -> Option<ConnId> {
+        self.login_with(user, device, conn, SessionInfo::default())
+    }
+
+    /// [`Registry::login`] with what presence shows of the session.
+    pub fn login_with(
+        &self,
+        user: u64,
+        device: u32,
+        conn: ConnId,
+        info: SessionInfo,
+    ) -> Option<ConnId> {
         let mut m = self.shard(user);
         match m.get_mut(&user) {
             None => {
-                m.insert(user, Devices::One(device, conn));
+                m.insert(user, Devices::One((device, conn, info)));
                 None
             }
-            Some(Devices::One(d, c)) if *d == device => Some(std::mem::replace(c, conn)),
+            Some(Devices::One(e)) if e.0 == device => {
+                let old = e.1;
+                *e = (device, conn, info);
+                Some(old)
+            }
             Some(slot @ Devices::One(..)) => {
-                let Devices::One(d, c) = *slot else {
+                let Devices::One(e) = *slot else {
                     unreachable!()
                 };
-                *slot = Devices::Many(Box::new(vec![(d, c), (device, conn)]));
+                *slot = Devices::Many(Box::new(vec![e, (device, conn, info)]));
                 None
             }
             Some(Devices::Many(v)) => {
                 if let Some(e) = v.iter_mut().find(|e| e.0 == device) {
-                    Some(std::mem::replace(&mut e.1, conn))
+                    let old = e.1;
+                    *e = (device, conn, info);
+                    Some(old)
                 } else {
-                    v.push((device, conn));
+                    v.push((device, conn, info));
                     None
                 }
             }
@@ -102,8 +157,8 @@ impl Registry {
             return false;
         };
         match devs {
-            Devices::One(d, c) => {
-                if *d == device && *c == conn {
+            Devices::One(e) => {
+                if e.0 == device && e.1 == conn {
                     m.remove(&user);
                     return true;
                 }
@@ -115,8 +170,7 @@ impl Registry {
                 };
                 v.swap_remove(i);
                 if v.len() == 1 {
-                    let (d, c) = v[0];
-                    *devs = Devices::One(d, c);
+                    *devs = Devices::One(v[0]);
                 }
                 true
             }
@@ -145,6 +199,32 @@ impl Registry {
         all.retain(|(d, _)| device.is_none_or(|want| *d == want));
         all.sort_unstable_by_key(|(d, _)| *d);
         all
+    }
+
+    /// `user`'s sessions with what presence shows of them, only
+    /// `device`'s if set, in device order.
+    pub fn sessions_info(&self, user: u64, device: Option<u32>) -> Vec<(u32, ConnId, SessionInfo)> {
+        let mut all: Vec<Session> = match self.shard(user).get(&user) {
+            Some(d) => d.all().collect(),
+            None => Vec::new(),
+        };
+        all.retain(|(d, _, _)| device.is_none_or(|want| *d == want));
+        all.sort_unstable_by_key(|(d, _, _)| *d);
+        all
+    }
+
+    /// Users online and their sessions, on this node (a walk over every
+    /// shard: for an operator's question, not a hot path).
+    pub fn counts(&self) -> (usize, usize) {
+        self.shards.iter().fold((0, 0), |(users, sessions), shard| {
+            let m = shard
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (
+                users + m.len(),
+                sessions + m.values().map(Devices::len).sum::<usize>(),
+            )
+        })
     }
 
     /// The connection of `user`'s `device`, if online.

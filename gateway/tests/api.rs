@@ -420,3 +420,46 @@ fn groups_are_managed_by_the_api_on_the_cluster_backend() {
     };
     groups_managed_by_the_api(g.addr(), g.metrics_addr());
 }
+
+#[test]
+fn presence_shows_sessions_with_transport_and_since_and_counts() {
+    let api = Api::start();
+    let before = imgate::unix_time().as_secs();
+    let _a = Client::login(api.addr(), 2, 1);
+    let _b = Client::login(api.addr(), 3, 1);
+    let _c = Client::login(api.addr(), 3, 2);
+    let get = |path: &str| {
+        let (status, text) =
+            imgate::http::request(api.http, "GET", path, Some(TOKEN)).expect("http");
+        (
+            status,
+            serde_json::from_str::<Value>(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
+        )
+    };
+    let (status, s) = get("/admin/sessions?user=3");
+    assert_eq!(status, 200, "{s}");
+    let sessions = s["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 2, "{s}");
+    for (i, one) in sessions.iter().enumerate() {
+        assert_eq!(one["device"], json!(i + 1), "{s}");
+        assert_eq!(one["transport"], "tcp", "{s}");
+        let since = one["since"].as_u64().expect("since");
+        assert!(
+            since >= before && since <= imgate::unix_time().as_secs(),
+            "{s}"
+        );
+    }
+    let (status, p) = get("/api/v1/presence");
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(
+        (p["users"].clone(), p["sessions"].clone()),
+        (json!(2), json!(3)),
+        "{p}"
+    );
+    assert_eq!(
+        (p["connections"].clone(), p["by_transport"]["tcp"].clone()),
+        (json!(3), json!(3)),
+        "{p}"
+    );
+    assert_eq!(p["by_transport"]["tls"], json!(0), "{p}");
+}

@@ -418,12 +418,13 @@ impl Node {
             .router
             .borrow()
             .registry()
-            .sessions(user, device)
+            .sessions_info(user, device)
             .iter()
-            .map(|(d, c)| {
+            .map(|(d, c, info)| {
                 format!(
-                    "{{\"node\":\"{}\",\"device\":{d},\"core\":{}}}\n",
-                    self.name, c.core
+                    "{{\"node\":\"{}\",{}}}\n",
+                    self.name,
+                    info.json_members(*d, *c)
                 )
             })
             .collect();

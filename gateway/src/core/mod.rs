@@ -224,7 +224,11 @@ impl Core {
             } => {
                 // The older connection of this device goes, through the
                 // backend, which may have others on other nodes.
-                if let Some(old) = self.shared.registry.login(user, device, conn.id) {
+                let info = crate::registry::SessionInfo {
+                    since: u32::try_from(crate::unix_time().as_secs()).unwrap_or(u32::MAX),
+                    transport: u8::try_from(conn.transport_index()).unwrap_or(0),
+                };
+                if let Some(old) = self.shared.registry.login_with(user, device, conn.id, info) {
                     self.to_backend(Inbound::Replaced { old, user, device });
                 }
                 self.arm_liveness(
