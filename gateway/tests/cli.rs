@@ -100,50 +100,29 @@ fn bad_flags_and_configs_exit_2_with_one_line() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid setting tls_key"), "{err}");
-    let out = imgate()
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--no-metrics",
-            "--durability",
-            "memory",
-        ])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--tls-cert")
-        .arg(dir.join("missing-cert.pem"))
-        .arg("--tls-key")
-        .arg(dir.join("missing-key.pem"))
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("tls_cert") && err.contains("missing-cert.pem"),
-        "{err}"
+    // A key file that is not there stops the start, naming the setting
+    // and the file.
+    let fails_to_start = |files: &[(&str, &str)], want: &str| {
+        let mut cmd = imgate();
+        cmd.args(["--listen", "127.0.0.1:0", "--no-metrics"])
+            .args(["--durability", "memory", "--data-dir"])
+            .arg(dir.join("data"));
+        for (flag, file) in files {
+            cmd.arg(flag).arg(dir.join(file));
+        }
+        let out = cmd.output().expect("runs");
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want) && err.contains(files[0].1), "{err}");
+    };
+    fails_to_start(
+        &[
+            ("--tls-cert", "missing-cert.pem"),
+            ("--tls-key", "missing-key.pem"),
+        ],
+        "tls_cert",
     );
-
-    // A JWT public key that is not there.
-    let out = imgate()
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--no-metrics",
-            "--durability",
-            "memory",
-        ])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--jwt-public-key")
-        .arg(dir.join("missing-jwt.pem"))
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("jwt_public_key") && err.contains("missing-jwt.pem"),
-        "{err}"
-    );
+    fails_to_start(&[("--jwt-public-key", "missing-jwt.pem")], "jwt_public_key");
     let _ = std::fs::remove_dir_all(dir);
 }
 
