@@ -140,7 +140,7 @@ impl Conn {
     /// [`crate::metrics::TRANSPORTS`]: tcp, ws, tls, wss.
     pub(crate) fn transport_index(&self) -> usize {
         let s = self.write_state.get();
-        usize::from(s & WEBSOCKET != 0) + 2 * usize::from(s & TLS != 0)
+        crate::metrics::transport_index(s & WEBSOCKET != 0, s & TLS != 0)
     }
 
     fn set_write_bit(&self, bit: u8, on: bool) {

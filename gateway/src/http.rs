@@ -301,17 +301,12 @@ async fn presence(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let admin = admin(&e, &headers)?;
     let (users, sessions) = admin.registry.counts();
-    let mut by_transport = serde_json::Map::new();
-    for (i, t) in crate::metrics::TRANSPORTS.iter().enumerate() {
-        let n: i64 = e
-            .metrics
-            .cores
-            .iter()
-            .filter_map(|c| c.transports.get(i))
-            .map(|t| t.connections.load(std::sync::atomic::Ordering::Relaxed))
-            .sum();
-        by_transport.insert((*t).to_string(), n.max(0).into());
-    }
+    let by_transport: serde_json::Map<String, serde_json::Value> = e
+        .metrics
+        .connections_by_transport()
+        .into_iter()
+        .map(|(t, n)| (t.to_string(), n.into()))
+        .collect();
     Ok(Json(serde_json::json!({
         "users": users,
         "sessions": sessions,

@@ -39,7 +39,7 @@ pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener, transport
 fn admit(core: &Rc<Core>, stream: TcpStream, transport: Transport) {
     let m = core.metrics();
     let shared = &core.shared;
-    let t = usize::from(transport == Transport::Ws) + 2 * usize::from(shared.tls.is_some());
+    let t = crate::metrics::transport_index(transport == Transport::Ws, shared.tls.is_some());
     m.accepted.fetch_add(1, Relaxed);
     if let Some(tm) = m.transports.get(t) {
         tm.accepted.fetch_add(1, Relaxed);

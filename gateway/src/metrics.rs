@@ -39,6 +39,12 @@ pub const KICK_REASONS: &[KickReason] = KickReason::ALL;
 /// `transport` label).
 pub const TRANSPORTS: [&str; 4] = ["tcp", "ws", "tls", "wss"];
 
+/// The index into [`TRANSPORTS`] of a connection over WebSocket or not,
+/// with TLS or not.
+pub fn transport_index(websocket: bool, tls: bool) -> usize {
+    usize::from(websocket) + 2 * usize::from(tls)
+}
+
 /// One core's counters for one transport.
 #[derive(Debug, Default)]
 pub struct TransportMetrics {
@@ -180,6 +186,11 @@ impl Metrics {
     /// Total open connections.
     pub fn connections(&self) -> i64 {
         self.cores.iter().map(|c| c.connections.load(Relaxed)).sum()
+    }
+
+    /// Open connections by transport, summed over cores.
+    pub fn connections_by_transport(&self) -> Vec<(&'static str, u64)> {
+        cores::by_transport(&self.cores, cores::open_connections).collect()
     }
 
     /// Total kicks for `reason`.

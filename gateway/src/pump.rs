@@ -591,11 +591,15 @@ fn count_bytes(core: &Core, conn: &Conn, read: usize, written: usize) {
     let t = m.transports.get(conn.transport_index());
     if read > 0 {
         m.bytes_in.fetch_add(read as u64, Relaxed);
-        t.map(|t| t.bytes_in.fetch_add(read as u64, Relaxed));
+        if let Some(t) = t {
+            t.bytes_in.fetch_add(read as u64, Relaxed);
+        }
     }
     if written > 0 {
         m.bytes_out.fetch_add(written as u64, Relaxed);
-        t.map(|t| t.bytes_out.fetch_add(written as u64, Relaxed));
+        if let Some(t) = t {
+            t.bytes_out.fetch_add(written as u64, Relaxed);
+        }
     }
 }
 

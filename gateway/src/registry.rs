@@ -194,11 +194,10 @@ impl Registry {
     /// `user`'s (device, connection) pairs, only `device`'s if set, in
     /// device order.
     pub fn sessions(&self, user: u64, device: Option<u32>) -> Vec<(u32, ConnId)> {
-        let mut all = Vec::new();
-        self.devices_of(user, &mut all);
-        all.retain(|(d, _)| device.is_none_or(|want| *d == want));
-        all.sort_unstable_by_key(|(d, _)| *d);
-        all
+        self.sessions_info(user, device)
+            .into_iter()
+            .map(|(d, c, _)| (d, c))
+            .collect()
     }
 
     /// `user`'s sessions with what presence shows of them, only

@@ -157,16 +157,7 @@ impl Client {
     }
 
     fn login_on(mut c: Client, user: u64, device: u32) -> Client {
-        c.send(Login {
-            user,
-            device,
-            resume: 0,
-            token: token(user, device),
-        });
-        match c.frame() {
-            Frame::LoginOk(ok) => assert_eq!((ok.user, ok.device), (user, device)),
-            other => panic!("expected login:ok, got {other:?}"),
-        }
+        common::log_in(&mut c, user, device);
         c
     }
 

@@ -12,12 +12,8 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use common::{Client, Gw, token};
-use imgate_codec::{
-    Decoder, Frame, KickReason,
-    frame::{Login, MsgR},
-    ws,
-};
+use common::{Client, Gw};
+use imgate_codec::{Decoder, Frame, KickReason, frame::MsgR, ws};
 
 fn gw() -> Gw {
     Gw::start(|c| {
@@ -64,16 +60,7 @@ impl WsClient {
 
     fn login(addr: SocketAddr, user: u64, device: u32) -> WsClient {
         let mut c = WsClient::connect(addr);
-        c.send(Login {
-            user,
-            device,
-            resume: 0,
-            token: token(user, device),
-        });
-        match c.frame() {
-            Frame::LoginOk(ok) => assert_eq!((ok.user, ok.device), (user, device)),
-            other => panic!("expected login:ok, got {other:?}"),
-        }
+        common::log_in(&mut c, user, device);
         c
     }
 

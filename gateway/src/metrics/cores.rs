@@ -99,7 +99,7 @@ const PER_TRANSPORT: &[PerTransport] = &[
     (
         "imgate_transport_connections",
         "Open connections, by transport.",
-        |t| t.connections.load(Relaxed).max(0).unsigned_abs(),
+        open_connections,
     ),
     (
         "imgate_transport_accepted_total",
@@ -151,16 +151,13 @@ impl Collector for CoreCollector {
                 .map(|&r| (r.as_str(), kicks(&self.cores, r))),
         )?;
         for &(name, help, get) in PER_TRANSPORT {
-            let series = TRANSPORTS.iter().enumerate().map(|(i, &t)| {
-                let sum = self
-                    .cores
-                    .iter()
-                    .filter_map(|c| c.transports.get(i))
-                    .map(get)
-                    .sum::<u64>();
-                (t, sum)
-            });
-            labelled(&mut enc, name, help, "transport", series)?;
+            labelled(
+                &mut enc,
+                name,
+                help,
+                "transport",
+                by_transport(&self.cores, get),
+            )?;
         }
         gauge(
             &mut enc,
@@ -169,6 +166,27 @@ impl Collector for CoreCollector {
             self.backend_queue.load(Relaxed).max(0),
         )
     }
+}
+
+/// Open connections of one core and transport (never below 0 when read
+/// between a close and its open on another core).
+pub(super) fn open_connections(t: &TransportMetrics) -> u64 {
+    t.connections.load(Relaxed).max(0).unsigned_abs()
+}
+
+/// `get` of every transport, summed over cores, with the transport's name.
+pub(super) fn by_transport(
+    cores: &[CoreMetrics],
+    get: fn(&TransportMetrics) -> u64,
+) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+    TRANSPORTS.iter().enumerate().map(move |(i, &t)| {
+        let sum = cores
+            .iter()
+            .filter_map(|c| c.transports.get(i))
+            .map(get)
+            .sum::<u64>();
+        (t, sum)
+    })
 }
 
 /// Kicks for `reason`, summed over cores.

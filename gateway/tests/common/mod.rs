@@ -321,18 +321,25 @@ impl Client {
 
     pub fn login(addr: SocketAddr, user: u64, device: u32) -> Client {
         let mut c = Client::connect(addr);
-        c.send(Login {
+        log_in(&mut c, user, device);
+        c
+    }
+}
+
+/// Logs `c` in as `user` on `device` with a valid token; panics unless
+/// login:ok names them.
+pub fn log_in(c: &mut impl FrameClient, user: u64, device: u32) {
+    c.send_frame(
+        Login {
             user,
             device,
             resume: 0,
             token: token(user, device),
-        });
-        match c.frame() {
-            Frame::LoginOk(ok) => {
-                assert_eq!((ok.user, ok.device), (user, device));
-            }
-            other => panic!("expected login:ok, got {other:?}"),
         }
-        c
+        .into(),
+    );
+    match c.next_frame() {
+        Frame::LoginOk(ok) => assert_eq!((ok.user, ok.device), (user, device)),
+        other => panic!("expected login:ok, got {other:?}"),
     }
 }
