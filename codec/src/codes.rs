@@ -91,6 +91,9 @@ open_enum! {
         /// A msg:R reuses a msg id, within the de-duplication window, for
         /// another message (another recipient or body): nothing was stored.
         MsgIdReused = 17 => "msg_id_reused",
+        /// The device was revoked by the server API: no token logs it in
+        /// until the time the revocation names.
+        DeviceRevoked = 18 => "device_revoked",
     }
 }
 
@@ -115,6 +118,8 @@ open_enum! {
         LoginTimeout = 8 => "login_timeout",
         /// Pushed messages stayed unacknowledged past the retry limit.
         PushUnacked = 9 => "push_unacked",
+        /// The server API revoked the device.
+        Revoked = 10 => "revoked",
     }
 }
 

@@ -22,7 +22,7 @@ use axum::{
     extract::{DefaultBodyLimit, Query, State, rejection::QueryRejection},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{delete, get, post, put},
 };
 use serde::Deserialize;
 
@@ -135,9 +135,18 @@ pub fn router(endpoint: Arc<Endpoint>) -> Router {
         .route("/api/v1/messages/batch", post(crate::api::batch))
         .route("/api/v1/presence", get(presence))
         .route("/api/v1/groups", post(crate::api::create_group))
+        .route("/api/v1/groups/{group}", delete(crate::api::delete_group))
         .route(
             "/api/v1/groups/{group}/members",
             post(crate::api::change_members).get(crate::api::list_members),
+        )
+        .route(
+            "/api/v1/groups/{group}/admins",
+            post(crate::api::change_admins).get(crate::api::list_roles),
+        )
+        .route(
+            "/api/v1/groups/{group}/owner",
+            put(crate::api::transfer_group),
         )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "not found") })
         .method_not_allowed_fallback(|| async {

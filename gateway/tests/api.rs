@@ -401,6 +401,60 @@ fn groups_managed_by_the_api(addr: std::net::SocketAddr, http: std::net::SocketA
         (404, json!("not_found")),
         "{e}"
     );
+
+    // Roles: a group created for an owner, an admin, a handover, a delete.
+    let (status, g) = call(
+        "POST",
+        "/api/v1/groups",
+        Some(json!({"members": [22], "owner": 21})),
+    );
+    assert_eq!(
+        (status, g["members"].clone()),
+        (200, json!([21, 22])),
+        "{g}"
+    );
+    let id = g["group"].as_u64().expect("an id");
+    let admins = format!("/api/v1/groups/{id}/admins");
+    let (status, r) = call("GET", &admins, None);
+    assert_eq!(
+        (status, r["owner"].clone(), r["admins"].clone()),
+        (200, json!(21), json!([])),
+        "{r}"
+    );
+    let (status, r) = call("POST", &admins, Some(json!({"add": [22, 23]})));
+    assert_eq!((status, r["members"].clone()), (200, json!([22])), "{r}");
+    let owner = format!("/api/v1/groups/{id}/owner");
+    let (status, r) = call("PUT", &owner, Some(json!({"owner": 22})));
+    assert_eq!(
+        (status, r["members"].clone()),
+        (200, json!([21, 22])),
+        "{r}"
+    );
+    let (status, r) = call("GET", &admins, None);
+    assert_eq!(
+        (status, r["owner"].clone(), r["admins"].clone()),
+        (200, json!(22), json!([21])),
+        "{r}"
+    );
+    let (status, e) = call("PUT", &owner, Some(json!({"owner": 99})));
+    assert_eq!(
+        (status, e["error"].clone()),
+        (400, json!("invalid_request")),
+        "{e}"
+    );
+    let (status, r) = call("DELETE", &format!("/api/v1/groups/{id}"), None);
+    assert_eq!((status, r["total"].clone()), (200, json!(0)), "{r}");
+    for (method, path) in [
+        ("GET", format!("/api/v1/groups/{id}/members")),
+        ("DELETE", format!("/api/v1/groups/{id}")),
+    ] {
+        let (status, e) = call(method, &path, None);
+        assert_eq!(
+            (status, e["error"].clone()),
+            (404, json!("not_found")),
+            "{e}"
+        );
+    }
 }
 
 #[test]

@@ -125,13 +125,14 @@ export const ERROR_NAMES = Object.freeze([
   "none", "malformed_frame", "unsupported_version", "unknown_kind", "frame_too_large",
   "not_logged_in", "bad_token", "token_expired", "already_logged_in", "forbidden",
   "not_found", "invalid_request", "rate_limited", "too_many_connections", "overloaded",
-  "shutting_down", "internal", "msg_id_reused",
+  "shutting_down", "internal", "msg_id_reused", "device_revoked",
 ]);
 
 /** Kick reasons (section 4.2), by value. */
 export const KICK_NAMES = Object.freeze([
   "none", "heartbeat_timeout", "replaced", "slow_consumer", "protocol_error",
   "server_shutdown", "admin", "rate_limited", "login_timeout", "push_unacked",
+  "revoked",
 ]);
 
 const E = Object.freeze({
@@ -143,7 +144,9 @@ const CLOSING_CODES = new Set([1, 2, 3, 4, 5, 6, 7, 13, 15]);
 /** Codes that say "later", not "no": the request may be repeated as it was. */
 const TRANSIENT_CODES = new Set([E.RATE_LIMITED, E.OVERLOADED, E.INTERNAL]);
 
-const GROUP_OPS = Object.freeze({ create: 1, add: 2, remove: 3, list: 4 });
+const GROUP_OPS = Object.freeze({
+  create: 1, add: 2, remove: 3, list: 4, delete: 5, promote: 6, demote: 7, transfer: 8, roles: 9,
+});
 
 const DEFAULTS = Object.freeze({
   device: 1,
@@ -716,12 +719,13 @@ export class Client extends EventTarget {
   }
 
   /**
-   * group:R (section 5.10): `op` is `create`, `add`, `remove` or `list`
-   * (or 1 to 4). Resolves with the group:A answer, rejects with the error.
+   * group:R (section 5.10): `op` is `create`, `add`, `remove`, `list`,
+   * `delete`, `promote`, `demote`, `transfer` or `roles` (or 1 to 9).
+   * Resolves with the group:A answer, rejects with the error.
    */
   groupRequest(op, group = 0n, members = []) {
     const code = typeof op === "string" ? GROUP_OPS[op] : op;
-    if (![1, 2, 3, 4].includes(code)) return Promise.reject(new RangeError(`unknown group op ${op}`));
+    if (!Object.values(GROUP_OPS).includes(code)) return Promise.reject(new RangeError(`unknown group op ${op}`));
     const ids = members.map((m) => toU64(m, "member"));
     return this._request(Kind.GROUP_R, (req) => encode.groupR(req, code, toU64(group, "group"), ids));
   }

@@ -20,6 +20,16 @@ pub enum GroupOp {
     Remove = 3,
     /// List members after the one listed (none listed: from the start).
     List = 4,
+    /// Delete the group: every member leaves at once.
+    Delete = 5,
+    /// Make the listed members admins.
+    Promote = 6,
+    /// Make the listed admins plain members again.
+    Demote = 7,
+    /// Hand the group to the one listed member (the owner becomes an admin).
+    Transfer = 8,
+    /// The owner and the admins after the one listed (none: from the start).
+    Roles = 9,
 }
 
 impl GroupOp {
@@ -30,6 +40,11 @@ impl GroupOp {
             2 => GroupOp::Add,
             3 => GroupOp::Remove,
             4 => GroupOp::List,
+            5 => GroupOp::Delete,
+            6 => GroupOp::Promote,
+            7 => GroupOp::Demote,
+            8 => GroupOp::Transfer,
+            9 => GroupOp::Roles,
             _ => return None,
         })
     }
@@ -83,8 +98,9 @@ fixed_frame! {
     }
     tail
     /// For `List`: a page of members in ascending id order (ask again after
-    /// the last for more; an empty page is the end). Otherwise: the users
-    /// the op changed.
+    /// the last for more; an empty page is the end). For `Roles`: the owner
+    /// (0 if none), then a page of admins in ascending id order. Otherwise:
+    /// the users the op changed.
     members, check check_ids_and_op
 }
 

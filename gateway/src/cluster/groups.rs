@@ -34,19 +34,26 @@ use super::{
     requests::{Failed, Refuse},
     wire::NodeMsg,
 };
-use crate::{conn_id::ConnId, delivery::rules};
+use crate::{
+    conn_id::ConnId,
+    delivery::{
+        roles::{self, Actor, Joined, Role},
+        rules,
+    },
+};
 
-/// The members of a group and the sequence id each joined at.
+/// The members of a group, the sequence id each joined at and its role.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(super) struct Members(BTreeMap<u64, u64>);
+pub(super) struct Members(BTreeMap<u64, Joined>);
 
 impl Members {
-    /// The wire form: (user, joined at) pairs, big-endian, in user order.
+    /// The wire form: (user, joined at and role) pairs, big-endian, in user
+    /// order.
     pub(super) fn encode(&self) -> Bytes {
         let mut b = BytesMut::with_capacity(self.0.len() * 16);
         for (&u, &j) in &self.0 {
             b.put_u64(u);
-            b.put_u64(j);
+            b.put_u64(j.to_u64());
         }
         b.freeze()
     }
@@ -58,14 +65,27 @@ impl Members {
         }
         let mut m = BTreeMap::new();
         for pair in v.chunks_exact(16) {
-            m.insert(u64_value(pair)?, u64_value(&pair[8..])?);
+            m.insert(u64_value(pair)?, Joined::from_u64(u64_value(&pair[8..])?));
         }
         Some(Members(m))
     }
 
     /// The sequence id `user` joined at, if a member.
     pub(super) fn join(&self, user: u64) -> Option<u64> {
-        self.0.get(&user).copied()
+        self.0.get(&user).map(|j| j.seq())
+    }
+
+    /// The role of `user`, if a member.
+    pub(super) fn role(&self, user: u64) -> Option<Role> {
+        self.0.get(&user).map(|j| j.role())
+    }
+
+    /// The owner, if the group has one.
+    pub(super) fn owner(&self) -> Option<u64> {
+        self.0
+            .iter()
+            .find(|(_, j)| j.role() == Role::Owner)
+            .map(|(&u, _)| u)
     }
 
     /// Whether `user` is a member that joined before `seq` was stored.
@@ -168,20 +188,21 @@ impl Node {
         let max = self.limits.max_group_size;
         let (group, total, changed) = match op {
             GroupOp::Create => {
+                // A client owns what it creates; the server API creates on
+                // behalf of the user it names, or for nobody (user 0).
+                let owner = (user != 0).then_some(user);
                 let mut all = listed.clone();
-                if !server {
-                    all.push(user);
-                }
+                all.extend(owner);
                 all.sort_unstable();
                 all.dedup();
                 if all.len() > max {
                     return Err(Refuse(ErrorCode::InvalidRequest, "group too large").into());
                 }
-                let group = self.create(r.group, &all).await?;
+                let group = self.create(r.group, &all, owner).await?;
                 self.joined(group, &all).await?;
                 (group, all.len(), all)
             }
-            GroupOp::List => {
+            GroupOp::List | GroupOp::Roles => {
                 let m = self.read_members(r.group).await?;
                 let m = if server {
                     m.as_ref()
@@ -191,10 +212,19 @@ impl Node {
                 };
                 let after = listed.first().copied().unwrap_or(0);
                 let fit = (self.limits.max_frame.saturating_sub(64) / 8).min(1000);
-                let page: Vec<u64> = m.users().filter(|&u| u > after).take(fit).collect();
+                let page: Vec<u64> = if op == GroupOp::List {
+                    m.users().filter(|&u| u > after).take(fit).collect()
+                } else {
+                    let admins = m
+                        .users()
+                        .filter(|&u| u > after && m.role(u) == Some(Role::Admin));
+                    std::iter::once(m.owner().unwrap_or(0))
+                        .chain(admins.take(fit.saturating_sub(1)))
+                        .collect()
+                };
                 (r.group, m.len(), page)
             }
-            GroupOp::Add | GroupOp::Remove => {
+            _ => {
                 let (total, changed) = self.change(r.group, user, server, op, &listed).await?;
                 if op == GroupOp::Add {
                     self.joined(r.group, &changed).await?;
@@ -202,7 +232,21 @@ impl Node {
                 if !changed.is_empty() {
                     self.clone().tell_group(r.group, NodeMsg::Members).await;
                 }
-                (r.group, total, changed)
+                if op == GroupOp::Delete {
+                    // The answer names nobody; the members' lists of groups
+                    // are tidied after it (a stale entry is harmless).
+                    let (node, group) = (self.clone(), r.group);
+                    tokio::task::spawn_local(async move {
+                        for u in changed {
+                            if let Err(e) = node.list_group(u, group, false).await {
+                                tracing::warn!(user = u, group, error = %e, "group list not updated");
+                            }
+                        }
+                    });
+                    (r.group, total, Vec::new())
+                } else {
+                    (r.group, total, changed)
+                }
             }
         };
         let answer = GroupA {
@@ -219,11 +263,30 @@ impl Node {
         Ok(())
     }
 
-    /// Creates a group of `members` (sorted), as `wanted` or, for 0, under
-    /// the next free id; returns its id.
-    async fn create(&self, wanted: u64, members: &[u64]) -> Result<u64, Failed> {
+    /// Creates a group of `members` (sorted) owned by `owner`, as `wanted`
+    /// or, for 0, under the next free id; returns its id.
+    async fn create(
+        &self,
+        wanted: u64,
+        members: &[u64],
+        owner: Option<u64>,
+    ) -> Result<u64, Failed> {
         let log = |g| self.js.names().group_log(g);
-        let new_members = |head: u64| Members(members.iter().map(|&u| (u, head)).collect());
+        let new_members = |head: u64| {
+            let role = |u| {
+                if Some(u) == owner {
+                    Role::Owner
+                } else {
+                    Role::Member
+                }
+            };
+            Members(
+                members
+                    .iter()
+                    .map(|&u| (u, Joined::new(head, role(u))))
+                    .collect(),
+            )
+        };
         if wanted != 0 {
             let key = Names::group_key(wanted);
             let e = self.js.get_key(Bucket::Groups, &key).await?;
@@ -273,8 +336,9 @@ impl Node {
             .await
     }
 
-    /// Adds or removes `listed` by `by`, a member; returns the members
-    /// after and the users changed, ascending.
+    /// Changes membership or roles (`op`: add, remove, delete, promote,
+    /// demote, transfer) as `by` asks, a member or the server; returns the
+    /// members after and the users changed, ascending.
     async fn change(
         &self,
         group: u64,
@@ -292,32 +356,54 @@ impl Node {
             } else {
                 check_member(m.as_ref(), by)?.clone()
             };
+            let actor = match m.role(by) {
+                Some(role) if !server => Actor::Member(by, role),
+                _ => Actor::Server,
+            };
+            roles::may_act(op, self.limits.group_admin, actor, listed, |u| m.role(u))
+                .map_err(|(c, t)| Refuse(c, t))?;
             let mut changed: Vec<u64> = Vec::new();
-            if op == GroupOp::Add {
-                let mut new: Vec<u64> = listed
-                    .iter()
-                    .copied()
-                    .filter(|u| m.join(*u).is_none())
-                    .collect();
-                new.sort_unstable();
-                new.dedup();
-                if m.len() + new.len() > self.limits.max_group_size {
-                    return Err(Refuse(ErrorCode::InvalidRequest, "group too large").into());
-                }
-                // A new member sees what comes after it joined.
-                let (head, _) = self.js.head(&self.js.names().group_log(group)).await?;
-                for u in new {
-                    m.0.insert(u, head);
-                    changed.push(u);
-                }
-            } else {
-                for &u in listed {
-                    if m.0.remove(&u).is_some() {
+            match op {
+                GroupOp::Add => {
+                    let mut new: Vec<u64> = listed
+                        .iter()
+                        .copied()
+                        .filter(|u| m.join(*u).is_none())
+                        .collect();
+                    new.sort_unstable();
+                    new.dedup();
+                    if m.len() + new.len() > self.limits.max_group_size {
+                        return Err(Refuse(ErrorCode::InvalidRequest, "group too large").into());
+                    }
+                    // A new member sees what comes after it joined.
+                    let (head, _) = self.js.head(&self.js.names().group_log(group)).await?;
+                    for u in new {
+                        m.0.insert(u, Joined::new(head, Role::Member));
                         changed.push(u);
                     }
                 }
-                changed.sort_unstable();
-                changed.dedup();
+                GroupOp::Remove => {
+                    for &u in listed {
+                        if m.0.remove(&u).is_some() {
+                            changed.push(u);
+                        }
+                    }
+                    changed.sort_unstable();
+                    changed.dedup();
+                }
+                GroupOp::Delete => {
+                    changed = m.users().collect();
+                    m.0.clear();
+                }
+                _ => {
+                    let owner = m.owner();
+                    for (u, role) in roles::role_changes(op, listed, |u| m.role(u), owner) {
+                        if let Some(j) = m.0.get_mut(&u) {
+                            *j = j.with_role(role);
+                            changed.push(u);
+                        }
+                    }
+                }
             }
             if changed.is_empty() {
                 return Ok((m.len(), changed));
@@ -401,7 +487,14 @@ mod tests {
 
     #[test]
     fn members_round_trip_and_refuse_a_torn_value() {
-        let m = Members([(3, 0), (9, 12)].into_iter().collect());
+        let m = Members(
+            [
+                (3, Joined::new(0, Role::Owner)),
+                (9, Joined::new(12, Role::Member)),
+            ]
+            .into_iter()
+            .collect(),
+        );
         let b = m.encode();
         assert_eq!(Members::decode(&b), Some(m.clone()));
         assert_eq!(Members::decode(&b[..b.len() - 1]), None);
@@ -409,6 +502,10 @@ mod tests {
         assert!(!m.joined_before(9, 12), "joined at 12: sees 13 on");
         assert!(!m.joined_before(4, 100), "not a member");
         assert_eq!(m.users().collect::<Vec<_>>(), vec![3, 9]);
+        assert_eq!(
+            (m.owner(), m.role(9), m.role(4)),
+            (Some(3), Some(Role::Member), None)
+        );
     }
 
     #[test]

@@ -510,10 +510,12 @@ impl Node {
                 .min()
                 .unwrap_or(0)),
             Log::Group(group) => {
+                // A group with no members (deleted, or everyone left) is
+                // read by nobody: a create under its id starts at the head.
                 let Some(members) = self.read_members(group).await? else {
-                    return Ok(0);
+                    return Ok(u64::MAX);
                 };
-                if members.len() == 0 || members.len() > BIG_GROUP {
+                if members.len() > BIG_GROUP {
                     return Ok(0);
                 }
                 let prefix = format!("g.{group}.");

@@ -50,9 +50,13 @@ pub enum Durability {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum GroupAdmin {
-    /// Members, with group:R, and the server API.
+    /// Members, with group:R, and the server API; the owner alone
+    /// promotes, demotes and hands over (docs/api.md, "Roles").
     #[default]
     Members,
+    /// Members by role: the owner and admins add and remove, the owner
+    /// alone deletes; everyone but the owner may leave.
+    Roles,
     /// The server API only: a client's create, add or remove is refused
     /// (`forbidden`); members still list.
     Api,

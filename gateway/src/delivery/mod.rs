@@ -36,6 +36,7 @@ mod cache;
 mod emit;
 pub mod keys;
 mod purge;
+pub mod roles;
 pub mod rules;
 mod state;
 #[cfg(test)]

@@ -339,7 +339,7 @@ fn acked_floor(store: &dyn Store, s: StreamId) -> Result<(u64, usize), StoreErro
     let member_prefix = keys::member_key(g, 0);
     scan_prefix(store, Table::Member, &member_prefix[..9], &mut |k, v| {
         if let (Some(u), Some(join)) = (keys::key_tail_u64(k), keys::u64_value(v)) {
-            members.push((u, join));
+            members.push((u, super::roles::Joined::from_u64(join).seq()));
         }
     })?;
     let mut floor = u64::MAX;

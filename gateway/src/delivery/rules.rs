@@ -59,28 +59,40 @@ pub fn check_seq(seq: u64, head: u64) -> Result<(), Refusal> {
     }
 }
 
-/// The member list of a group:R: add and remove name someone, no list
-/// names user 0 (list's one id may be 0: from the start), list names at
-/// most one id.
+/// The member list of a group:R: add, remove, promote and demote name
+/// someone, transfer exactly one user, delete nobody; no list names user 0
+/// (the one id of list and roles may be 0: from the start), list and roles
+/// name at most one id.
 pub fn check_members(op: GroupOp, listed: &[u64]) -> Result<(), Refusal> {
     match op {
-        GroupOp::Add | GroupOp::Remove if listed.is_empty() => {
+        GroupOp::Add | GroupOp::Remove | GroupOp::Promote | GroupOp::Demote
+            if listed.is_empty() =>
+        {
             Err((ErrorCode::InvalidRequest, "no members listed"))
         }
-        GroupOp::Create | GroupOp::Add | GroupOp::Remove if listed.contains(&0) => {
-            Err((ErrorCode::InvalidRequest, "user id 0"))
+        GroupOp::Transfer if listed.len() != 1 => {
+            Err((ErrorCode::InvalidRequest, "transfer names one member"))
         }
-        GroupOp::List if listed.len() > 1 => Err((ErrorCode::InvalidRequest, "list takes one id")),
+        GroupOp::Delete if !listed.is_empty() => {
+            Err((ErrorCode::InvalidRequest, "delete lists nobody"))
+        }
+        GroupOp::List | GroupOp::Roles if listed.len() > 1 => {
+            Err((ErrorCode::InvalidRequest, "list takes one id"))
+        }
+        GroupOp::List | GroupOp::Roles => Ok(()),
+        _ if listed.contains(&0) => Err((ErrorCode::InvalidRequest, "user id 0")),
         _ => Ok(()),
     }
 }
 
-/// Whether a group:R may change membership: the server API always may
-/// (`server`); a client may unless `group_admin = "api"`, and always
-/// lists.
+/// Whether a group:R may change anything at all, before the group is read:
+/// the server API always may; under `group_admin = "api"` a client only
+/// lists. What a member's role allows is [`super::roles::may_act`].
 pub fn may_manage(op: GroupOp, server: bool, admin: GroupAdmin) -> Result<(), Refusal> {
     match (op, server, admin) {
-        (GroupOp::List, _, _) | (_, true, _) | (_, false, GroupAdmin::Members) => Ok(()),
+        (GroupOp::List | GroupOp::Roles, _, _)
+        | (_, true, _)
+        | (_, false, GroupAdmin::Members | GroupAdmin::Roles) => Ok(()),
         (_, false, GroupAdmin::Api) => Err((
             ErrorCode::Forbidden,
             "group membership is managed by the server",
@@ -247,13 +259,27 @@ mod tests {
         assert!(check_members(GroupOp::Create, &[3, 0]).is_err());
         assert_eq!(check_members(GroupOp::List, &[0]), Ok(()));
         assert!(check_members(GroupOp::List, &[1, 2]).is_err());
+        assert_eq!(check_members(GroupOp::Delete, &[]), Ok(()));
+        assert!(check_members(GroupOp::Delete, &[3]).is_err());
+        assert!(check_members(GroupOp::Transfer, &[]).is_err());
+        assert!(check_members(GroupOp::Transfer, &[3, 4]).is_err());
+        assert!(check_members(GroupOp::Transfer, &[0]).is_err());
+        assert!(check_members(GroupOp::Promote, &[]).is_err());
+        assert!(check_members(GroupOp::Demote, &[0]).is_err());
+        assert_eq!(check_members(GroupOp::Roles, &[0]), Ok(()));
     }
 
     #[test]
     fn who_manages_membership() {
-        use GroupAdmin::{Api, Members};
-        for op in [GroupOp::Create, GroupOp::Add, GroupOp::Remove] {
+        use GroupAdmin::{Api, Members, Roles};
+        for op in [
+            GroupOp::Create,
+            GroupOp::Add,
+            GroupOp::Remove,
+            GroupOp::Delete,
+        ] {
             assert_eq!(may_manage(op, false, Members), Ok(()));
+            assert_eq!(may_manage(op, false, Roles), Ok(()));
             assert_eq!(may_manage(op, true, Api), Ok(()));
             assert_eq!(
                 may_manage(op, false, Api).map_err(|e| e.0),
@@ -261,6 +287,7 @@ mod tests {
             );
         }
         assert_eq!(may_manage(GroupOp::List, false, Api), Ok(()));
+        assert_eq!(may_manage(GroupOp::Roles, false, Api), Ok(()));
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl Ctx<'_> {
             // The server API acts on any group, from its start.
             Some(_) if server => Ok(Some((StreamId::group(group), 0))),
             Some(g) => match g.members.get(&user) {
-                Some(&join) => Ok(Some((StreamId::group(group), join))),
+                Some(join) => Ok(Some((StreamId::group(group), join.seq()))),
                 None => {
                     self.refuse(ErrorCode::Forbidden, kind, id, "not a member");
                     Ok(None)

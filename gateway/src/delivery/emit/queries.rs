@@ -94,7 +94,7 @@ pub(super) fn unread(
         let gs = StreamId::group(g);
         let join = state
             .group(store, g)?
-            .and_then(|gr| gr.members.get(&user).copied())
+            .and_then(|gr| gr.members.get(&user).map(|j| j.seq()))
             .unwrap_or(0);
         let head = state.head(store, gs)?;
         let cursor = state.cursor(store, gs, user, device)?;

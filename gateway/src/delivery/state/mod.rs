@@ -69,7 +69,7 @@ impl Limits {
 /// A group's members: user -> the group head when they joined.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Group {
-    pub(crate) members: AHashMap<u64, u64>,
+    pub(crate) members: AHashMap<u64, crate::delivery::roles::Joined>,
 }
 
 /// The senders of the newest messages of one inbox: `from[i]` sent seq
@@ -379,7 +379,10 @@ impl State {
             let mut g = Group::default();
             store.scan(Table::Member, &from, &end, &mut |k, v| {
                 if let Some(user) = keys::key_tail_u64(k) {
-                    g.members.insert(user, keys::u64_value(v).unwrap_or(0));
+                    g.members.insert(
+                        user,
+                        crate::delivery::roles::Joined::from_u64(keys::u64_value(v).unwrap_or(0)),
+                    );
                 }
                 true
             })?;

@@ -15,19 +15,23 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json,
-    extract::{
-        Path, Query, State,
-        rejection::{JsonRejection, QueryRejection},
-    },
+    extract::{State, rejection::JsonRejection},
     http::{HeaderMap, StatusCode},
 };
 use bytes::Bytes;
 use imgate_codec::{
     Decoder, ErrorCode, Frame,
-    frame::{GroupOp, GroupR, MAX_LOGIN_FRAME, MsgR},
+    frame::{MAX_LOGIN_FRAME, MsgR},
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+mod groups;
+
+pub(crate) use groups::{
+    change_admins, change_members, create_group, delete_group, list_members, list_roles,
+    transfer_group,
+};
 
 use crate::{
     backend::{CoreMsg, Inbound},
@@ -371,122 +375,6 @@ pub(crate) async fn batch(
     Ok(Json(
         serde_json::json!({ "sent": items.len() - failed, "failed": failed, "results": items }),
     ))
-}
-
-/// `POST /api/v1/groups`: a new group of `members`, which the server
-/// manages (it is not a member itself).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateGroup {
-    /// The id wanted; 0 or absent: the server picks one.
-    #[serde(default)]
-    pub group: u64,
-    /// The members, at least one.
-    pub members: Vec<u64>,
-}
-
-/// `POST /api/v1/groups/{group}/members`: exactly one of the two.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChangeMembers {
-    /// Users to add.
-    pub add: Option<Vec<u64>>,
-    /// Users to remove.
-    pub remove: Option<Vec<u64>>,
-}
-
-/// `GET /api/v1/groups/{group}/members?after=U`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListMembers {
-    /// The page starts after this user id (0: from the first).
-    #[serde(default)]
-    pub after: u64,
-}
-
-/// A group:R from the server itself, answered with group:A as JSON:
-/// `{"group", "total", "members"}` (for a change, the users changed).
-async fn group_op(
-    admin: &Admin,
-    op: GroupOp,
-    group: u64,
-    members: &[u64],
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let fit = admin.limits.max_body / 8;
-    if members.len() > fit {
-        return Err(bad(
-            "bad_members",
-            format!("at most {fit} members per call; add the rest with more calls"),
-        ));
-    }
-    let r = GroupR {
-        req: 1,
-        op: op as u8,
-        group,
-        members: Bytes::new(),
-    }
-    .with_members(members);
-    let pending = submit_frame(admin, 0, Frame::GroupR(r))?;
-    let deadline = tokio::time::Instant::now() + admin.limits.timeout;
-    match answer_frame(admin, pending, deadline).await? {
-        Frame::GroupA(a) => Ok(Json(serde_json::json!({
-            "group": a.group,
-            "total": a.total,
-            "members": a.members().collect::<Vec<u64>>(),
-        }))),
-        other => Err(unexpected(&other)),
-    }
-}
-
-/// `POST /api/v1/groups`.
-pub(crate) async fn create_group(
-    State(e): State<Arc<Endpoint>>,
-    headers: HeaderMap,
-    req: Result<Json<CreateGroup>, JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let admin = crate::http::admin(&e, &headers)?;
-    let req = json(req)?;
-    if req.members.is_empty() {
-        return Err(bad("bad_members", "a group needs at least one member"));
-    }
-    group_op(admin, GroupOp::Create, req.group, &req.members).await
-}
-
-/// `POST /api/v1/groups/{group}/members`.
-pub(crate) async fn change_members(
-    State(e): State<Arc<Endpoint>>,
-    headers: HeaderMap,
-    Path(group): Path<u64>,
-    req: Result<Json<ChangeMembers>, JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let admin = crate::http::admin(&e, &headers)?;
-    let (op, members) = match json(req)? {
-        ChangeMembers {
-            add: Some(m),
-            remove: None,
-        } => (GroupOp::Add, m),
-        ChangeMembers {
-            add: None,
-            remove: Some(m),
-        } => (GroupOp::Remove, m),
-        _ => return Err(bad("bad_members", "give exactly one of add and remove")),
-    };
-    group_op(admin, op, group, &members).await
-}
-
-/// `GET /api/v1/groups/{group}/members`.
-pub(crate) async fn list_members(
-    State(e): State<Arc<Endpoint>>,
-    headers: HeaderMap,
-    Path(group): Path<u64>,
-    q: Result<Query<ListMembers>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let admin = crate::http::admin(&e, &headers)?;
-    let q = q
-        .map(|Query(q)| q)
-        .map_err(|r| bad("bad_query", r.body_text()))?;
-    let after: &[u64] = if q.after == 0 { &[] } else { &[q.after] };
-    group_op(admin, GroupOp::List, group, after).await
 }
 
 #[cfg(test)]
