@@ -146,6 +146,19 @@ fn a_send_is_stored_pushed_pulled_and_one_copy_on_retry() {
 }
 
 #[test]
+fn a_system_senders_own_copies_go_and_the_receiver_keeps_the_message() {
+    let api = Api::start_with(&["--purge-interval-ms", "10"]);
+    let (status, sent) = api.send(json!({"from": 99, "to": 2, "key": "n-1", "body": "notice"}));
+    assert_eq!((status, &sent["own_seq"]), (200, &json!(1)), "{sent}");
+    // Many purge steps later: 99 has no device, so its own copy went.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut sys = Client::login(api.addr(), 99, 1);
+    assert!(inbox(&mut sys, 1).is_empty(), "the own copy is gone");
+    let mut bob = Client::login(api.addr(), 2, 1);
+    assert_eq!(inbox(&mut bob, 1), vec![(99, "notice".to_string())]);
+}
+
+#[test]
 fn a_batch_sends_one_message_to_each_once() {
     let api = Api::start();
     let batch = json!({"from": 9, "to": [4, 5, 6], "key": "maintenance-1", "body": "down at 2am"});

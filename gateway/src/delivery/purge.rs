@@ -20,7 +20,11 @@
 //! Who counts as a reader:
 //! - an inbox: every device of the user that ever logged in or acked (a
 //!   device gets a device key at its first login, see `apply::login`, or
-//!   its first cursor), at its cursor, or 0 if it has none;
+//!   its first cursor), at its cursor, or 0 if it has none. An inbox whose
+//!   user has no device has no reader for the user's own copies (a system
+//!   sender id of the server API that never logs in): they go from the
+//!   oldest record up to the first one another user sent, which stays for
+//!   the user's first device;
 //! - a group: every device of every member, at its group cursor or, if it
 //!   has none or a lower one, the member's join point (history before it is
 //!   not visible to the member anyway). A group with no members keeps
@@ -231,16 +235,21 @@ impl Sweep {
             if from > head {
                 continue;
             }
-            let acked = if r.purge_acked {
+            let (acked, sender_only) = if r.purge_acked {
                 remembered_floor(&mut self.floors, store, s, now)?
             } else {
-                0
+                (0, None)
             };
-            if acked < from && cutoff == 0 {
+            if acked < from && cutoff == 0 && sender_only.is_none() {
                 continue;
             }
             let budget = r.per_step - deleted;
-            let (n, new_from) = purge_stream(store, s, from, acked, cutoff, budget, batch)?;
+            let floor = Floor {
+                acked,
+                cutoff,
+                sender_only,
+            };
+            let (n, new_from) = purge_stream(store, s, from, floor, budget, batch)?;
             if n > 0 {
                 batch.put(Table::Meta, keys::floor_key(s), new_from.to_be_bytes());
                 deleted += n;
@@ -263,37 +272,47 @@ impl Sweep {
     }
 }
 
+/// What may go from a stream: records at or below `acked`, records older
+/// than `cutoff`, and in an inbox whose user has no device, that user's
+/// own copies (`sender_only`): nobody will ever read them.
+#[derive(Debug, Clone, Copy)]
+struct Floor {
+    acked: u64,
+    cutoff: u64,
+    sender_only: Option<u64>,
+}
+
 /// The acked floor of `s`, remembered in `floors` for a while if `s` is a
-/// big group (see [`Sweep::floors`]).
+/// big group (see [`Sweep::floors`]), and the inbox's user if it has no
+/// device.
 fn remembered_floor(
     floors: &mut ahash::AHashMap<StreamId, (u64, u64)>,
     store: &dyn Store,
     s: StreamId,
     now: u64,
-) -> Result<u64, StoreError> {
+) -> Result<(u64, Option<u64>), StoreError> {
     if let Some(&(floor, until)) = floors.get(&s)
         && now < until
     {
-        return Ok(floor);
+        return Ok((floor, None));
     }
-    let (floor, members) = acked_floor(store, s)?;
+    let (floor, members, readerless) = acked_floor(store, s)?;
     if members >= BIG_GROUP {
         floors.insert(s, (floor, now.saturating_add(members as u64)));
     } else {
         floors.remove(&s);
     }
-    Ok(floor)
+    Ok((floor, readerless.then_some(s.0)))
 }
 
-/// Deletes the stream's records from seq `from` up while they are at or
-/// below `acked` or older than `cutoff`, at most `budget` of them. Returns
-/// how many, and the seq above the last one deleted.
+/// Deletes the stream's records from seq `from` up while `floor` lets
+/// them go, at most `budget` of them. Returns how many, and the seq above
+/// the last one deleted.
 fn purge_stream(
     store: &dyn Store,
     s: StreamId,
     from: u64,
-    acked: u64,
-    cutoff: u64,
+    floor: Floor,
     budget: usize,
     batch: &mut WriteBatch,
 ) -> Result<(usize, u64), StoreError> {
@@ -305,7 +324,8 @@ fn purge_stream(
         &mut |k, v| {
             let seq = keys::log_key_seq(k).unwrap_or(u64::MAX);
             let time = keys::record_time(v).unwrap_or(u64::MAX);
-            if seq > acked && time >= cutoff {
+            let own = floor.sender_only.is_some() && floor.sender_only == keys::u64_value(v);
+            if seq > floor.acked && time >= floor.cutoff && !own {
                 return false;
             }
             batch.delete(Table::Log, k);
@@ -317,13 +337,14 @@ fn purge_stream(
     Ok((n, next))
 }
 
-/// The highest seq of `s` that every reader acknowledged, and the members
-/// read to work it out (0 for an inbox).
+/// The highest seq of `s` that every reader acknowledged, the members
+/// read to work it out (0 for an inbox), and whether `s` is an inbox whose
+/// user has no device.
 ///
 /// Devices come from their device keys and cursors are read one by one:
 /// cursors are rewritten on every ack, so a range over them walks every
 /// version the store keeps (that range was a third of this thread's time).
-fn acked_floor(store: &dyn Store, s: StreamId) -> Result<(u64, usize), StoreError> {
+fn acked_floor(store: &dyn Store, s: StreamId) -> Result<(u64, usize, bool), StoreError> {
     let g = s.wire_group();
     if g == 0 {
         let user = s.0;
@@ -333,7 +354,7 @@ fn acked_floor(store: &dyn Store, s: StreamId) -> Result<(u64, usize), StoreErro
             let c = c.unwrap_or(0);
             floor = Some(floor.map_or(c, |f| f.min(c)));
         }
-        return Ok((floor.unwrap_or(0), 0));
+        return Ok((floor.unwrap_or(0), 0, floor.is_none()));
     }
     let mut members = Vec::new();
     let member_prefix = keys::member_key(g, 0);
@@ -356,7 +377,7 @@ fn acked_floor(store: &dyn Store, s: StreamId) -> Result<(u64, usize), StoreErro
         }
         floor = floor.min(member_floor);
     }
-    Ok((floor, n))
+    Ok((floor, n, false))
 }
 
 /// The devices of `user` that have a cursor somewhere.
@@ -393,9 +414,13 @@ mod tests {
     use crate::store::MemoryStore;
 
     fn put_record(b: &mut WriteBatch, s: StreamId, seq: u64, time: u64) {
+        put_record_from(b, s, seq, time, 1);
+    }
+
+    fn put_record_from(b: &mut WriteBatch, s: StreamId, seq: u64, time: u64, from: u64) {
         let mut v = Vec::new();
         keys::Record {
-            from: 1,
+            from,
             to: 2,
             msg_id: seq,
             time,
@@ -468,6 +493,25 @@ mod tests {
         assert_eq!(sweep_all(&store, ACKED, 2000), 4);
         assert_eq!(seqs(&store, inbox), (5..=10).collect::<Vec<_>>());
         assert_eq!(seqs(&store, other).len(), 10);
+    }
+
+    #[test]
+    fn a_user_without_devices_keeps_no_own_copies_but_keeps_what_others_sent() {
+        let store = MemoryStore::default();
+        let notices = StreamId::inbox(9);
+        let mut b = WriteBatch::default();
+        for (seq, from) in [(1, 9), (2, 9), (3, 9), (4, 5), (5, 9)] {
+            put_record_from(&mut b, notices, seq, 1000, from);
+        }
+        store.write(&b).expect("write");
+        assert_eq!(sweep_all(&store, ACKED, 2000), 3);
+        assert_eq!(seqs(&store, notices), vec![4, 5], "user 5's message waits");
+        // Once the user has a device, its own copies wait for it too.
+        let mut b = WriteBatch::default();
+        put_record_from(&mut b, StreamId::inbox(8), 1, 1000, 8);
+        put_cursor(&mut b, StreamId::inbox(8), 8, 1, 0);
+        store.write(&b).expect("write");
+        assert_eq!(sweep_all(&store, ACKED, 2000), 0);
     }
 
     #[test]
@@ -575,12 +619,12 @@ mod tests {
         // Member 2 joined at 12 and never acked: counts at 12.
         b.put(Table::Member, keys::member_key(g, 2), 12u64.to_be_bytes());
         store.write(&b).expect("write");
-        assert_eq!(acked_floor(&store, log).expect("floor"), (0, 2));
+        assert_eq!(acked_floor(&store, log).expect("floor"), (0, 2, false));
 
         let mut b = WriteBatch::default();
         put_cursor(&mut b, log, 1, 2, 18);
         store.write(&b).expect("write");
-        assert_eq!(acked_floor(&store, log).expect("floor"), (12, 2));
+        assert_eq!(acked_floor(&store, log).expect("floor"), (12, 2, false));
         assert_eq!(sweep_all(&store, ACKED, 2000), 12);
         assert_eq!(seqs(&store, log), (13..=20).collect::<Vec<_>>());
 
