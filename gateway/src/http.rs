@@ -316,12 +316,62 @@ async fn presence(
         .into_iter()
         .map(|(t, n)| (t.to_string(), n.into()))
         .collect();
-    Ok(Json(serde_json::json!({
+    let mut answer = serde_json::json!({
         "users": users,
         "sessions": sessions,
         "connections": e.metrics.connections().max(0),
         "by_transport": by_transport,
-    })))
+    });
+    if let Some(nodes) = census(&e).await? {
+        let mut total = serde_json::json!({"nodes": nodes.len(), "users": 0, "sessions": 0});
+        let mut by: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
+        for n in &nodes {
+            for k in ["users", "sessions"] {
+                let sum = total[k].as_u64().unwrap_or(0) + n[k].as_u64().unwrap_or(0);
+                total[k] = sum.into();
+            }
+            for (t, v) in n["by_transport"].as_object().into_iter().flatten() {
+                let sum = by.get(t).and_then(|x| x.as_u64()).unwrap_or(0) + v.as_u64().unwrap_or(0);
+                by.insert(t.clone(), sum.into());
+            }
+        }
+        total["by_transport"] = by.into();
+        answer["cluster"] = total;
+        answer["nodes"] = nodes.into();
+    }
+    Ok(Json(answer))
+}
+
+/// Every node's online counts, if the backend spans several gateways (it
+/// may block while it asks them: on a blocking thread, as sessions).
+async fn census(e: &Arc<Endpoint>) -> Result<Option<Vec<serde_json::Value>>, ApiError> {
+    let e = e.clone();
+    let lines =
+        tokio::task::spawn_blocking(move || e.metrics.backend.get().and_then(|b| b.census()))
+            .await
+            .map_err(|err| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    err.to_string(),
+                )
+            })?;
+    match lines {
+        None => Ok(None),
+        Some(Err(why)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            why,
+        )),
+        Some(Ok(lines)) => {
+            let mut nodes: Vec<serde_json::Value> = lines
+                .iter()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            nodes.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
+            Ok(Some(nodes))
+        }
+    }
 }
 
 /// A JSON body already serialised.

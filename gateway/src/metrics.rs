@@ -144,6 +144,12 @@ pub trait BackendReport: Collector {
     fn sessions(&self, _user: u64, _device: Option<u32>) -> Option<Result<Vec<String>, String>> {
         None
     }
+    /// Every node's online counts, one JSON object each (`"node"`,
+    /// `"users"`, `"sessions"`, `"by_transport"`), when the backend spans
+    /// several gateways; None when this node is the whole picture.
+    fn census(&self) -> Option<Result<Vec<String>, String>> {
+        None
+    }
 }
 
 /// The backend's report, once there is one.

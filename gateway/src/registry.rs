@@ -226,6 +226,41 @@ impl Registry {
         })
     }
 
+    /// Online users, and sessions by transport (indexed as
+    /// [`crate::metrics::TRANSPORTS`]).
+    pub fn census(&self) -> (usize, [usize; 4]) {
+        let mut by = [0usize; 4];
+        let mut users = 0;
+        for shard in self.shards.iter() {
+            let m = shard
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            users += m.len();
+            for (_, _, info) in m.values().flat_map(Devices::all) {
+                if let Some(n) = by.get_mut(usize::from(info.transport)) {
+                    *n += 1;
+                }
+            }
+        }
+        (users, by)
+    }
+
+    /// The census as a JSON object's members (without braces): `"users"`,
+    /// `"sessions"`, `"by_transport"` (sessions).
+    pub fn census_json(&self) -> String {
+        let (users, by) = self.census();
+        let by_transport: Vec<String> = crate::metrics::TRANSPORTS
+            .iter()
+            .zip(by)
+            .map(|(t, n)| format!("\"{t}\":{n}"))
+            .collect();
+        format!(
+            "\"users\":{users},\"sessions\":{},\"by_transport\":{{{}}}",
+            by.iter().sum::<usize>(),
+            by_transport.join(",")
+        )
+    }
+
     /// The connection of `user`'s `device`, if online.
     pub fn conn_of(&self, user: u64, device: u32) -> Option<ConnId> {
         self.shard(user)

@@ -530,3 +530,54 @@ fn presence_shows_sessions_with_transport_and_since_and_counts() {
     );
     assert_eq!(p["by_transport"]["tls"], json!(0), "{p}");
 }
+
+#[test]
+fn presence_counts_every_node_on_the_cluster_backend() {
+    let prefix = format!("CENSUS{}", std::process::id());
+    let node = |name: &str| {
+        common::Gw::cluster(|c| {
+            c.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+            c.admin_token = TOKEN.into();
+            c.cluster.node_id = name.into();
+            c.cluster.stream_prefix = prefix.clone();
+        })
+    };
+    let (Some(a), Some(b)) = (node("census-a"), node("census-b")) else {
+        return;
+    };
+    let _u2 = Client::login(a.addr(), 2, 1);
+    let _u3 = Client::login(b.addr(), 3, 1);
+    let _u3b = Client::login(b.addr(), 3, 2);
+    let (status, text) =
+        imgate::http::request(a.metrics_addr(), "GET", "/api/v1/presence", Some(TOKEN))
+            .expect("http");
+    let p: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(
+        (p["users"].clone(), p["sessions"].clone()),
+        (json!(1), json!(1)),
+        "{p}"
+    );
+    let c = &p["cluster"];
+    assert_eq!(
+        (
+            c["nodes"].clone(),
+            c["users"].clone(),
+            c["sessions"].clone()
+        ),
+        (json!(2), json!(2), json!(3)),
+        "{p}"
+    );
+    assert_eq!(c["by_transport"]["tcp"], json!(3), "{p}");
+    let nodes: Vec<(Value, Value)> = p["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| (n["node"].clone(), n["sessions"].clone()))
+        .collect();
+    assert_eq!(
+        nodes,
+        vec![(json!("census-a"), json!(1)), (json!("census-b"), json!(2))],
+        "{p}"
+    );
+}

@@ -102,6 +102,11 @@ impl Names {
         format!("{}.push.u.{user}", self.prefix)
     }
 
+    /// The subject every node answers with its online counts.
+    pub fn census(&self) -> String {
+        format!("{}.census", self.prefix)
+    }
+
     /// A group's log subject.
     pub fn group_log(&self, group: u64) -> String {
         let p = self.partition(group);

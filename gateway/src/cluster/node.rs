@@ -184,11 +184,13 @@ impl Node {
     ) {
         let flusher = tokio::task::spawn_local(self.clone().flusher());
         let sweeper = tokio::task::spawn_local(self.clone().sweeper());
+        let census = tokio::task::spawn_local(self.clone().census());
         while let Some(ev) = rx.recv().await {
             self.on_event(ev);
         }
         self.stopping.set(true);
         sweeper.abort();
+        census.abort();
         let deadline = tokio::time::Instant::now() + grace;
         while self.inflight.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -433,6 +435,24 @@ impl Node {
         }
         if let Err(e) = self.js.client().publish(reply, lines.into()).await {
             tracing::debug!(user, error = %e, "cannot answer a session query");
+        }
+    }
+
+    /// Answers every census question with this node's online counts (the
+    /// server API's presence counts across nodes).
+    async fn census(self: Rc<Self>) {
+        use futures_util::StreamExt;
+        let mut sub = self.subscribe(self.js.names().census()).await;
+        while let Some(m) = sub.next().await {
+            let Some(reply) = m.reply else { continue };
+            let line = format!(
+                "{{\"node\":\"{}\",{}}}\n",
+                self.name,
+                self.router.borrow().registry().census_json()
+            );
+            if let Err(e) = self.js.client().publish(reply, line.into()).await {
+                tracing::debug!(error = %e, "cannot answer a census");
+            }
         }
     }
 

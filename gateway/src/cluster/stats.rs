@@ -39,8 +39,8 @@ pub struct Stats {
     pub purge_sweeps: AtomicU64,
 }
 
-/// How long a session query waits for the nodes' answers (it cannot know
-/// how many nodes hold the user).
+/// How long a session or census query waits for the nodes' answers (it
+/// cannot know how many nodes there are).
 const WHO_WAIT: Duration = Duration::from_millis(250);
 
 /// What the operator's endpoint reads of a node: its counters, the state
@@ -58,9 +58,10 @@ impl Report {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Asks every node holding `user` for its sessions (on the endpoint's
-    /// thread, which has no runtime: a small one for the question).
-    fn ask_sessions(&self, user: u64, device: Option<u32>) -> Result<Vec<String>, String> {
+    /// Asks `subject` (with `ask` as the payload) and gathers the answers'
+    /// lines for [`WHO_WAIT`] (on the endpoint's thread, which has no
+    /// runtime: a small one for the question).
+    fn gather(&self, subject: String, ask: bytes::Bytes) -> Result<Vec<String>, String> {
         if !self.connected() {
             return Err("cannot ask the nodes: the NATS connection is down".into());
         }
@@ -72,12 +73,12 @@ impl Report {
         // the endpoint's thread) until it is back: it has a deadline of its
         // own.
         // (The timer needs the runtime: made inside it.)
-        rt.block_on(async { tokio::time::timeout(WHO_WAIT * 4, self.ask(user, device)).await })
+        rt.block_on(async { tokio::time::timeout(WHO_WAIT * 4, self.ask(subject, ask)).await })
             .unwrap_or_else(|_| Err("cannot ask the nodes: NATS did not answer in time".into()))
     }
 
     /// Publishes the question and gathers the answers of [`WHO_WAIT`].
-    async fn ask(&self, user: u64, device: Option<u32>) -> Result<Vec<String>, String> {
+    async fn ask(&self, subject: String, ask: bytes::Bytes) -> Result<Vec<String>, String> {
         use futures_util::StreamExt;
         let fail = |e: &dyn std::fmt::Display| format!("cannot ask the nodes: {e}");
         let inbox = self.client.new_inbox();
@@ -86,9 +87,8 @@ impl Report {
             .subscribe(inbox.clone())
             .await
             .map_err(|e| fail(&e))?;
-        let ask = super::wire::NodeMsg::Who { device }.encode();
         self.client
-            .publish_with_reply(self.names.push(user), inbox, ask)
+            .publish_with_reply(subject, inbox, ask)
             .await
             .map_err(|e| fail(&e))?;
         self.client.flush().await.map_err(|e| fail(&e))?;
@@ -118,7 +118,12 @@ impl crate::metrics::BackendReport for Report {
     }
 
     fn sessions(&self, user: u64, device: Option<u32>) -> Option<Result<Vec<String>, String>> {
-        Some(self.ask_sessions(user, device))
+        let ask = super::wire::NodeMsg::Who { device }.encode();
+        Some(self.gather(self.names.push(user), ask))
+    }
+
+    fn census(&self) -> Option<Result<Vec<String>, String>> {
+        Some(self.gather(self.names.census(), bytes::Bytes::new()))
     }
 }
 
