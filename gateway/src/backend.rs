@@ -70,6 +70,8 @@ pub enum Inbound {
         user: u64,
         /// Only this device, if set.
         device: Option<u32>,
+        /// The reason the connections are told (`admin`, `revoked`).
+        reason: KickReason,
     },
     /// A logged-in connection closed (for any reason).
     Closed {
@@ -131,6 +133,8 @@ pub enum CoreMsg {
         user: u64,
         /// Only this device, if set.
         device: Option<u32>,
+        /// The reason the connections are told.
+        reason: KickReason,
     },
     /// A request the server API makes on a user's behalf, for the
     /// backend (its answer comes back through `crate::replies`).
@@ -266,8 +270,12 @@ impl Router {
     pub fn control(&mut self, ev: &Inbound) -> bool {
         match *ev {
             Inbound::Replaced { old, .. } => self.kick(old, KickReason::Replaced),
-            Inbound::Kick { user, device } => {
-                self.kick_user(user, device, KickReason::Admin);
+            Inbound::Kick {
+                user,
+                device,
+                reason,
+            } => {
+                self.kick_user(user, device, reason);
             }
             Inbound::Login { .. } | Inbound::Frame { .. } | Inbound::Closed { .. } => return false,
         }

@@ -35,6 +35,8 @@ pub(crate) struct Ctx<'a> {
     /// The core's queue to the backend is full: requests are refused with
     /// `overloaded` (it can change between two frames of one read).
     pub(crate) backlogged: &'a Cell<bool>,
+    /// Devices refused at login whatever their token.
+    pub(crate) revocations: &'a crate::revocations::Revocations,
 }
 
 /// What the core must do for a frame.
@@ -112,6 +114,14 @@ fn login(cx: &Ctx<'_>, conn: &Conn, frame: Frame, out: &mut Vec<Action>) {
             _ => ErrorCode::BadToken,
         };
         refuse(conn, code, Some(Kind::Login), 0, &e.to_string());
+        conn.close(Closing::Flush);
+        return;
+    }
+    let now_ms = (cx.unix_s)().saturating_mul(1000);
+    if let Some(until) = cx.revocations.until(login.user, login.device, now_ms) {
+        m.login_failures.fetch_add(1, Relaxed);
+        let text = format!("device revoked until {until} (Unix ms)");
+        refuse(conn, ErrorCode::DeviceRevoked, Some(Kind::Login), 0, &text);
         conn.close(Closing::Flush);
         return;
     }
@@ -222,6 +232,7 @@ mod tests {
         verifier: HmacVerifier,
         metrics: CoreMetrics,
         backlogged: Cell<bool>,
+        revocations: crate::revocations::Revocations,
         conn: Conn,
     }
 
@@ -235,6 +246,7 @@ mod tests {
                 verifier: HmacVerifier::new(SECRET),
                 metrics: CoreMetrics::default(),
                 backlogged: Cell::new(false),
+                revocations: Default::default(),
                 conn,
             }
         }
@@ -249,6 +261,7 @@ mod tests {
                 now_ms,
                 unix_s: || NOW_S,
                 backlogged: &self.backlogged,
+                revocations: &self.revocations,
             };
             let mut out = Vec::new();
             handle(&cx, &self.conn, frame.into(), &mut out);
@@ -300,6 +313,32 @@ mod tests {
         ));
         assert_eq!(b.conn.phase(), Phase::Pending);
         assert_eq!(b.conn.user(), (7, 1));
+    }
+
+    #[test]
+    fn a_revoked_device_is_refused_with_a_valid_token_until_the_time() {
+        use crate::revocations::Revocation;
+        let b = Bench::new(|_| {});
+        b.revocations.set(Revocation {
+            user: 7,
+            device: 1,
+            until: NOW_S * 1000 + 1,
+        });
+        let (actions, frames) = b.login(7, NOW_S + 60);
+        assert!(actions.is_empty());
+        assert_eq!(
+            error(&frames[0]),
+            (ErrorCode::DeviceRevoked, Some(Kind::Login), 0)
+        );
+        assert_eq!(b.conn.closing(), Some(Closing::Flush));
+        let b = Bench::new(|_| {});
+        b.revocations.set(Revocation {
+            user: 7,
+            device: 1,
+            until: NOW_S * 1000,
+        });
+        let (actions, _) = b.login(7, NOW_S + 60);
+        assert_eq!(actions.len(), 1, "over: logs in");
     }
 
     #[test]

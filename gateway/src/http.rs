@@ -24,6 +24,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{delete, get, post, put},
 };
+use imgate_codec::KickReason;
 use serde::Deserialize;
 
 use crate::{backend::CoreMsg, mailbox::MailboxTx, metrics::Metrics, registry::Registry};
@@ -134,6 +135,12 @@ pub fn router(endpoint: Arc<Endpoint>) -> Router {
         .route("/api/v1/messages", post(crate::api::send))
         .route("/api/v1/messages/batch", post(crate::api::batch))
         .route("/api/v1/presence", get(presence))
+        .route(
+            "/api/v1/revocations",
+            post(crate::api::revoke)
+                .delete(crate::api::lift)
+                .get(crate::api::list),
+        )
         .route("/api/v1/groups", post(crate::api::create_group))
         .route("/api/v1/groups/{group}", delete(crate::api::delete_group))
         .route(
@@ -274,6 +281,7 @@ async fn kick(
         core.send(CoreMsg::Kick {
             user: t.user,
             device: t.device,
+            reason: KickReason::Admin,
         })
     });
     if !sent {
@@ -536,7 +544,8 @@ mod tests {
                 sent.as_slice(),
                 [CoreMsg::Kick {
                     user: 1,
-                    device: None
+                    device: None,
+                    reason: KickReason::Admin,
                 }]
             ),
             "{sent:?}"

@@ -40,6 +40,7 @@ mod rate;
 pub mod registry;
 pub mod relay;
 pub mod replies;
+pub mod revocations;
 mod runtime;
 pub mod server;
 pub mod signals;

@@ -150,6 +150,12 @@ pub trait BackendReport: Collector {
     fn census(&self) -> Option<Result<Vec<String>, String>> {
         None
     }
+    /// Keeps a revocation durable, or forgets it (`until` 0), and tells the
+    /// other nodes; None when the backend keeps nothing (the revocation then
+    /// lasts until the process ends).
+    fn revoke(&self, _r: crate::revocations::Revocation) -> Option<Result<(), String>> {
+        None
+    }
 }
 
 /// The backend's report, once there is one.

@@ -426,6 +426,7 @@ fn dispatch_frames(core: &Rc<Core>, conn: &Rc<Conn>, decoders: &Decoders, data: 
         now_ms: core.now_ms(),
         unix_s: || crate::unix_time().as_secs(),
         backlogged: core.backlogged_flag(),
+        revocations: &core.shared.registry.revocations,
     };
     let mut actions = Vec::new();
     loop {

@@ -77,6 +77,8 @@ pub struct Registry {
     shards: Box<[Mutex<AHashMap<u64, Devices>>]>,
     /// The server API's requests waiting for their answers.
     pub replies: crate::replies::Replies,
+    /// Devices the server API revoked: refused at login.
+    pub revocations: crate::revocations::Revocations,
 }
 
 impl Default for Registry {
@@ -92,6 +94,7 @@ impl Registry {
         Registry {
             shards: (0..n).map(|_| Mutex::new(AHashMap::new())).collect(),
             replies: Default::default(),
+            revocations: Default::default(),
         }
     }
 

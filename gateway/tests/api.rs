@@ -581,3 +581,131 @@ fn presence_counts_every_node_on_the_cluster_backend() {
         "{p}"
     );
 }
+
+/// A login of `user`'s `device` with a valid token: the error code it gets,
+/// or None for login:ok.
+fn login_refusal(addr: std::net::SocketAddr, user: u64, device: u32) -> Option<u16> {
+    let mut c = Client::connect(addr);
+    c.send(imgate_codec::frame::Login {
+        user,
+        device,
+        resume: 0,
+        token: common::token(user, device),
+    });
+    match c.frame() {
+        Frame::LoginOk(_) => None,
+        Frame::Error(e) => Some(e.code),
+        other => panic!("expected login:ok or an error, got {other:?}"),
+    }
+}
+
+/// Revokes user 5's device 1 through `http`, then checks the kick, the
+/// refused login and the list; returns the revocation's end.
+fn revoke_device_1(
+    http: std::net::SocketAddr,
+    on: std::net::SocketAddr,
+    other: std::net::SocketAddr,
+) -> u64 {
+    use imgate_codec::{ErrorCode, KickReason};
+    let mut online = Client::login(on, 5, 1);
+    let until = imgate::unix_time().as_millis() as u64 + 60_000;
+    let body = json!({"user": 5, "device": 1, "until": until}).to_string();
+    let (status, text) = imgate::http::request_with(
+        http,
+        "POST",
+        "/api/v1/revocations",
+        Some(TOKEN),
+        Some(&body),
+    )
+    .expect("http");
+    assert_eq!(status, 200, "{text}");
+    let kicked = online.closed();
+    assert!(
+        kicked
+            .iter()
+            .any(|f| matches!(f, Frame::Kick(k) if k.reason() == KickReason::Revoked)),
+        "{kicked:?}"
+    );
+    let revoked = Some(ErrorCode::DeviceRevoked.to_wire());
+    assert_eq!(login_refusal(on, 5, 1), revoked, "a valid token is refused");
+    assert_eq!(login_refusal(other, 5, 1), revoked, "on every node");
+    assert_eq!(login_refusal(on, 5, 2), None, "another device logs in");
+    let (status, text) =
+        imgate::http::request(http, "GET", "/api/v1/revocations?user=5", Some(TOKEN))
+            .expect("http");
+    let v: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(
+        (status, v["revocations"].clone()),
+        (200, json!([{"device": 1, "until": until}])),
+        "{v}"
+    );
+    until
+}
+
+#[test]
+fn a_revoked_device_is_kicked_refused_until_lifted_and_it_survives_a_restart() {
+    use imgate_codec::ErrorCode;
+    let mut api = Api::start();
+    revoke_device_1(api.http, api.addr(), api.addr());
+    api.gw.kill9();
+    api.gw.start();
+    let revoked = Some(ErrorCode::DeviceRevoked.to_wire());
+    assert_eq!(login_refusal(api.addr(), 5, 1), revoked, "kept on disk");
+    // Every device of a user, then lifted.
+    let until = imgate::unix_time().as_millis() as u64 + 60_000;
+    let (status, _) = api.post(
+        "/api/v1/revocations",
+        &json!({"user": 6, "until": until}).to_string(),
+        Some(TOKEN),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(login_refusal(api.addr(), 6, 3), revoked);
+    let (status, text) = imgate::http::request(
+        api.http,
+        "DELETE",
+        "/api/v1/revocations?user=6",
+        Some(TOKEN),
+    )
+    .expect("http");
+    assert_eq!((status, text.trim()), (200, "{\"lifted\":true}"));
+    assert_eq!(login_refusal(api.addr(), 6, 3), None);
+    // Refusals.
+    for (body, code) in [
+        (json!({"user": 0, "until": until}), "bad_user"),
+        (json!({"user": 7, "until": 1}), "bad_until"),
+        (json!({"user": 7}), "bad_json"),
+    ] {
+        let (status, e) = api.post("/api/v1/revocations", &body.to_string(), Some(TOKEN));
+        assert_eq!((status, e["error"].clone()), (400, json!(code)), "{e}");
+    }
+    let (status, _) = api.post(
+        "/api/v1/revocations",
+        &json!({"user": 7, "until": until}).to_string(),
+        None,
+    );
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn a_revocation_reaches_every_node_on_the_cluster_backend() {
+    let prefix = format!("REVOKE{}", std::process::id());
+    let node = |name: &str| {
+        common::Gw::cluster(|c| {
+            c.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+            c.admin_token = TOKEN.into();
+            c.cluster.node_id = name.into();
+            c.cluster.stream_prefix = prefix.clone();
+        })
+    };
+    let (Some(a), Some(b)) = (node("revoke-a"), node("revoke-b")) else {
+        return;
+    };
+    revoke_device_1(a.metrics_addr(), b.addr(), a.addr());
+    drop(b);
+    // A node started afterwards loads it from the meta bucket.
+    let Some(c) = node("revoke-c") else { return };
+    assert_eq!(
+        login_refusal(c.addr(), 5, 1),
+        Some(imgate_codec::ErrorCode::DeviceRevoked.to_wire())
+    );
+}

@@ -49,7 +49,8 @@
  *   applied when it comes (section 5.4). A read receipt implies delivery:
  *   `delivered` is always emitted before `read` for a message.
  * - It reconnects with exponential backoff and jitter after the transport
- *   fails, except after kick(replaced), kick(admin), unsupported_version,
+ *   fails, except after kick(replaced), kick(admin), kick(revoked),
+ *   device_revoked, unsupported_version,
  *   and bad_token or token_expired with a fixed token (give `token` as a
  *   function to fetch a fresh one per connection). A protocol_error kick
  *   waits at least 30 s. The login resumes from the inbox's contiguous mark,
@@ -137,10 +138,10 @@ export const KICK_NAMES = Object.freeze([
 
 const E = Object.freeze({
   UNSUPPORTED_VERSION: 2, BAD_TOKEN: 6, TOKEN_EXPIRED: 7, RATE_LIMITED: 12,
-  OVERLOADED: 14, INTERNAL: 16,
+  OVERLOADED: 14, INTERNAL: 16, DEVICE_REVOKED: 18,
 });
 /** Codes after which the server closes the connection (section 5.12). */
-const CLOSING_CODES = new Set([1, 2, 3, 4, 5, 6, 7, 13, 15]);
+const CLOSING_CODES = new Set([1, 2, 3, 4, 5, 6, 7, 13, 15, 18]);
 /** Codes that say "later", not "no": the request may be repeated as it was. */
 const TRANSIENT_CODES = new Set([E.RATE_LIMITED, E.OVERLOADED, E.INTERNAL]);
 
@@ -1063,9 +1064,10 @@ export class Client extends EventTarget {
     const name = KICK_NAMES[k.reason] ?? `kick ${k.reason}`;
     this._emit("kick", { reason: k.reason, name, text: k.text });
     // replaced: another instance of this device is connected, and coming
-    // back would kick it in turn; admin: an operator's decision.
+    // back would kick it in turn; admin and revoked: the operator's or the
+    // application's decision.
     let policy = "retry";
-    if (k.reason === 2 || k.reason === 6) policy = "stop";
+    if (k.reason === 2 || k.reason === 6 || k.reason === 10) policy = "stop";
     else if (k.reason === 4) policy = "slow";
     if (this._closing === "stop") policy = "stop";
     this._drop(`kicked: ${name}${k.text ? ` (${k.text})` : ""}`, policy);
@@ -1124,7 +1126,7 @@ export class Client extends EventTarget {
     if (closes) {
       // Stop sending; the server closes (after a kick for protocol errors).
       let policy = "retry";
-      if (code === E.UNSUPPORTED_VERSION) policy = "stop";
+      if (code === E.UNSUPPORTED_VERSION || code === E.DEVICE_REVOKED) policy = "stop";
       else if (code === E.BAD_TOKEN || code === E.TOKEN_EXPIRED) policy = typeof this.token === "function" ? "retry" : "stop";
       else if (code <= 5) policy = "slow";
       this._quiet = true;

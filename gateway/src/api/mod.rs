@@ -27,11 +27,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 mod groups;
+mod revocations;
 
 pub(crate) use groups::{
     change_admins, change_members, create_group, delete_group, list_members, list_roles,
     transfer_group,
 };
+pub(crate) use revocations::{lift, list, revoke};
 
 use crate::{
     backend::{CoreMsg, Inbound},

@@ -203,6 +203,11 @@ impl Js {
     }
 
     /// The names of this service.
+    /// The meta bucket, for a thread that has no `Js` (the endpoint's).
+    pub(super) fn meta_bucket(&self) -> kv::Store {
+        self.bucket(Bucket::Meta).clone()
+    }
+
     pub(super) fn names(&self) -> &Names {
         &self.names
     }

@@ -114,10 +114,23 @@ impl Backend for Cluster {
                 Duration::from_millis(self.cfg.dedup_window_ms),
             ))
             .map_err(|e| fail(e.to_string()))?;
+        // Revocations are loaded before the first login can arrive.
+        let revoked = rt
+            .block_on(js.scan_keys(js::Bucket::Meta, "revoked.", 256))
+            .map_err(|e| fail(e.to_string()))?;
+        let now = crate::unix_time().as_millis() as u64;
+        for (key, value) in revoked {
+            if let Some(r) = stats::parse_revocation(&key, &value)
+                && r.until > now
+            {
+                start.registry.revocations.set(r);
+            }
+        }
         let report: Arc<dyn crate::metrics::BackendReport> = Arc::new(stats::Report {
             stats: self.stats.clone(),
             client: js.client().clone(),
             names: js.names().clone(),
+            meta: js.meta_bucket(),
         });
         let _ = start.metrics.backend.set(report);
         self.histograms = start.metrics.histograms.clone();

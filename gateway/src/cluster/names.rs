@@ -102,6 +102,16 @@ impl Names {
         format!("{}.push.u.{user}", self.prefix)
     }
 
+    /// The subject a revocation (or its end) reaches every node on.
+    pub fn revoked(&self) -> String {
+        format!("{}.revoked", self.prefix)
+    }
+
+    /// A revocation's key in the meta bucket.
+    pub fn revocation_key(user: u64, device: u32) -> String {
+        format!("revoked.{user}.{device}")
+    }
+
     /// The subject every node answers with its online counts.
     pub fn census(&self) -> String {
         format!("{}.census", self.prefix)

@@ -185,12 +185,14 @@ impl Node {
         let flusher = tokio::task::spawn_local(self.clone().flusher());
         let sweeper = tokio::task::spawn_local(self.clone().sweeper());
         let census = tokio::task::spawn_local(self.clone().census());
+        let revoked = tokio::task::spawn_local(self.clone().revocations());
         while let Some(ev) = rx.recv().await {
             self.on_event(ev);
         }
         self.stopping.set(true);
         sweeper.abort();
         census.abort();
+        revoked.abort();
         let deadline = tokio::time::Instant::now() + grace;
         while self.inflight.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -255,9 +257,13 @@ impl Node {
             }
             // The login that replaced it kicks the device on other nodes.
             Inbound::Replaced { .. } => {}
-            Inbound::Kick { user, device } => {
+            Inbound::Kick {
+                user,
+                device,
+                reason,
+            } => {
                 let m = NodeMsg::Kick {
-                    reason: KickReason::Admin,
+                    reason,
                     device,
                     except_node: 0,
                     except_conn: 0,
@@ -452,6 +458,25 @@ impl Node {
             );
             if let Err(e) = self.js.client().publish(reply, line.into()).await {
                 tracing::debug!(error = %e, "cannot answer a census");
+            }
+        }
+    }
+
+    /// Applies the revocations the server API made on any node.
+    async fn revocations(self: Rc<Self>) {
+        use futures_util::StreamExt;
+        let mut sub = self.subscribe(self.js.names().revoked()).await;
+        while let Some(m) = sub.next().await {
+            let Some(r) = super::stats::decode_revocation(&m.payload) else {
+                tracing::warn!("malformed revocation dropped");
+                continue;
+            };
+            let router = self.router.borrow();
+            let list = &router.registry().revocations;
+            if r.until == 0 {
+                list.lift(r.user, r.device);
+            } else {
+                list.set(r);
             }
         }
     }

@@ -9,7 +9,10 @@ use std::{
     time::Duration,
 };
 
-use crate::metrics::{Collector, DescriptorEncoder, counter, gauge};
+use crate::{
+    metrics::{Collector, DescriptorEncoder, counter, gauge},
+    revocations::Revocation,
+};
 
 /// Counters of one node's work with JetStream.
 #[derive(Debug, Default)]
@@ -51,6 +54,41 @@ pub(super) struct Report {
     pub(super) stats: Arc<Stats>,
     pub(super) client: async_nats::Client,
     pub(super) names: super::names::Names,
+    pub(super) meta: async_nats::jetstream::kv::Store,
+}
+
+/// A revocation from its key in the meta bucket and its value.
+pub(super) fn parse_revocation(key: &str, value: &[u8]) -> Option<Revocation> {
+    let mut parts = key.strip_prefix("revoked.")?.split('.');
+    let user = parts.next()?.parse().ok()?;
+    let device = parts.next()?.parse().ok()?;
+    let until = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
+    Some(Revocation {
+        user,
+        device,
+        until,
+    })
+}
+
+/// A revocation as the nodes tell each other: user, device, until (0: it
+/// ended), big-endian.
+pub(super) fn encode_revocation(r: &Revocation) -> bytes::Bytes {
+    let mut b = Vec::with_capacity(20);
+    b.extend_from_slice(&r.user.to_be_bytes());
+    b.extend_from_slice(&r.device.to_be_bytes());
+    b.extend_from_slice(&r.until.to_be_bytes());
+    b.into()
+}
+
+pub(super) fn decode_revocation(b: &[u8]) -> Option<Revocation> {
+    if b.len() != 20 {
+        return None;
+    }
+    Some(Revocation {
+        user: u64::from_be_bytes(b[..8].try_into().ok()?),
+        device: u32::from_be_bytes(b[8..12].try_into().ok()?),
+        until: u64::from_be_bytes(b[12..].try_into().ok()?),
+    })
 }
 
 impl Report {
@@ -75,6 +113,33 @@ impl Report {
         // (The timer needs the runtime: made inside it.)
         rt.block_on(async { tokio::time::timeout(WHO_WAIT * 4, self.ask(subject, ask)).await })
             .unwrap_or_else(|_| Err("cannot ask the nodes: NATS did not answer in time".into()))
+    }
+
+    /// Writes (or deletes) the revocation's key, then tells every node.
+    fn store_revocation(&self, r: Revocation) -> Result<(), String> {
+        if !self.connected() {
+            return Err("the NATS connection is down".into());
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let key = super::names::Names::revocation_key(r.user, r.device);
+        let write = async {
+            if r.until == 0 {
+                self.meta.delete(&key).await.map_err(|e| e.to_string())?;
+            } else {
+                let v = bytes::Bytes::copy_from_slice(&r.value());
+                self.meta.put(&key, v).await.map_err(|e| e.to_string())?;
+            }
+            self.client
+                .publish(self.names.revoked(), encode_revocation(&r))
+                .await
+                .map_err(|e| e.to_string())?;
+            self.client.flush().await.map_err(|e| e.to_string())
+        };
+        rt.block_on(async { tokio::time::timeout(WHO_WAIT * 8, write).await })
+            .unwrap_or_else(|_| Err("JetStream did not answer in time".into()))
     }
 
     /// Publishes the question and gathers the answers of [`WHO_WAIT`].
@@ -124,6 +189,10 @@ impl crate::metrics::BackendReport for Report {
 
     fn census(&self) -> Option<Result<Vec<String>, String>> {
         Some(self.gather(self.names.census(), bytes::Bytes::new()))
+    }
+
+    fn revoke(&self, r: Revocation) -> Option<Result<(), String>> {
+        Some(self.store_revocation(r))
     }
 }
 

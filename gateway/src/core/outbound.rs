@@ -67,8 +67,16 @@ impl Core {
                         }
                     }
                 }
-                CoreMsg::Kick { user, device } => {
-                    self.to_backend(Inbound::Kick { user, device });
+                CoreMsg::Kick {
+                    user,
+                    device,
+                    reason,
+                } => {
+                    self.to_backend(Inbound::Kick {
+                        user,
+                        device,
+                        reason,
+                    });
                     self.flush_backend_soon();
                 }
                 CoreMsg::Request(ev) => {

@@ -14,6 +14,7 @@
 //! | Meta   | b'r', sender u64, peer u64            | delivered u64, read u64                 |
 //! | Meta   | b'g', group u64, user u64             | read seq u64                            |
 //! | Meta   | b"next_group"                         | next group id u64                       |
+//! | Meta   | b'x', user u64, device u32            | revoked until, Unix ms u64              |
 //! | Meta   | b"purge_index"                        | (empty): the b'd' and b'e' keys are complete |
 //! | Member | b'm', group u64, user u64             | join seq u64                            |
 //! | Member | b'u', user u64, group u64             | (empty)                                 |
@@ -114,6 +115,24 @@ pub fn stream_key_stream(k: &[u8]) -> Option<StreamId> {
         return None;
     }
     Some(StreamId(u64::from_be_bytes(k.get(1..9)?.try_into().ok()?)))
+}
+
+/// A revocation key in Meta.
+pub fn revocation_key(user: u64, device: u32) -> [u8; 13] {
+    let mut k = device_key(user, device);
+    k[0] = b'x';
+    k
+}
+
+/// The (user, device) of a revocation key.
+pub fn revocation_key_owner(k: &[u8]) -> Option<(u64, u32)> {
+    if k.len() != 13 || k[0] != b'x' {
+        return None;
+    }
+    Some((
+        u64::from_be_bytes(k[1..9].try_into().ok()?),
+        u32::from_be_bytes(k[9..].try_into().ok()?),
+    ))
 }
 
 /// A device key in Meta: the device has a cursor in some stream. Its first

@@ -49,7 +49,8 @@ use crate::{
     clock::{Clock, SystemClock},
     config::Config,
     metrics::BackendHistograms,
-    store::{Store, StoreError, WriteBatch},
+    revocations::Revocation,
+    store::{Store, StoreError, Table, WriteBatch},
 };
 
 pub use purge::Retention;
@@ -151,6 +152,27 @@ impl Delivery {
 impl Backend for Delivery {
     fn start(&mut self, start: &Start) -> std::io::Result<()> {
         self.histograms = start.metrics.histograms.clone();
+        let now = self.clock.unix_ms();
+        let revocations = &start.registry.revocations;
+        self.store
+            .scan(Table::Meta, b"x", b"y", &mut |k, v| {
+                if let (Some((user, device)), Some(until)) =
+                    (keys::revocation_key_owner(k), keys::u64_value(v))
+                    && until > now
+                {
+                    revocations.set(Revocation {
+                        user,
+                        device,
+                        until,
+                    });
+                }
+                true
+            })
+            .map_err(std::io::Error::other)?;
+        let report = Arc::new(Report {
+            store: self.store.clone(),
+        });
+        let _ = start.metrics.backend.set(report);
         Ok(())
     }
 
@@ -201,5 +223,41 @@ impl Backend for Delivery {
         if self.failed.is_none() && !self.batch.is_empty() {
             self.commit(out);
         }
+    }
+}
+
+/// What the operator's endpoint asks of the embedded backend: the store
+/// keeps revocations (written beside the backend's batches; the store
+/// orders them).
+struct Report {
+    store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Report").finish_non_exhaustive()
+    }
+}
+
+impl crate::metrics::Collector for Report {
+    fn encode(&self, _: crate::metrics::DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        Ok(())
+    }
+}
+
+impl crate::metrics::BackendReport for Report {
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn revoke(&self, r: Revocation) -> Option<Result<(), String>> {
+        let mut b = WriteBatch::default();
+        let key = keys::revocation_key(r.user, r.device);
+        if r.until == 0 {
+            b.delete(Table::Meta, key);
+        } else {
+            b.put(Table::Meta, key, r.value());
+        }
+        Some(self.store.write(&b).map_err(|e| e.to_string()))
     }
 }
