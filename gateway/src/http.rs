@@ -249,6 +249,32 @@ async fn sessions_of(e: &Arc<Endpoint>, t: &Target) -> Result<Vec<String>, ApiEr
 }
 
 impl Admin {
+    /// Kicks the user's connections (only `device`'s, if set) on every
+    /// node, through a core and the backend.
+    pub(crate) fn kick(
+        &self,
+        user: u64,
+        device: Option<u32>,
+        reason: KickReason,
+    ) -> Result<(), ApiError> {
+        let sent = self.cores.first().is_some_and(|core| {
+            core.send(CoreMsg::Kick {
+                user,
+                device,
+                reason,
+            })
+        });
+        if sent {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the backend is not taking requests",
+            ))
+        }
+    }
+
     /// The user's sessions as JSON objects: on every node if the backend
     /// knows them, else on this one. It may block: see [`sessions_of`].
     fn sessions(&self, t: &Target, metrics: &Metrics) -> Result<Vec<String>, ApiError> {
@@ -277,20 +303,7 @@ async fn kick(
     let admin = admin(&e, &headers)?;
     let t = target(q)?;
     let sessions = sessions_of(&e, &t).await?;
-    let sent = admin.cores.first().is_some_and(|core| {
-        core.send(CoreMsg::Kick {
-            user: t.user,
-            device: t.device,
-            reason: KickReason::Admin,
-        })
-    });
-    if !sent {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the backend is not taking requests",
-        ));
-    }
+    admin.kick(t.user, t.device, KickReason::Admin)?;
     tracing::info!(user = t.user, device = ?t.device, kicked = sessions.len(), "admin kick");
     Ok(json_text(format!("{{\"kicked\":{}}}\n", sessions.len())))
 }

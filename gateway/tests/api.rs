@@ -533,15 +533,7 @@ fn presence_shows_sessions_with_transport_and_since_and_counts() {
 
 #[test]
 fn presence_counts_every_node_on_the_cluster_backend() {
-    let prefix = format!("CENSUS{}", std::process::id());
-    let node = |name: &str| {
-        common::Gw::cluster(|c| {
-            c.metrics_listen = Some(([127, 0, 0, 1], 0).into());
-            c.admin_token = TOKEN.into();
-            c.cluster.node_id = name.into();
-            c.cluster.stream_prefix = prefix.clone();
-        })
-    };
+    let node = |name: &str| cluster_node("CENSUS", name);
     let (Some(a), Some(b)) = (node("census-a"), node("census-b")) else {
         return;
     };
@@ -688,15 +680,7 @@ fn a_revoked_device_is_kicked_refused_until_lifted_and_it_survives_a_restart() {
 
 #[test]
 fn a_revocation_reaches_every_node_on_the_cluster_backend() {
-    let prefix = format!("REVOKE{}", std::process::id());
-    let node = |name: &str| {
-        common::Gw::cluster(|c| {
-            c.metrics_listen = Some(([127, 0, 0, 1], 0).into());
-            c.admin_token = TOKEN.into();
-            c.cluster.node_id = name.into();
-            c.cluster.stream_prefix = prefix.clone();
-        })
-    };
+    let node = |name: &str| cluster_node("REVOKE", name);
     let (Some(a), Some(b)) = (node("revoke-a"), node("revoke-b")) else {
         return;
     };
@@ -708,4 +692,15 @@ fn a_revocation_reaches_every_node_on_the_cluster_backend() {
         login_refusal(c.addr(), 5, 1),
         Some(imgate_codec::ErrorCode::DeviceRevoked.to_wire())
     );
+}
+
+/// A cluster node named `name` with the server API on, sharing the stream
+/// prefix `prefix` (plus this process's id) with the test's other nodes.
+fn cluster_node(prefix: &str, name: &str) -> Option<common::Gw> {
+    common::Gw::cluster(|c| {
+        c.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+        c.admin_token = TOKEN.into();
+        c.cluster.node_id = name.into();
+        c.cluster.stream_prefix = format!("{prefix}{}", std::process::id());
+    })
 }

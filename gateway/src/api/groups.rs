@@ -159,6 +159,20 @@ pub(crate) async fn delete_group(
     ))
 }
 
+/// A change of members or of admins: `add` and `remove` are its two ops.
+async fn change(
+    e: &Arc<Endpoint>,
+    headers: &HeaderMap,
+    group: u64,
+    req: Result<Json<Change>, JsonRejection>,
+    (add, remove): (GroupOp, GroupOp),
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let admin = crate::http::admin(e, headers)?;
+    let (op, members) = one_of(json(req)?, add, remove)?;
+    let a = group_op(admin, op, group, &members, 0).await?;
+    Ok(members_json(&a))
+}
+
 /// `POST /api/v1/groups/{group}/members`.
 pub(crate) async fn change_members(
     State(e): State<Arc<Endpoint>>,
@@ -166,10 +180,7 @@ pub(crate) async fn change_members(
     Path(group): Path<u64>,
     req: Result<Json<Change>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let admin = crate::http::admin(&e, &headers)?;
-    let (op, members) = one_of(json(req)?, GroupOp::Add, GroupOp::Remove)?;
-    let a = group_op(admin, op, group, &members, 0).await?;
-    Ok(members_json(&a))
+    change(&e, &headers, group, req, (GroupOp::Add, GroupOp::Remove)).await
 }
 
 /// `POST /api/v1/groups/{group}/admins`.
@@ -179,10 +190,14 @@ pub(crate) async fn change_admins(
     Path(group): Path<u64>,
     req: Result<Json<Change>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let admin = crate::http::admin(&e, &headers)?;
-    let (op, members) = one_of(json(req)?, GroupOp::Promote, GroupOp::Demote)?;
-    let a = group_op(admin, op, group, &members, 0).await?;
-    Ok(members_json(&a))
+    change(
+        &e,
+        &headers,
+        group,
+        req,
+        (GroupOp::Promote, GroupOp::Demote),
+    )
+    .await
 }
 
 /// `PUT /api/v1/groups/{group}/owner`.

@@ -22,7 +22,6 @@ use serde::Deserialize;
 
 use super::{bad, json};
 use crate::{
-    backend::CoreMsg,
     http::{Admin, ApiError, Endpoint},
     revocations::{ALL_DEVICES, Revocation},
 };
@@ -114,20 +113,7 @@ pub(crate) async fn revoke(
     };
     persist(&e, r).await?;
     admin.registry.revocations.set(r);
-    let kicked = admin.cores.first().is_some_and(|core| {
-        core.send(CoreMsg::Kick {
-            user: r.user,
-            device: req.device,
-            reason: KickReason::Revoked,
-        })
-    });
-    if !kicked {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "stored, but the sessions could not be kicked: the backend is not taking requests",
-        ));
-    }
+    admin.kick(r.user, req.device, KickReason::Revoked)?;
     tracing::info!(user = r.user, device = ?req.device, until = r.until, "device revoked");
     Ok(Json(serde_json::json!({
         "user": r.user,

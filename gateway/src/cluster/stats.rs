@@ -96,34 +96,36 @@ impl Report {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Asks `subject` (with `ask` as the payload) and gathers the answers'
-    /// lines for [`WHO_WAIT`] (on the endpoint's thread, which has no
-    /// runtime: a small one for the question).
-    fn gather(&self, subject: String, ask: bytes::Bytes) -> Result<Vec<String>, String> {
+    /// Runs `work` on a small runtime of its own (the endpoint's thread has
+    /// none), within `limit`: a connection that drops meanwhile would hold
+    /// it, and the endpoint's thread, until it is back. `what` names the
+    /// work in errors.
+    fn block_on<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        work: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
         if !self.connected() {
-            return Err("cannot ask the nodes: the NATS connection is down".into());
+            return Err(format!("{what}: the NATS connection is down"));
         }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        // A connection that drops meanwhile would hold the question (and
-        // the endpoint's thread) until it is back: it has a deadline of its
-        // own.
         // (The timer needs the runtime: made inside it.)
-        rt.block_on(async { tokio::time::timeout(WHO_WAIT * 4, self.ask(subject, ask)).await })
-            .unwrap_or_else(|_| Err("cannot ask the nodes: NATS did not answer in time".into()))
+        rt.block_on(async { tokio::time::timeout(limit, work).await })
+            .unwrap_or_else(|_| Err(format!("{what}: NATS did not answer in time")))
+    }
+
+    /// Asks `subject` (with `ask` as the payload) and gathers the answers'
+    /// lines for [`WHO_WAIT`].
+    fn gather(&self, subject: String, ask: bytes::Bytes) -> Result<Vec<String>, String> {
+        self.block_on("cannot ask the nodes", WHO_WAIT * 4, self.ask(subject, ask))
     }
 
     /// Writes (or deletes) the revocation's key, then tells every node.
     fn store_revocation(&self, r: Revocation) -> Result<(), String> {
-        if !self.connected() {
-            return Err("the NATS connection is down".into());
-        }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
         let key = super::names::Names::revocation_key(r.user, r.device);
         let write = async {
             if r.until == 0 {
@@ -138,8 +140,7 @@ impl Report {
                 .map_err(|e| e.to_string())?;
             self.client.flush().await.map_err(|e| e.to_string())
         };
-        rt.block_on(async { tokio::time::timeout(WHO_WAIT * 8, write).await })
-            .unwrap_or_else(|_| Err("JetStream did not answer in time".into()))
+        self.block_on("cannot store the revocation", WHO_WAIT * 8, write)
     }
 
     /// Publishes the question and gathers the answers of [`WHO_WAIT`].
