@@ -94,6 +94,9 @@ open_enum! {
         /// The device was revoked by the server API: no token logs it in
         /// until the time the revocation names.
         DeviceRevoked = 18 => "device_revoked",
+        /// The server's disk is (nearly) full: the request was refused and
+        /// nothing changed; retry after the wait the text starts with.
+        StorageFull = 19 => "storage_full",
     }
 }
 

@@ -227,6 +227,12 @@ serve_args! {
     purge_per_tick: usize, "IMGATE_PURGE_PER_TICK";
     /// Time between purge steps on the embedded backend, ms [default: 250].
     purge_interval_ms: u64, "IMGATE_PURGE_INTERVAL_MS";
+    /// Free disk space kept, MiB; below it new messages get storage_full (0: none) [default: 256].
+    disk_free_min_mb: u64, "IMGATE_DISK_FREE_MIN_MB";
+    /// Free-space checks and store recovery tries, ms [default: 1000].
+    disk_check_ms: u64, "IMGATE_DISK_CHECK_MS";
+    /// Wait told to clients refused with storage_full, ms [default: 5000].
+    storage_retry_ms: u64, "IMGATE_STORAGE_RETRY_MS";
     /// Events per batch to the backend [default: 512].
     backend_batch: usize, "IMGATE_BACKEND_BATCH";
     /// Batches queued to the backend before requests are refused [default: 4096].

@@ -126,7 +126,7 @@ export const ERROR_NAMES = Object.freeze([
   "none", "malformed_frame", "unsupported_version", "unknown_kind", "frame_too_large",
   "not_logged_in", "bad_token", "token_expired", "already_logged_in", "forbidden",
   "not_found", "invalid_request", "rate_limited", "too_many_connections", "overloaded",
-  "shutting_down", "internal", "msg_id_reused", "device_revoked",
+  "shutting_down", "internal", "msg_id_reused", "device_revoked", "storage_full",
 ]);
 
 /** Kick reasons (section 4.2), by value. */
@@ -138,12 +138,12 @@ export const KICK_NAMES = Object.freeze([
 
 const E = Object.freeze({
   UNSUPPORTED_VERSION: 2, BAD_TOKEN: 6, TOKEN_EXPIRED: 7, RATE_LIMITED: 12,
-  OVERLOADED: 14, INTERNAL: 16, DEVICE_REVOKED: 18,
+  OVERLOADED: 14, INTERNAL: 16, DEVICE_REVOKED: 18, STORAGE_FULL: 19,
 });
 /** Codes after which the server closes the connection (section 5.12). */
 const CLOSING_CODES = new Set([1, 2, 3, 4, 5, 6, 7, 13, 15, 18]);
 /** Codes that say "later", not "no": the request may be repeated as it was. */
-const TRANSIENT_CODES = new Set([E.RATE_LIMITED, E.OVERLOADED, E.INTERNAL]);
+const TRANSIENT_CODES = new Set([E.RATE_LIMITED, E.OVERLOADED, E.INTERNAL, E.STORAGE_FULL]);
 
 const GROUP_OPS = Object.freeze({
   create: 1, add: 2, remove: 3, list: 4, delete: 5, promote: 6, demote: 7, transfer: 8, roles: 9,

@@ -106,7 +106,10 @@ impl Client {
             Some(Kind::MsgR)
                 if self.config.keep_send_order
                     && self.held_by.is_none()
-                    && matches!(code, ErrorCode::Overloaded | ErrorCode::RateLimited)
+                    && matches!(
+                        code,
+                        ErrorCode::Overloaded | ErrorCode::RateLimited | ErrorCode::StorageFull
+                    )
                     && self.outbox.contains(e.ref_id) =>
             {
                 self.held_by = Some(e.ref_id);
@@ -434,7 +437,10 @@ impl Client {
 fn is_transient(code: ErrorCode) -> bool {
     matches!(
         code,
-        ErrorCode::Overloaded | ErrorCode::Internal | ErrorCode::RateLimited
+        ErrorCode::Overloaded
+            | ErrorCode::Internal
+            | ErrorCode::RateLimited
+            | ErrorCode::StorageFull
     )
 }
 

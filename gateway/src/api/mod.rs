@@ -270,9 +270,10 @@ fn refusal(code: ErrorCode, text: &str) -> ApiError {
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::InvalidRequest | ErrorCode::FrameTooLarge => StatusCode::BAD_REQUEST,
-        ErrorCode::Overloaded | ErrorCode::ShuttingDown | ErrorCode::RateLimited => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        ErrorCode::Overloaded
+        | ErrorCode::ShuttingDown
+        | ErrorCode::RateLimited
+        | ErrorCode::StorageFull => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     ApiError::new(status, code.as_str(), text.to_string())

@@ -163,6 +163,14 @@ pub struct Config {
     /// Time between purge steps on the embedded backend, ms (steps follow
     /// each other at once while they come back full).
     pub purge_interval_ms: u64,
+    /// Free space the embedded store's disk keeps, MiB: below it, new
+    /// messages are refused with `storage_full` (0: no floor).
+    pub disk_free_min_mb: u64,
+    /// How often the embedded backend checks its disk's free space and,
+    /// while failing, tries to recover the store, ms.
+    pub disk_check_ms: u64,
+    /// How long a client refused with `storage_full` is told to wait, ms.
+    pub storage_retry_ms: u64,
     /// Grace period for a graceful shutdown, ms.
     pub shutdown_timeout_ms: u64,
     /// Secret for HMAC login tokens.
@@ -247,6 +255,9 @@ impl Default for Config {
             retention_ms: 7 * 24 * 3600 * 1000,
             purge_per_tick: 10_000,
             purge_interval_ms: 250,
+            disk_free_min_mb: 256,
+            disk_check_ms: 1000,
+            storage_retry_ms: 5000,
             shutdown_timeout_ms: 10_000,
             secret: DEV_SECRET.to_string(),
             group_admin: GroupAdmin::Members,
@@ -406,6 +417,12 @@ impl Config {
         if self.purge_interval_ms == 0 || self.purge_interval_ms > 3_600_000 {
             return invalid("purge_interval_ms", "must be between 1 and 3600000");
         }
+        if self.disk_check_ms == 0 || self.disk_check_ms > 60_000 {
+            return invalid("disk_check_ms", "must be between 1 and 60000");
+        }
+        if self.storage_retry_ms == 0 || self.storage_retry_ms > 3_600_000 {
+            return invalid("storage_retry_ms", "must be between 1 and 3600000");
+        }
         if self.purge_per_tick == 0 {
             return invalid("purge_per_tick", "must be at least 1");
         }
@@ -536,6 +553,8 @@ mod tests {
             ("cache_entries", Box::new(|c| c.cache_entries = 1)),
             ("purge_per_tick", Box::new(|c| c.purge_per_tick = 0)),
             ("purge_interval_ms", Box::new(|c| c.purge_interval_ms = 0)),
+            ("disk_check_ms", Box::new(|c| c.disk_check_ms = 0)),
+            ("storage_retry_ms", Box::new(|c| c.storage_retry_ms = 0)),
             ("max_connections", Box::new(|c| c.max_connections = 0)),
             ("tick_ms", Box::new(|c| c.tick_ms = 0)),
             ("heartbeat_ms", Box::new(|c| c.heartbeat_ms = 1)),

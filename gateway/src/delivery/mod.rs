@@ -44,13 +44,18 @@ mod tests;
 
 use std::{sync::Arc, time::Instant};
 
+use imgate_codec::{Frame, frame::GroupOp};
+
 use crate::{
     backend::{Backend, Inbound, Router, Start},
     clock::{Clock, SystemClock},
     config::Config,
     metrics::BackendHistograms,
     revocations::Revocation,
-    store::{Store, StoreError, Table, WriteBatch},
+    store::{
+        Store, StoreError, Table, WriteBatch,
+        health::{LogLimiter, Step, StoreHealth, Watch},
+    },
 };
 
 pub use purge::Retention;
@@ -64,16 +69,69 @@ pub struct Delivery {
     state: State,
     batch: WriteBatch,
     deferred: Vec<emit::Deferred>,
-    failed: Option<String>,
+    disk: Disk,
     histograms: BackendHistograms,
     // Stopped when the backend is dropped.
     _purger: Option<purge::Purger>,
 }
 
+/// The store's disk as the backend watches it (`crate::store::health`).
+#[derive(Debug)]
+struct Disk {
+    watch: Watch,
+    health: Arc<StoreHealth>,
+    /// Failed writes and recoveries, one line per second at most.
+    log: LogLimiter,
+    check_ms: u64,
+    next_check: u64,
+    /// The text of a `storage_full` refusal: the wait, then why.
+    refusal: String,
+}
+
+impl Disk {
+    fn new(cfg: &Config) -> Disk {
+        Disk {
+            watch: Watch::new(cfg.disk_free_min_mb.saturating_mul(1 << 20)),
+            health: Arc::default(),
+            log: LogLimiter::new(1000),
+            check_ms: cfg.disk_check_ms,
+            next_check: 0,
+            refusal: format!(
+                "retry_ms={} the server's storage is full or failing",
+                cfg.storage_retry_ms
+            ),
+        }
+    }
+
+    /// Whether `ev` is refused in the current state: everything while the
+    /// store fails; what grows it (a message, a new group or member) while
+    /// space is short.
+    fn refuses(&self, ev: &Inbound) -> bool {
+        if self.watch.refuses_all() {
+            return true;
+        }
+        self.watch.refuses_growth()
+            && match ev {
+                Inbound::Frame { frame, .. } => match frame {
+                    Frame::MsgR(_) => true,
+                    Frame::GroupR(g) => matches!(g.op(), Some(GroupOp::Create | GroupOp::Add)),
+                    _ => false,
+                },
+                _ => false,
+            }
+    }
+
+    fn log(step: Step) {
+        if let Step::Changed(line) = step {
+            tracing::warn!("{line}");
+        }
+    }
+}
+
 impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Delivery")
-            .field("failed", &self.failed)
+            .field("disk", &self.disk.watch.state())
             .finish_non_exhaustive()
     }
 }
@@ -107,10 +165,41 @@ impl Delivery {
             state,
             batch: WriteBatch::default(),
             deferred: Vec::new(),
-            failed: None,
+            disk: Disk::new(cfg),
             histograms: BackendHistograms::default(),
             _purger: purger,
         })
+    }
+
+    /// Checks the disk if `disk_check_ms` passed since the last check.
+    fn maybe_check_disk(&mut self, now: u64) {
+        if now >= self.disk.next_check {
+            self.disk.next_check = now.saturating_add(self.disk.check_ms);
+            self.check_disk(now);
+        }
+    }
+
+    /// Measures the disk's free space, and while the store fails, tries to
+    /// recover it (once there is space): reopened and its state reloaded.
+    fn check_disk(&mut self, now: u64) {
+        let free = self.store.free_space();
+        match self.disk.watch.on_free(free, now, &self.disk.health) {
+            Step::Recover => {
+                let recovered = self
+                    .store
+                    .recover()
+                    .and_then(|()| self.state.reload(&*self.store));
+                match recovered {
+                    Ok(()) => Disk::log(self.disk.watch.recovered(now, &self.disk.health)),
+                    Err(e) => {
+                        if let Some(held) = self.disk.log.allow(now) {
+                            tracing::error!(error = %e, earlier_failures_not_logged = held, "store recovery failed; trying again");
+                        }
+                    }
+                }
+            }
+            step => Disk::log(step),
+        }
     }
 
     /// Writes the batch and sends what waited on it; false if the write
@@ -123,16 +212,21 @@ impl Delivery {
             self.histograms.commit(started.elapsed());
             if let Err(e) = written {
                 // Nothing of this batch is acknowledged: the senders
-                // retransmit, and the state is reloaded from the store,
-                // which holds everything before this batch.
-                tracing::error!(error = %e, "store write failed; refusing this batch");
+                // retransmit once the store recovers, and the state is
+                // reloaded from it then (it holds everything before this
+                // batch).
+                let now = self.clock.unix_ms();
+                if let Some(held) = self.disk.log.allow(now) {
+                    tracing::error!(error = %e, earlier_failures_not_logged = held, "store write failed; refusing this batch");
+                }
                 self.batch.clear();
                 self.state.forget_pending();
-                emit::refuse_all(&mut self.deferred, out);
-                if let Err(e) = self.state.reload(&*self.store) {
-                    tracing::error!(error = %e, "store unusable");
-                    self.failed = Some(e.to_string());
-                }
+                emit::refuse_all(&mut self.deferred, &self.disk.refusal, out);
+                Disk::log(
+                    self.disk
+                        .watch
+                        .on_write_failed(&e.to_string(), &self.disk.health),
+                );
                 return false;
             }
             self.batch.clear();
@@ -171,6 +265,7 @@ impl Backend for Delivery {
             .map_err(std::io::Error::other)?;
         let report = Arc::new(Report {
             store: self.store.clone(),
+            health: self.disk.health.clone(),
         });
         let _ = start.metrics.backend.set(report);
         Ok(())
@@ -180,12 +275,18 @@ impl Backend for Delivery {
         let taken = Instant::now();
         self.histograms.batch(events.len());
         let now = self.clock.unix_ms();
+        // A busy backend checks its disk between batches too.
+        self.maybe_check_disk(now);
         for ev in events.drain(..) {
             if out.control(&ev) {
                 continue;
             }
-            if self.failed.is_some() {
-                emit::refuse_event(ev, out);
+            if self.disk.refuses(&ev) {
+                self.disk
+                    .health
+                    .refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                emit::refuse_event(ev, &self.disk.refusal, out);
                 continue;
             }
             apply::apply(
@@ -208,10 +309,11 @@ impl Backend for Delivery {
     }
 
     fn tick(&mut self, _now: Instant, out: &mut Router) {
+        let now = self.clock.unix_ms();
+        self.maybe_check_disk(now);
         // Writes that emitting produced (receipt marks) and expiry of old
         // dedup entries ride on the next commit; make sure one happens.
-        if self.failed.is_none() {
-            let now = self.clock.unix_ms();
+        if !self.disk.watch.refuses_all() {
             self.state.expire_dedup(&*self.store, now, &mut self.batch);
             if !self.batch.is_empty() {
                 self.commit(out);
@@ -220,7 +322,7 @@ impl Backend for Delivery {
     }
 
     fn shutdown(&mut self, out: &mut Router) {
-        if self.failed.is_none() && !self.batch.is_empty() {
+        if !self.disk.watch.refuses_all() && !self.batch.is_empty() {
             self.commit(out);
         }
     }
@@ -231,6 +333,7 @@ impl Backend for Delivery {
 /// orders them).
 struct Report {
     store: Arc<dyn Store>,
+    health: Arc<StoreHealth>,
 }
 
 impl std::fmt::Debug for Report {
@@ -240,14 +343,50 @@ impl std::fmt::Debug for Report {
 }
 
 impl crate::metrics::Collector for Report {
-    fn encode(&self, _: crate::metrics::DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        Ok(())
+    fn encode(
+        &self,
+        mut enc: crate::metrics::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+
+        use crate::metrics::{counter, gauge};
+        let h = &self.health;
+        gauge(
+            &mut enc,
+            "imgate_store_state",
+            "The store: 0 serving, 1 short of disk space (sends refused), 2 failing (all refused).",
+            h.state() as u64,
+        )?;
+        gauge(
+            &mut enc,
+            "imgate_store_free_bytes",
+            "Free bytes on the store's disk at the last check.",
+            h.free(),
+        )?;
+        counter(
+            &mut enc,
+            "imgate_store_write_failures_total",
+            "Store writes that failed.",
+            h.write_failures.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "imgate_store_refused_total",
+            "Requests refused with storage_full.",
+            h.refused.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "imgate_store_recoveries_total",
+            "Times the store was reopened after failing.",
+            h.recoveries.load(Relaxed),
+        )
     }
 }
 
 impl crate::metrics::BackendReport for Report {
     fn health(&self) -> Result<(), String> {
-        Ok(())
+        self.health.check()
     }
 
     fn revoke(&self, r: Revocation) -> Option<Result<(), String>> {

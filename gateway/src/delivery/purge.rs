@@ -86,6 +86,7 @@ impl Purger {
                 let mut sweep = Sweep::default();
                 let mut batch = WriteBatch::default();
                 let mut wait = interval;
+                let mut log = crate::store::health::LogLimiter::new(60_000);
                 // Both a stop message and a dropped sender end the loop.
                 while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(wait)
@@ -98,7 +99,11 @@ impl Purger {
                     {
                         Ok(n) => n,
                         Err(e) => {
-                            tracing::error!(error = %e, "purge step failed");
+                            // A failing store fails every step: one line
+                            // a minute.
+                            if let Some(held) = log.allow(now) {
+                                tracing::error!(error = %e, earlier_failures_not_logged = held, "purge step failed");
+                            }
                             0
                         }
                     };

@@ -34,10 +34,16 @@ use std::path::Path;
 use crate::config::Durability;
 
 mod fjall;
+pub mod health;
 mod memory;
 mod reaper;
+mod reopen;
 
-pub use self::{fjall::FjallStore, memory::MemoryStore};
+pub use self::{
+    fjall::FjallStore,
+    memory::MemoryStore,
+    reopen::{Reopening, free_space},
+};
 
 /// The tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -248,6 +254,19 @@ pub trait Store: Send + Sync + 'static {
         to: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError>;
+
+    /// Bytes free on the disk that holds the store; None if it has none
+    /// or cannot tell.
+    fn free_space(&self) -> Option<u64> {
+        None
+    }
+
+    /// Makes a store that refused a write usable again, if the engine can
+    /// (fjall: closed and opened again, replaying its journal). An engine
+    /// that cannot says Ok and keeps refusing.
+    fn recover(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Opens the store for `durability`: the embedded engine in `dir` for
@@ -258,7 +277,7 @@ pub trait Store: Send + Sync + 'static {
 /// not yet flushed to tables (at most 128 MiB), see [`FjallStore::open`].
 pub fn open(dir: &Path, durability: Durability) -> Result<Box<dyn Store>, StoreError> {
     Ok(match durability {
-        Durability::Fsync | Durability::Os => Box::new(FjallStore::open(dir, durability)?),
+        Durability::Fsync | Durability::Os => Box::new(Reopening::open(dir, durability)?),
         Durability::Memory => Box::new(MemoryStore::new()),
     })
 }

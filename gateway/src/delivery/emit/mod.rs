@@ -338,8 +338,9 @@ fn emit(
     Ok(())
 }
 
-/// A commit failed: answer every request of the batch with `internal`.
-pub(crate) fn refuse_all(deferred: &mut Vec<Deferred>, out: &mut Router) {
+/// A commit failed: answer every request of the batch with `storage_full`
+/// and `text` (a login is kicked: it cannot be recorded).
+pub(crate) fn refuse_all(deferred: &mut Vec<Deferred>, text: &str, out: &mut Router) {
     for d in deferred.drain(..) {
         match d {
             // A refusal stays what it was.
@@ -353,32 +354,26 @@ pub(crate) fn refuse_all(deferred: &mut Vec<Deferred>, out: &mut Router) {
             Deferred::LoginOk { conn, .. } => out.kick(conn, KickReason::ServerShutdown),
             d => {
                 if let Some((conn, kind, id)) = d.request() {
-                    error(
-                        conn,
-                        ErrorCode::Internal,
-                        kind,
-                        id,
-                        "storage error; retry",
-                        out,
-                    );
+                    error(conn, ErrorCode::StorageFull, kind, id, text, out);
                 }
             }
         }
     }
 }
 
-/// The store is unusable: refuse an event without touching it.
-pub(crate) fn refuse_event(ev: Inbound, out: &mut Router) {
+/// The store is failing, or the event would grow a store short of
+/// space: refuse it with `storage_full` and `text`, without touching it.
+pub(crate) fn refuse_event(ev: Inbound, text: &str, out: &mut Router) {
     match ev {
         Inbound::Login { conn, .. } => out.kick(conn, KickReason::ServerShutdown),
         Inbound::Frame { conn, frame, .. } => {
             let f: &Frame = &frame;
             error(
                 conn,
-                ErrorCode::Internal,
+                ErrorCode::StorageFull,
                 f.kind(),
                 f.request_id(),
-                "storage unavailable",
+                text,
                 out,
             );
         }
