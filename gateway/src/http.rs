@@ -132,6 +132,7 @@ pub fn router(endpoint: Arc<Endpoint>) -> Router {
         .route("/healthz", get(healthz))
         .route("/admin/kick", post(kick))
         .route("/admin/sessions", get(sessions))
+        .route("/admin/backup", post(backup))
         .route("/api/v1/messages", post(crate::api::send))
         .route("/api/v1/messages/batch", post(crate::api::batch))
         .route("/api/v1/presence", get(presence))
@@ -306,6 +307,66 @@ async fn kick(
     admin.kick(t.user, t.device, KickReason::Admin)?;
     tracing::info!(user = t.user, device = ?t.device, kicked = sessions.len(), "admin kick");
     Ok(json_text(format!("{{\"kicked\":{}}}\n", sessions.len())))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupTo {
+    /// The directory to create the copy in (empty or missing).
+    dir: std::path::PathBuf,
+}
+
+/// `POST /admin/backup?dir=D`: an online copy of the embedded store.
+async fn backup(
+    State(e): State<Arc<Endpoint>>,
+    headers: HeaderMap,
+    q: Result<Query<BackupTo>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    admin(&e, &headers)?;
+    let to = q
+        .map(|Query(b)| b.dir)
+        .map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", r.body_text()))?;
+    if !to.is_absolute() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_dir",
+            "dir must be an absolute path (on the gateway's machine)",
+        ));
+    }
+    let started = std::time::Instant::now();
+    let (e2, dir) = (e.clone(), to.clone());
+    let copied =
+        tokio::task::spawn_blocking(move || e2.metrics.backend.get().and_then(|b| b.backup(&dir)))
+            .await
+            .map_err(|err| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    err.to_string(),
+                )
+            })?;
+    match copied {
+        None => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "no_store",
+            "this backend keeps no store of its own (the cluster backend's data is in JetStream: back up its streams and buckets with NATS)",
+        )),
+        Some(Err(why)) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "backup_failed",
+            why,
+        )),
+        Some(Ok(entries)) => {
+            let secs = started.elapsed().as_secs_f64();
+            tracing::info!(dir = %to.display(), entries, secs, "backup written");
+            Ok(Json(serde_json::json!({
+                "dir": to.display().to_string(),
+                "entries": entries,
+                "seconds": secs,
+            }))
+            .into_response())
+        }
+    }
 }
 
 async fn sessions(

@@ -100,6 +100,30 @@ enum Command {
     /// Kick a user's connections (reason admin) through the admin path of
     /// a running gateway (its metrics address and admin token).
     Kick(KickArgs),
+    /// Copy the embedded store, as of one moment, into a new directory:
+    /// through the admin path of the running gateway, or from `data_dir`
+    /// directly when no gateway answers there.
+    Backup(BackupArgs),
+    /// Make `data_dir` (empty or missing) a copy of a backup, with every
+    /// stream's sequence ids moved past anything handed out after it. The
+    /// gateway must be stopped.
+    Restore(RestoreArgs),
+}
+
+#[derive(Args, Debug)]
+struct BackupArgs {
+    /// The new directory (empty or missing), absolute.
+    dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct RestoreArgs {
+    /// The backup's directory.
+    from: PathBuf,
+    /// Sequence ids skipped in every stream, so that none handed out after
+    /// the backup is given out again.
+    #[arg(long, default_value_t = imgate::delivery::restore::DEFAULT_SKIP)]
+    skip: u64,
 }
 
 #[derive(Args, Debug)]
@@ -318,6 +342,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Kick(k)) => kick(&cfg, &k),
+        Some(Command::Backup(b)) => backup(&cfg, &b),
+        Some(Command::Restore(r)) => restore(&cfg, &r),
         Some(Command::Serve) | None => serve(cfg),
     }
 }
@@ -347,6 +373,90 @@ fn kick(cfg: &Config, k: &KickArgs) -> ExitCode {
             ExitCode::from(3)
         }
     }
+}
+
+fn backup(cfg: &Config, b: &BackupArgs) -> ExitCode {
+    if !b.dir.is_absolute() {
+        return usage_error("the backup directory must be an absolute path");
+    }
+    let Some(dir) = b.dir.to_str() else {
+        return usage_error("the backup directory must be valid UTF-8");
+    };
+    if let (Some(addr), false) = (cfg.metrics_listen, cfg.admin_token.is_empty()) {
+        let target = format!("/admin/backup?dir={}", percent_encode(dir));
+        match imgate::http::request(addr, "POST", &target, Some(&cfg.admin_token)) {
+            Ok((200, body)) => {
+                print!("{body}");
+                return ExitCode::SUCCESS;
+            }
+            Ok((status, body)) => {
+                eprintln!("imgate: error: {addr} answered {status}: {}", body.trim());
+                return ExitCode::from(1);
+            }
+            // Nobody there: the store is copied from disk below (its lock
+            // refuses if a gateway holds it after all).
+            Err(_) => {}
+        }
+    }
+    let copy = imgate::store::open(&cfg.data_dir, cfg.durability).and_then(|s| s.backup(&b.dir));
+    match copy {
+        Ok(n) => {
+            println!("{{\"dir\":{dir:?},\"entries\":{n}}}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("imgate: error: backup failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn restore(cfg: &Config, r: &RestoreArgs) -> ExitCode {
+    if std::fs::read_dir(&cfg.data_dir).is_ok_and(|mut d| d.next().is_some()) {
+        return usage_error(&format!(
+            "data_dir {} is not empty: restore into an empty or missing directory",
+            cfg.data_dir.display()
+        ));
+    }
+    if !std::fs::read_dir(&r.from).is_ok_and(|mut d| d.next().is_some()) {
+        return usage_error(&format!(
+            "{} is not a backup (missing or empty)",
+            r.from.display()
+        ));
+    }
+    let done = imgate::store::open(&r.from, Durability::Fsync)
+        .and_then(|b| b.backup(&cfg.data_dir))
+        .and_then(|n| {
+            let store = imgate::store::open(&cfg.data_dir, Durability::Fsync)?;
+            let streams = imgate::delivery::restore::skip_sequences(&*store, r.skip)?;
+            Ok((n, streams))
+        });
+    match done {
+        Ok((n, streams)) => {
+            println!(
+                "restored {n} entries into {}; {streams} streams continue {} sequence ids on",
+                cfg.data_dir.display(),
+                r.skip
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("imgate: error: restore failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A query value with everything but unreserved characters escaped.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn serve(cfg: Config) -> ExitCode {

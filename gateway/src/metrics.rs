@@ -156,6 +156,12 @@ pub trait BackendReport: Collector {
     fn revoke(&self, _r: crate::revocations::Revocation) -> Option<Result<(), String>> {
         None
     }
+    /// Copies the store, as of one moment, into the new directory `to`
+    /// while serving; the entries copied. None when the backend has no
+    /// store of its own to copy.
+    fn backup(&self, _to: &std::path::Path) -> Option<Result<u64, String>> {
+        None
+    }
 }
 
 /// The backend's report, once there is one.

@@ -36,6 +36,7 @@ mod cache;
 mod emit;
 pub mod keys;
 mod purge;
+pub mod restore;
 pub mod roles;
 pub mod rules;
 mod state;
@@ -387,6 +388,10 @@ impl crate::metrics::Collector for Report {
 impl crate::metrics::BackendReport for Report {
     fn health(&self) -> Result<(), String> {
         self.health.check()
+    }
+
+    fn backup(&self, to: &std::path::Path) -> Option<Result<u64, String>> {
+        Some(self.store.backup(to).map_err(|e| e.to_string()))
     }
 
     fn revoke(&self, r: Revocation) -> Option<Result<(), String>> {

@@ -261,6 +261,16 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Copies everything, as of one moment, into a new store in `to` (an
+    /// empty or missing directory) while the store keeps serving; returns
+    /// the entries copied. An engine without it says so.
+    fn backup(&self, to: &Path) -> Result<u64, StoreError> {
+        Err(StoreError::Engine(format!(
+            "this store cannot be backed up (to {})",
+            to.display()
+        )))
+    }
+
     /// Makes a store that refused a write usable again, if the engine can
     /// (fjall: closed and opened again, replaying its journal). An engine
     /// that cannot says Ok and keeps refusing.

@@ -80,6 +80,10 @@ impl Store for Reopening {
         free_space(&self.dir)
     }
 
+    fn backup(&self, to: &Path) -> Result<u64, StoreError> {
+        self.with(|s| s.backup(to))
+    }
+
     fn recover(&self) -> Result<(), StoreError> {
         let mut g = self.cur.write().unwrap_or_else(|e| e.into_inner());
         // Closed first: fjall locks its directory.
