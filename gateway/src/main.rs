@@ -108,6 +108,25 @@ enum Command {
     /// stream's sequence ids moved past anything handed out after it. The
     /// gateway must be stopped.
     Restore(RestoreArgs),
+    /// Read all of the embedded store in `data_dir` (the gateway stopped)
+    /// and report damage: a journal that does not replay, unreadable
+    /// records, records or cursors past their stream's head. Exits 0 when
+    /// clean, 1 when damaged. `data_dir` is not written.
+    Check,
+    /// Copy what can be read of a damaged `data_dir` into a new directory:
+    /// the journal up to its first damaged batch, with every stream's
+    /// sequence ids moved on so none is reused. `data_dir` is not written.
+    Salvage(SalvageArgs),
+}
+
+#[derive(Args, Debug)]
+struct SalvageArgs {
+    /// The new directory (must not exist).
+    to: PathBuf,
+    /// Sequence ids skipped in every stream, past anything the lost part
+    /// of the journal can have handed out.
+    #[arg(long, default_value_t = imgate::delivery::restore::DEFAULT_SKIP)]
+    skip: u64,
 }
 
 #[derive(Args, Debug)]
@@ -344,6 +363,8 @@ fn main() -> ExitCode {
         Some(Command::Kick(k)) => kick(&cfg, &k),
         Some(Command::Backup(b)) => backup(&cfg, &b),
         Some(Command::Restore(r)) => restore(&cfg, &r),
+        Some(Command::Check) => check(&cfg),
+        Some(Command::Salvage(s)) => salvage(&cfg, &s),
         Some(Command::Serve) | None => serve(cfg),
     }
 }
@@ -429,7 +450,7 @@ fn restore(cfg: &Config, r: &RestoreArgs) -> ExitCode {
         .and_then(|n| {
             let store = imgate::store::open(&cfg.data_dir, Durability::Fsync)?;
             let streams = imgate::delivery::restore::skip_sequences(&*store, r.skip)?;
-            Ok((n, streams))
+            Ok((n, streams.len()))
         });
     match done {
         Ok((n, streams)) => {
@@ -445,6 +466,131 @@ fn restore(cfg: &Config, r: &RestoreArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn check(cfg: &Config) -> ExitCode {
+    use imgate::store::salvage;
+    let dir = &cfg.data_dir;
+    let journals = match salvage::journals(dir) {
+        Ok(j) => j,
+        Err(e) => return usage_error(&format!("cannot read {}: {e}", dir.display())),
+    };
+    for j in &journals {
+        println!("journal {}: {} bytes of data", j.path.display(), j.data_end);
+    }
+    let scratch = scratch_dir(dir, "check");
+    let opened = salvage::scratch_copy(dir, &scratch)
+        .map_err(|e| e.to_string())
+        .and_then(|()| imgate::store::open(&scratch, Durability::Os).map_err(|e| e.to_string()));
+    let code = match opened {
+        Err(why) => {
+            println!("DAMAGED: the store does not open: {why}");
+            let probe = scratch_dir(dir, "probe");
+            match salvage::salvage(dir, &probe) {
+                Ok(s) => report_salvage(&s),
+                Err(e) => println!("the damage could not be located: {e}"),
+            }
+            let _ = std::fs::remove_dir_all(&probe);
+            println!("run `imgate salvage NEW_DIR` to keep everything before the damage");
+            ExitCode::from(1)
+        }
+        Ok(store) => match imgate::delivery::check::check(&*store) {
+            Err(e) => {
+                println!("DAMAGED: reading the tables failed: {e}");
+                ExitCode::from(1)
+            }
+            Ok(r) => {
+                for (t, n) in &r.entries {
+                    println!("table {t}: {n} entries");
+                }
+                println!("streams: {}", r.streams);
+                for (what, f) in [
+                    ("records that do not decode", &r.unreadable),
+                    ("records past their stream's head", &r.above_head),
+                    ("cursors past their stream's head", &r.cursors_ahead),
+                ] {
+                    if f.count > 0 {
+                        println!("DAMAGED: {} {what}, first: {:?}", f.count, f.first);
+                    }
+                }
+                if r.clean() {
+                    println!("clean");
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+        },
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
+    code
+}
+
+fn salvage(cfg: &Config, s: &SalvageArgs) -> ExitCode {
+    if s.to.exists() {
+        return usage_error(&format!("{} exists: name a new directory", s.to.display()));
+    }
+    let done = imgate::store::salvage::salvage(&cfg.data_dir, &s.to).and_then(|report| {
+        let store = imgate::store::open(&s.to, Durability::Fsync)?;
+        let streams = imgate::delivery::restore::skip_sequences(&*store, s.skip)?;
+        Ok((report, streams))
+    });
+    match done {
+        Ok((report, streams)) => {
+            report_salvage(&report);
+            println!(
+                "salvaged into {}; {} streams continue {} sequence ids on",
+                s.to.display(),
+                streams.len(),
+                s.skip
+            );
+            if report.damaged.is_some() {
+                // What the lost journal held is unreadable: every stream
+                // may have lost ids from its kept head up.
+                for (stream, head) in streams.iter().take(20) {
+                    println!(
+                        "  {}: kept up to seq {head}; seqs {} to {} may have been lost and are never used again",
+                        imgate::delivery::check::stream_name(*stream),
+                        head + 1,
+                        head.saturating_add(s.skip)
+                    );
+                }
+                if streams.len() > 20 {
+                    println!("  ... and {} more streams alike", streams.len() - 20);
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("imgate: error: salvage failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn report_salvage(s: &imgate::store::salvage::Salvage) {
+    match &s.damaged {
+        None => println!("every journal replays whole: nothing lost"),
+        Some((path, kept)) => {
+            println!(
+                "journal {} is readable up to byte {kept}; {} bytes of journal data after it are lost ({} later journal files), found in {} tries",
+                path.display(),
+                s.dropped_bytes,
+                s.later.len(),
+                s.tries
+            );
+        }
+    }
+}
+
+/// A scratch directory beside `dir`.
+fn scratch_dir(dir: &std::path::Path, what: &str) -> PathBuf {
+    let name = format!(
+        ".{}.{what}-{}",
+        dir.file_name().and_then(|n| n.to_str()).unwrap_or("data"),
+        std::process::id()
+    );
+    dir.parent().unwrap_or(dir).join(name)
 }
 
 /// A query value with everything but unreserved characters escaped.

@@ -33,6 +33,7 @@
 
 mod apply;
 mod cache;
+pub mod check;
 mod emit;
 pub mod keys;
 mod purge;

@@ -21,18 +21,19 @@ use crate::store::{Store, StoreError, Table, WriteBatch};
 pub const DEFAULT_SKIP: u64 = 1_000_000_000;
 
 /// Raises every stream's head and the group id counter of `store` by
-/// `skip`, in one batch; returns the streams raised.
-pub fn skip_sequences(store: &dyn Store, skip: u64) -> Result<u64, StoreError> {
+/// `skip`, in one batch; returns each stream with the head it had (the
+/// last id it kept; ids from there to the new head are never given out).
+pub fn skip_sequences(store: &dyn Store, skip: u64) -> Result<Vec<(StreamId, u64)>, StoreError> {
     let mut batch = WriteBatch::default();
-    let mut n = 0;
+    let mut raised = Vec::new();
     store.scan(
         Table::Meta,
         &keys::head_key(StreamId(0)),
         keys::HEAD_KEYS_END,
         &mut |k, v| {
-            if let (Some(_), Some(head)) = (keys::head_key_stream(k), keys::u64_value(v)) {
+            if let (Some(s), Some(head)) = (keys::head_key_stream(k), keys::u64_value(v)) {
                 batch.put(Table::Meta, k, head.saturating_add(skip).to_be_bytes());
-                n += 1;
+                raised.push((s, head));
             }
             true
         },
@@ -49,7 +50,7 @@ pub fn skip_sequences(store: &dyn Store, skip: u64) -> Result<u64, StoreError> {
         );
     }
     store.write(&batch)?;
-    Ok(n)
+    Ok(raised)
 }
 
 #[cfg(test)]
@@ -78,7 +79,11 @@ mod tests {
             4u64.to_be_bytes(),
         );
         store.write(&b).expect("write");
-        assert_eq!(skip_sequences(&store, 1000).expect("skip"), 2);
+        let raised = skip_sequences(&store, 1000).expect("skip");
+        assert_eq!(
+            raised,
+            vec![(StreamId::inbox(3), 7), (StreamId::group(9), 2)]
+        );
         let get = |k: &[u8]| {
             store
                 .get(Table::Meta, k)

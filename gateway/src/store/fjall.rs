@@ -85,10 +85,19 @@ impl FjallStore {
             path: dir.display().to_string(),
             message: describe(&e),
         };
+        // The journals as they are, to tell a torn tail fjall drops.
+        let before = super::salvage::journals(dir).unwrap_or_default();
         let db = Database::builder(dir)
             .max_journaling_size(MAX_JOURNAL_BYTES)
             .open()
             .map_err(open_err)?;
+        for (path, bytes) in super::salvage::torn_tails(&before) {
+            tracing::warn!(
+                journal = %path.display(),
+                bytes,
+                "dropped a torn journal tail: a write a crash cut short, never acknowledged"
+            );
+        }
         let mut tables = Vec::with_capacity(Table::ALL.len());
         for t in Table::ALL {
             tables.push(

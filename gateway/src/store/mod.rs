@@ -38,6 +38,7 @@ pub mod health;
 mod memory;
 mod reaper;
 mod reopen;
+pub mod salvage;
 
 pub use self::{
     fjall::FjallStore,
