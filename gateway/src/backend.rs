@@ -297,8 +297,11 @@ impl Router {
     }
 }
 
-/// Core batches gathered into one [`Backend::handle`] call at most.
-const MAX_GATHER: usize = 256;
+/// Events gathered into one [`Backend::handle`] call at most (a core batch
+/// is taken whole). A bound on events rather than on core batches: on a
+/// slow disk every commit must take all that waited, and cores flush small
+/// batches often (docs/benchmarks.md, "A slow disk").
+const MAX_GATHER_EVENTS: usize = 65_536;
 
 /// The backend thread's loop: until every core has dropped its sender.
 pub(crate) fn run(
@@ -315,7 +318,7 @@ pub(crate) fn run(
                 // arrival order: one `handle` is one group commit, so a busy
                 // backend pays one commit (one fsync) for everything that
                 // waited, instead of one per core batch.
-                for _ in 0..MAX_GATHER {
+                while batch.len() < MAX_GATHER_EVENTS {
                     match rx.try_recv() {
                         Ok(mut more) => batch.append(&mut more),
                         Err(_) => break,
