@@ -229,6 +229,25 @@ fn target(q: Result<Query<Target>, QueryRejection>) -> Result<Target, ApiError> 
         .map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", r.body_text()))
 }
 
+/// Runs `f` with the backend's report on a blocking thread (the cluster
+/// backend's answers wait for the other nodes or JetStream); None when
+/// there is no report.
+pub(crate) async fn with_report<T: Send + 'static>(
+    e: &Arc<Endpoint>,
+    f: impl FnOnce(&dyn crate::metrics::BackendReport) -> Option<T> + Send + 'static,
+) -> Result<Option<T>, ApiError> {
+    let e = e.clone();
+    tokio::task::spawn_blocking(move || e.metrics.backend.get().and_then(|b| f(&**b)))
+        .await
+        .map_err(|err| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                err.to_string(),
+            )
+        })
+}
+
 /// The user's sessions as JSON objects, off the runtime's thread: a
 /// backend of several nodes asks the others and waits for them.
 async fn sessions_of(e: &Arc<Endpoint>, t: &Target) -> Result<Vec<String>, ApiError> {
@@ -334,17 +353,8 @@ async fn backup(
         ));
     }
     let started = std::time::Instant::now();
-    let (e2, dir) = (e.clone(), to.clone());
-    let copied =
-        tokio::task::spawn_blocking(move || e2.metrics.backend.get().and_then(|b| b.backup(&dir)))
-            .await
-            .map_err(|err| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    err.to_string(),
-                )
-            })?;
+    let dir = to.clone();
+    let copied = with_report(&e, move |b| b.backup(&dir)).await?;
     match copied {
         None => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -427,17 +437,7 @@ async fn presence(
 /// Every node's online counts, if the backend spans several gateways (it
 /// may block while it asks them: on a blocking thread, as sessions).
 async fn census(e: &Arc<Endpoint>) -> Result<Option<Vec<serde_json::Value>>, ApiError> {
-    let e = e.clone();
-    let lines =
-        tokio::task::spawn_blocking(move || e.metrics.backend.get().and_then(|b| b.census()))
-            .await
-            .map_err(|err| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    err.to_string(),
-                )
-            })?;
+    let lines = with_report(e, |b| b.census()).await?;
     match lines {
         None => Ok(None),
         Some(Err(why)) => Err(ApiError::new(

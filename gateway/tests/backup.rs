@@ -9,7 +9,6 @@ mod common;
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
-    process::Command,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering::SeqCst},
@@ -20,12 +19,9 @@ use std::{
 use bytes::Bytes;
 use common::{
     Client,
-    process::{Gateway, free_port},
+    process::{Gateway, free_port, imgate, store_args},
 };
-use imgate_codec::{
-    Frame,
-    frame::{MsgR, SyncR},
-};
+use imgate_codec::{Frame, frame::MsgR};
 
 const TOKEN: &str = "backup-token";
 
@@ -36,60 +32,12 @@ fn temp(name: &str) -> PathBuf {
 }
 
 fn args(data: &Path, http: u16) -> Vec<OsString> {
-    [
-        "--data-dir",
-        data.to_str().expect("utf-8"),
-        "--durability",
-        "fsync",
-        "--metrics-listen",
-        &format!("127.0.0.1:{http}"),
-        "--admin-token",
-        TOKEN,
-        "--secret",
-        common::SECRET,
-        "--workers",
-        "1",
-        "--max-frames-per-sec",
-        "100000",
-        "--frame-burst",
-        "100000",
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect()
-}
-
-fn imgate(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_imgate"))
-        .args(args)
-        .output()
-        .expect("run imgate")
+    let http = format!("127.0.0.1:{http}");
+    store_args(data, &["--metrics-listen", &http, "--admin-token", TOKEN])
 }
 
 fn body(i: u64) -> Bytes {
     Bytes::from(format!("message {i} {}", "x".repeat(200)))
-}
-
-/// The receiver's whole inbox: (seq, body) in order.
-fn pull(c: &mut Client) -> Vec<(u64, Bytes)> {
-    let (mut after, mut out) = (0, Vec::new());
-    loop {
-        c.send(SyncR {
-            group: 0,
-            after,
-            limit: 200,
-        });
-        let page = match c.frame() {
-            Frame::SyncPage(p) => p,
-            other => panic!("expected a page, got {other:?}"),
-        };
-        let entries: Vec<(u64, Bytes)> = page.entries().map(|e| (e.seq, e.body.clone())).collect();
-        let Some(&(last, _)) = entries.last() else {
-            return out;
-        };
-        after = last;
-        out.extend(entries);
-    }
 }
 
 #[test]
@@ -198,7 +146,7 @@ fn a_backup_under_load_restores_a_prefix_and_sequence_ids_move_on() {
     );
     let addr = ([127, 0, 0, 1], gw.port).into();
     let mut b = Client::login(addr, 2, 1);
-    let got = pull(&mut b);
+    let got = common::inbox_entries(&mut b);
     let k = got.len() as u64;
     assert!(
         (before..=after).contains(&k),

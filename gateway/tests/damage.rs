@@ -8,19 +8,15 @@ mod common;
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
 use bytes::Bytes;
 use common::{
     Client,
-    process::{Gateway, free_port},
+    process::{Gateway, free_port, imgate, store_args},
 };
-use imgate_codec::{
-    Frame,
-    frame::{MsgR, SyncR},
-};
+use imgate_codec::{Frame, frame::MsgR};
 
 fn temp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("imgate-damage-{name}-{}", std::process::id()));
@@ -29,33 +25,7 @@ fn temp(name: &str) -> PathBuf {
 }
 
 fn args(data: &Path) -> Vec<OsString> {
-    [
-        "--data-dir",
-        data.to_str().expect("utf-8"),
-        "--durability",
-        "fsync",
-        "--no-metrics",
-        "--secret",
-        common::SECRET,
-        "--workers",
-        "1",
-        "--max-frames-per-sec",
-        "100000",
-        "--frame-burst",
-        "100000",
-        "--log-level",
-        "info",
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect()
-}
-
-fn imgate(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_imgate"))
-        .args(args)
-        .output()
-        .expect("run imgate")
+    store_args(data, &["--no-metrics", "--log-level", "info"])
 }
 
 fn body(i: u64) -> Bytes {
@@ -96,28 +66,6 @@ fn journal(data: &Path) -> (PathBuf, usize) {
     (j.path.clone(), j.data_end as usize)
 }
 
-/// User 2's inbox: (seq, body).
-fn pull(c: &mut Client) -> Vec<(u64, Bytes)> {
-    let (mut after, mut out) = (0, Vec::new());
-    loop {
-        c.send(SyncR {
-            group: 0,
-            after,
-            limit: 200,
-        });
-        let page = match c.frame() {
-            Frame::SyncPage(p) => p,
-            other => panic!("expected a page, got {other:?}"),
-        };
-        let entries: Vec<(u64, Bytes)> = page.entries().map(|e| (e.seq, e.body.clone())).collect();
-        let Some(&(last, _)) = entries.last() else {
-            return out;
-        };
-        after = last;
-        out.extend(entries);
-    }
-}
-
 #[test]
 fn a_torn_journal_tail_is_dropped_with_a_warning() {
     let (data, log) = (temp("torn"), temp("torn.log"));
@@ -133,7 +81,7 @@ fn a_torn_journal_tail_is_dropped_with_a_warning() {
         Duration::from_secs(20),
     );
     let mut b = Client::login(([127, 0, 0, 1], gw.port).into(), 2, 1);
-    let got = pull(&mut b);
+    let got = common::inbox_entries(&mut b);
     assert_eq!(
         got.len(),
         49,
@@ -202,7 +150,7 @@ fn a_flipped_byte_is_found_and_salvage_keeps_what_came_before() {
     let gw = Gateway::spawn(free_port(), args(&out), None, Duration::from_secs(20));
     let addr = ([127, 0, 0, 1], gw.port).into();
     let mut b = Client::login(addr, 2, 1);
-    let got = pull(&mut b);
+    let got = common::inbox_entries(&mut b);
     let k = got.len() as u64;
     assert!(k > 0 && k < N, "kept {k} of {N}");
     for (i, (seq, text)) in got.iter().enumerate() {

@@ -12,7 +12,6 @@
 mod common;
 
 use std::{
-    ffi::OsString,
     io::Write,
     path::{Path, PathBuf},
     process::Command,
@@ -22,7 +21,7 @@ use std::{
 use bytes::Bytes;
 use common::{
     Client,
-    process::{Gateway, free_port},
+    process::{Gateway, free_port, store_args},
 };
 use imgate_codec::{ErrorCode, Frame, frame::MsgR};
 
@@ -79,35 +78,24 @@ impl Drop for Tmpfs {
 
 /// The gateway on a data directory in `fs`, its log in `log`.
 fn gateway(fs: &Tmpfs, http: u16, log: &Path, floor_mb: u64) -> Gateway {
-    let args: Vec<OsString> = [
-        "--data-dir",
-        fs.0.join("data").to_str().expect("utf-8 path"),
-        "--durability",
-        "fsync",
-        "--disk-free-min-mb",
-        &floor_mb.to_string(),
-        "--disk-check-ms",
-        "20",
-        "--storage-retry-ms",
-        "700",
-        "--metrics-listen",
-        &format!("127.0.0.1:{http}"),
-        "--admin-token",
-        TOKEN,
-        "--secret",
-        common::SECRET,
-        "--workers",
-        "1",
-        "--max-frames-per-sec",
-        "100000",
-        "--frame-burst",
-        "100000",
-        "--log-level",
-        "info",
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect();
+    let (floor, http) = (floor_mb.to_string(), format!("127.0.0.1:{http}"));
+    let args = store_args(
+        &fs.0.join("data"),
+        &[
+            "--disk-free-min-mb",
+            &floor,
+            "--disk-check-ms",
+            "20",
+            "--storage-retry-ms",
+            "700",
+            "--metrics-listen",
+            &http,
+            "--admin-token",
+            TOKEN,
+            "--log-level",
+            "info",
+        ],
+    );
     Gateway::spawn(
         free_port(),
         args,

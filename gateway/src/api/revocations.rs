@@ -59,17 +59,7 @@ fn device_json(device: u32) -> serde_json::Value {
 /// Has the backend keep `r` (or forget it, `until` 0), off the runtime's
 /// thread: the cluster backend waits for JetStream.
 async fn persist(e: &Arc<Endpoint>, r: Revocation) -> Result<(), ApiError> {
-    let e = e.clone();
-    let kept =
-        tokio::task::spawn_blocking(move || e.metrics.backend.get().and_then(|b| b.revoke(r)))
-            .await
-            .map_err(|err| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    err.to_string(),
-                )
-            })?;
+    let kept = crate::http::with_report(e, move |b| b.revoke(r)).await?;
     match kept {
         Some(Err(why)) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -189,6 +189,29 @@ pub fn six_packets(a: &mut impl FrameClient, b: &mut impl FrameClient, body: &'s
     }
 }
 
+/// `c`'s whole inbox, pulled 200 a page: (seq, body) in order.
+pub fn inbox_entries(c: &mut Client) -> Vec<(u64, Bytes)> {
+    use imgate_codec::frame::SyncR;
+    let (mut after, mut out) = (0, Vec::new());
+    loop {
+        c.send(SyncR {
+            group: 0,
+            after,
+            limit: 200,
+        });
+        let page = match c.frame() {
+            Frame::SyncPage(p) => p,
+            other => panic!("expected a page, got {other:?}"),
+        };
+        let entries: Vec<(u64, Bytes)> = page.entries().map(|e| (e.seq, e.body.clone())).collect();
+        let Some(&(last, _)) = entries.last() else {
+            return out;
+        };
+        after = last;
+        out.extend(entries);
+    }
+}
+
 /// Pages `c`'s inbox from the start, `limit` entries a page, until a page
 /// comes back empty; checks every page's head is `head` and returns the
 /// sequence ids seen.

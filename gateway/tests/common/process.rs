@@ -18,6 +18,38 @@ pub fn free_port() -> u16 {
         .expect("port")
 }
 
+/// The flags of a gateway on the embedded store in `data` with fsync, one
+/// core and no frame-rate limit, then `extra`.
+pub fn store_args(data: &std::path::Path, extra: &[&str]) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["--data-dir".into(), data.as_os_str().to_owned()];
+    args.extend(
+        [
+            "--durability",
+            "fsync",
+            "--secret",
+            super::SECRET,
+            "--workers",
+            "1",
+            "--max-frames-per-sec",
+            "100000",
+            "--frame-burst",
+            "100000",
+        ]
+        .iter()
+        .chain(extra)
+        .map(OsString::from),
+    );
+    args
+}
+
+/// Runs `imgate <args>` to its end (a subcommand).
+pub fn imgate(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_imgate"))
+        .args(args)
+        .output()
+        .expect("run imgate")
+}
+
 /// A gateway process.
 pub struct Gateway {
     child: Option<Child>,
