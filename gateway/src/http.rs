@@ -216,15 +216,15 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
         })
 }
 
-/// The `user` and optional `device` of an admin request.
+/// The `user` and optional `device` of an admin or server API request.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Target {
-    user: u64,
-    device: Option<u32>,
+pub(crate) struct Target {
+    pub(crate) user: u64,
+    pub(crate) device: Option<u32>,
 }
 
-fn target(q: Result<Query<Target>, QueryRejection>) -> Result<Target, ApiError> {
+pub(crate) fn target(q: Result<Query<Target>, QueryRejection>) -> Result<Target, ApiError> {
     q.map(|Query(t)| t)
         .map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", r.body_text()))
 }

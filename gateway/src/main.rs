@@ -404,7 +404,11 @@ fn backup(cfg: &Config, b: &BackupArgs) -> ExitCode {
         return usage_error("the backup directory must be valid UTF-8");
     };
     if let (Some(addr), false) = (cfg.metrics_listen, cfg.admin_token.is_empty()) {
-        let target = format!("/admin/backup?dir={}", percent_encode(dir));
+        let query = match serde_urlencoded::to_string([("dir", dir)]) {
+            Ok(q) => q,
+            Err(e) => return usage_error(&format!("cannot encode the backup directory: {e}")),
+        };
+        let target = format!("/admin/backup?{query}");
         match imgate::http::request(addr, "POST", &target, Some(&cfg.admin_token)) {
             Ok((200, body)) => {
                 print!("{body}");
@@ -591,18 +595,6 @@ fn scratch_dir(dir: &std::path::Path, what: &str) -> PathBuf {
         std::process::id()
     );
     dir.parent().unwrap_or(dir).join(name)
-}
-
-/// A query value with everything but unreserved characters escaped.
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn serve(cfg: Config) -> ExitCode {

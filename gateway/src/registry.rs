@@ -47,13 +47,6 @@ impl Devices {
     fn iter(&self) -> impl Iterator<Item = (u32, ConnId)> + '_ {
         self.all().map(|(d, c, _)| (d, c))
     }
-
-    fn len(&self) -> usize {
-        match self {
-            Devices::One(_) => 1,
-            Devices::Many(v) => v.len(),
-        }
-    }
 }
 
 impl SessionInfo {
@@ -218,15 +211,8 @@ impl Registry {
     /// Users online and their sessions, on this node (a walk over every
     /// shard: for an operator's question, not a hot path).
     pub fn counts(&self) -> (usize, usize) {
-        self.shards.iter().fold((0, 0), |(users, sessions), shard| {
-            let m = shard
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            (
-                users + m.len(),
-                sessions + m.values().map(Devices::len).sum::<usize>(),
-            )
-        })
+        let (users, by_transport) = self.census();
+        (users, by_transport.iter().sum())
     }
 
     /// Online users, and sessions by transport (indexed as

@@ -42,7 +42,7 @@ fn body(i: u64) -> Bytes {
 
 #[test]
 fn a_backup_under_load_restores_a_prefix_and_sequence_ids_move_on() {
-    let (data, copy, restored) = (temp("data"), temp("copy"), temp("restored"));
+    let (data, copy, restored) = (temp("data"), temp("copy dir"), temp("restored"));
     let http = free_port();
     let gw = Gateway::spawn(
         free_port(),

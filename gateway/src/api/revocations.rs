@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use super::{bad, json};
 use crate::{
-    http::{Admin, ApiError, Endpoint},
+    http::{Admin, ApiError, Endpoint, Target, target},
     revocations::{ALL_DEVICES, Revocation},
 };
 
@@ -36,16 +36,6 @@ pub(crate) struct Revoke {
     pub device: Option<u32>,
     /// Unix ms at which logins work again.
     pub until: u64,
-}
-
-/// `DELETE` and `GET /api/v1/revocations?user=U[&device=D]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Which {
-    /// The user.
-    pub user: u64,
-    /// The device; absent: the revocation of every device.
-    pub device: Option<u32>,
 }
 
 fn device_json(device: u32) -> serde_json::Value {
@@ -68,11 +58,6 @@ async fn persist(e: &Arc<Endpoint>, r: Revocation) -> Result<(), ApiError> {
         )),
         _ => Ok(()),
     }
-}
-
-fn which(q: Result<Query<Which>, QueryRejection>) -> Result<Which, ApiError> {
-    q.map(|Query(w)| w)
-        .map_err(|r| bad("bad_query", r.body_text()))
 }
 
 fn now_ms() -> u64 {
@@ -116,10 +101,10 @@ pub(crate) async fn revoke(
 pub(crate) async fn lift(
     State(e): State<Arc<Endpoint>>,
     headers: HeaderMap,
-    q: Result<Query<Which>, QueryRejection>,
+    q: Result<Query<Target>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let admin = crate::http::admin(&e, &headers)?;
-    let w = which(q)?;
+    let w = target(q)?;
     let r = Revocation {
         user: w.user,
         device: w.device.unwrap_or(ALL_DEVICES),
@@ -134,10 +119,10 @@ pub(crate) async fn lift(
 pub(crate) async fn list(
     State(e): State<Arc<Endpoint>>,
     headers: HeaderMap,
-    q: Result<Query<Which>, QueryRejection>,
+    q: Result<Query<Target>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let admin = crate::http::admin(&e, &headers)?;
-    let w = which(q)?;
+    let w = target(q)?;
     let list: Vec<serde_json::Value> = admin
         .registry
         .revocations

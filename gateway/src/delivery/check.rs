@@ -83,10 +83,7 @@ pub fn check(store: &dyn Store) -> Result<Report, StoreError> {
             n += 1;
             match t {
                 Table::Log => {
-                    let s = k
-                        .get(..8)
-                        .and_then(|b| b.try_into().ok())
-                        .map_or(StreamId(0), |b| StreamId(u64::from_be_bytes(b)));
+                    let s = keys::key_stream(k).unwrap_or(StreamId(0));
                     let seq = keys::log_key_seq(k).unwrap_or(0);
                     if Record::decode(v).is_none() {
                         r.unreadable.add(s, seq);
@@ -95,10 +92,7 @@ pub fn check(store: &dyn Store) -> Result<Report, StoreError> {
                     }
                 }
                 Table::Cursor => {
-                    let s = k
-                        .get(..8)
-                        .and_then(|b| b.try_into().ok())
-                        .map(|b| StreamId(u64::from_be_bytes(b)));
+                    let s = keys::key_stream(k);
                     if let (Some(s), Some(c)) = (s, keys::u64_value(v))
                         && c > head(s)
                     {

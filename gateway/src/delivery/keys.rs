@@ -65,6 +65,11 @@ pub fn log_key(s: StreamId, seq: u64) -> [u8; 16] {
     k
 }
 
+/// The stream of a Log or Cursor key (its first 8 bytes).
+pub fn key_stream(k: &[u8]) -> Option<StreamId> {
+    u64_value(k).map(StreamId)
+}
+
 /// The seq of a Log key.
 pub fn log_key_seq(k: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(k.get(8..16)?.try_into().ok()?))

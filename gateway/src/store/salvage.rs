@@ -67,12 +67,16 @@ pub fn journals(dir: &Path) -> io::Result<Vec<Journal>> {
         .collect()
 }
 
-/// One past the last non-zero byte of the file, read backwards.
+/// One past the last non-zero byte of the file: read backwards from the
+/// end of its last data extent. fjall preallocates a journal by setting
+/// its length, so the zeros after the data are a hole the file system
+/// skips (SEEK_DATA/SEEK_HOLE) rather than megabytes read at every open;
+/// where it cannot tell, the whole file counts as data.
 fn data_end(path: &Path, len: u64) -> io::Result<u64> {
     const CHUNK: u64 = 1 << 20;
     let mut f = fs::File::open(path)?;
     let mut buf = vec![0u8; CHUNK as usize];
-    let mut end = len;
+    let mut end = last_extent_end(&f, len);
     while end > 0 {
         let start = end.saturating_sub(CHUNK);
         let n = (end - start) as usize;
@@ -84,6 +88,30 @@ fn data_end(path: &Path, len: u64) -> io::Result<u64> {
         end = start;
     }
     Ok(0)
+}
+
+/// The end of the file's last data extent (`len` if the file system
+/// cannot tell).
+fn last_extent_end(f: &fs::File, len: u64) -> u64 {
+    use std::os::fd::AsRawFd;
+    let seek = |from: u64, whence| -> Result<u64, Option<i32>> {
+        let from = libc::off_t::try_from(from).map_err(|_| None)?;
+        // SAFETY: lseek on a descriptor `f` owns; it only moves the offset.
+        let at = unsafe { libc::lseek(f.as_raw_fd(), from, whence) };
+        u64::try_from(at).map_err(|_| io::Error::last_os_error().raw_os_error())
+    };
+    let (mut at, mut end) = (0, 0);
+    loop {
+        match seek(at, libc::SEEK_DATA) {
+            Ok(data) => match seek(data, libc::SEEK_HOLE) {
+                Ok(hole) if hole < len => (at, end) = (hole, hole),
+                _ => return len,
+            },
+            // No data from `at` on: `end` closed the last extent.
+            Err(Some(libc::ENXIO)) => return end.min(len),
+            Err(_) => return len,
+        }
+    }
 }
 
 /// Journals whose data fjall cut while it opened (a torn tail): for each,
@@ -136,6 +164,13 @@ fn copy_cut(from: &Path, to: &Path, js: &[Journal], k: usize, cut: u64) -> io::R
     Ok(())
 }
 
+/// Copies `from` into `to` with every journal of `js` whole.
+fn copy_whole(from: &Path, to: &Path, js: &[Journal]) -> io::Result<()> {
+    let last = js.len().saturating_sub(1);
+    let cut = js.last().map_or(0, |j| j.len);
+    copy_cut(from, to, js, last, cut)
+}
+
 /// Copies a directory tree, hard-linking files under a `tables` directory
 /// and leaving out what `skip` names.
 fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&Path) -> bool) -> io::Result<()> {
@@ -165,10 +200,7 @@ fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&Path) -> bool) -> io::Result
 /// whole, tables hard-linked: a scratch copy to open without writing to
 /// `from`.
 pub fn scratch_copy(from: &Path, to: &Path) -> io::Result<()> {
-    let js = journals(from)?;
-    let last = js.len().saturating_sub(1);
-    let cut = js.last().map_or(0, |j| j.len);
-    copy_cut(from, to, &js, last, cut)
+    copy_whole(from, to, &journals(from)?)
 }
 
 /// Whether a copy of `from` with the journals cut at (`k`, `cut`) opens.
@@ -220,9 +252,7 @@ pub fn salvage(from: &Path, to: &Path) -> Result<Salvage, StoreError> {
         }
     }
     let Some(k) = damaged else {
-        let last = js.len().saturating_sub(1);
-        let cut = js.last().map_or(0, |j| j.len);
-        copy_cut(from, to, &js, last, cut).map_err(|e| open_err(to, e))?;
+        copy_whole(from, to, &js).map_err(|e| open_err(to, e))?;
         return Ok(Salvage {
             damaged: None,
             dropped_bytes: 0,
@@ -251,4 +281,31 @@ pub fn salvage(from: &Path, to: &Path) -> Result<Salvage, StoreError> {
         later,
         tries,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_journals_data_ends_at_its_last_non_zero_byte_whatever_follows() {
+        let dir = std::env::temp_dir().join(format!("imgate-salvage-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("dir");
+        // Data, then a preallocated (sparse) tail, as fjall leaves it.
+        let f = fs::File::create(dir.join("0.jnl")).expect("journal");
+        let mut data = vec![7u8; 10_000];
+        data.extend([0u8; 5]);
+        std::io::Write::write_all(&mut &f, &data).expect("write");
+        f.set_len(64 << 20).expect("preallocate");
+        // An empty preallocated journal, and a file that is not a journal.
+        fs::File::create(dir.join("1.jnl"))
+            .and_then(|f| f.set_len(1 << 20))
+            .expect("journal");
+        fs::write(dir.join("version"), b"x").expect("other file");
+        let js = journals(&dir).expect("journals");
+        let got: Vec<(u64, u64)> = js.iter().map(|j| (j.len, j.data_end)).collect();
+        assert_eq!(got, vec![(64 << 20, 10_000), (1 << 20, 0)]);
+        let _ = fs::remove_dir_all(&dir);
+    }
 }

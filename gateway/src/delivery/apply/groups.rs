@@ -74,9 +74,6 @@ pub(super) fn group(cx: &mut Ctx<'_>, r: GroupR) -> Result<(), StoreError> {
         cx.refuse(code, k, r.req, text);
         return Ok(());
     }
-    let Some(g) = cx.state.group(cx.store, r.group)? else {
-        return Ok(());
-    };
     let mut changed = Vec::new();
     match op {
         GroupOp::Add => {
