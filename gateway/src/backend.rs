@@ -257,7 +257,7 @@ impl Router {
     /// Kicks every connection of `user` on this node (only `device`'s, if
     /// set); returns how many.
     pub fn kick_user(&mut self, user: u64, device: Option<u32>, reason: KickReason) -> usize {
-        let sessions = self.registry.sessions(user, device);
+        let sessions = self.registry.kick_targets(user, device, reason);
         for &(_, conn) in &sessions {
             self.kick(conn, reason);
         }

@@ -208,6 +208,25 @@ impl Registry {
         all
     }
 
+    /// The sessions a kick of `user` (only `device`'s, if set) for
+    /// `reason` reaches. A kick travels through the backend (and the other
+    /// nodes) after its request was answered: for `revoked`, only the
+    /// sessions still revoked when it arrives, so one that arrives after
+    /// the revocation was lifted spares a device that logged in since.
+    pub fn kick_targets(
+        &self,
+        user: u64,
+        device: Option<u32>,
+        reason: imgate_codec::KickReason,
+    ) -> Vec<(u32, ConnId)> {
+        let mut all = self.sessions(user, device);
+        if reason == imgate_codec::KickReason::Revoked {
+            let now = crate::unix_time().as_millis() as u64;
+            all.retain(|&(d, _)| self.revocations.until(user, d, now).is_some());
+        }
+        all
+    }
+
     /// Users online and their sessions, on this node (a walk over every
     /// shard: for an operator's question, not a hot path).
     pub fn counts(&self) -> (usize, usize) {
@@ -266,6 +285,25 @@ mod tests {
 
     fn c(slot: u32) -> ConnId {
         ConnId::new(0, slot, 1)
+    }
+
+    #[test]
+    fn a_revocation_kick_reaches_only_devices_still_revoked() {
+        use crate::revocations::Revocation;
+        use imgate_codec::KickReason::{Admin, Revoked};
+        let r = Registry::new(4);
+        r.login(1, 1, c(1));
+        r.login(1, 2, c(2));
+        let until = crate::unix_time().as_millis() as u64 + 60_000;
+        r.revocations.set(Revocation {
+            user: 1,
+            device: 2,
+            until,
+        });
+        assert_eq!(r.kick_targets(1, None, Revoked), vec![(2, c(2))]);
+        assert_eq!(r.kick_targets(1, None, Admin).len(), 2);
+        r.revocations.lift(1, 2);
+        assert!(r.kick_targets(1, Some(2), Revoked).is_empty(), "lifted");
     }
 
     #[test]

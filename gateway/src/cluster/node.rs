@@ -513,7 +513,7 @@ impl Node {
                 except_conn,
             } => {
                 let mut router = self.router.borrow_mut();
-                for (_, conn) in router.registry().sessions(user, device) {
+                for (_, conn) in router.registry().kick_targets(user, device, reason) {
                     if except_node == self.token && conn.to_u64() == except_conn {
                         continue;
                     }
