@@ -352,6 +352,13 @@ async fn backup(
             "dir must be an absolute path (on the gateway's machine)",
         ));
     }
+    if crate::store::occupied(&to) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_dir",
+            format!("{} is not empty: name a new directory", to.display()),
+        ));
+    }
     let started = std::time::Instant::now();
     let dir = to.clone();
     let copied = with_report(&e, move |b| b.backup(&dir)).await?;

@@ -437,13 +437,13 @@ fn backup(cfg: &Config, b: &BackupArgs) -> ExitCode {
 }
 
 fn restore(cfg: &Config, r: &RestoreArgs) -> ExitCode {
-    if std::fs::read_dir(&cfg.data_dir).is_ok_and(|mut d| d.next().is_some()) {
+    if imgate::store::occupied(&cfg.data_dir) {
         return usage_error(&format!(
             "data_dir {} is not empty: restore into an empty or missing directory",
             cfg.data_dir.display()
         ));
     }
-    if !std::fs::read_dir(&r.from).is_ok_and(|mut d| d.next().is_some()) {
+    if !imgate::store::occupied(&r.from) {
         return usage_error(&format!(
             "{} is not a backup (missing or empty)",
             r.from.display()

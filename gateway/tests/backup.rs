@@ -102,6 +102,28 @@ fn a_backup_under_load_restores_a_prefix_and_sequence_ids_move_on() {
         answer["entries"].as_u64().is_some_and(|n| n > 0),
         "{answer}"
     );
+    // Refused: a relative directory, by the endpoint and by the command,
+    // and a directory that is not empty.
+    let http_addr = ([127, 0, 0, 1], http).into();
+    let (status, text) =
+        imgate::http::request(http_addr, "POST", "/admin/backup?dir=relative", Some(TOKEN))
+            .expect("http");
+    assert!(status == 400 && text.contains("bad_dir"), "{status} {text}");
+    let relative = imgate(&["backup", "relative/dir"]);
+    assert_eq!(relative.status.code(), Some(2), "{relative:?}");
+    let copy_q =
+        serde_urlencoded::to_string([("dir", copy.to_str().expect("utf-8"))]).expect("query");
+    let (status, text) = imgate::http::request(
+        http_addr,
+        "POST",
+        &format!("/admin/backup?{copy_q}"),
+        Some(TOKEN),
+    )
+    .expect("http");
+    assert!(
+        status == 400 && text.contains("not empty"),
+        "{status} {text}"
+    );
     sender.join().expect("sender");
     drop(gw);
 

@@ -225,8 +225,7 @@ impl Store for FjallStore {
     /// while writers go on) and written to a new store in `to`, in batches
     /// without waiting for the disk, then synced once with the last batch.
     fn backup(&self, to: &Path) -> Result<u64, StoreError> {
-        let busy = std::fs::read_dir(to).is_ok_and(|mut d| d.next().is_some());
-        if busy {
+        if super::occupied(to) {
             return Err(StoreError::Open {
                 path: to.display().to_string(),
                 message: "the backup directory is not empty".into(),

@@ -280,6 +280,12 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// Whether `dir` exists and holds anything: a backup, a restore or a
+/// salvage writes only into a directory that does not.
+pub fn occupied(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+}
+
 /// Opens the store for `durability`: the embedded engine in `dir` for
 /// `fsync` and `os`, an in-memory map (and `dir` is not touched) for
 /// `memory`.
