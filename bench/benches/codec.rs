@@ -66,6 +66,7 @@ struct Case {
 
 fn msg_r(i: u64, body: Bytes) -> Frame {
     MsgR {
+        no_push: false,
         msg_id: i + 1,
         group: 0,
         to: 42,

@@ -36,6 +36,7 @@ fn encode_batch(kind: &str, payload: usize) -> Result<BytesMut, Box<dyn Error>> 
         let body = Bytes::from(vec![i as u8; payload]);
         let f: Frame = match kind {
             "msg:R" => MsgR {
+                no_push: false,
                 msg_id: i + 1,
                 group: 0,
                 to: 42,

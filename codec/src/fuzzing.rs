@@ -22,7 +22,7 @@ use bytes::BytesMut;
 
 use crate::{
     DecodeError, Decoder, Frame,
-    header::{DEFAULT_MAX_FRAME, FLAG_PARTIAL, FLAG_RETRY, Header, LEN_FIELD},
+    header::{DEFAULT_MAX_FRAME, FLAG_NO_PUSH, FLAG_PARTIAL, FLAG_RETRY, Header, LEN_FIELD},
 };
 
 /// Bytes before the stream in a fuzz input.
@@ -125,11 +125,12 @@ fn check_frame(dec: &Decoder, frame: &Frame, wire: &[u8]) {
     assert_eq!(frame.to_bytes(), enc, "to_bytes differs from encode");
 
     // The encoding is canonical: the same bytes, except for flag bits that
-    // the frame does not keep (only msg:R and msg:N keep RETRY, and
-    // unread:A keeps PARTIAL).
+    // the frame does not keep (only msg:R and msg:N keep RETRY, msg:R
+    // keeps NO_PUSH, and unread:A keeps PARTIAL).
     let flags = u16::from_be_bytes([wire[6], wire[7]]);
     let kept = match frame {
-        Frame::MsgR(_) | Frame::MsgN(_) => flags & FLAG_RETRY,
+        Frame::MsgR(_) => flags & (FLAG_RETRY | FLAG_NO_PUSH),
+        Frame::MsgN(_) => flags & FLAG_RETRY,
         Frame::UnreadA(_) => flags & FLAG_PARTIAL,
         _ => 0,
     };

@@ -37,6 +37,11 @@ pub const FLAG_RETRY: u16 = 0x0001;
 /// the counts cover what it read, and a pull still brings everything.
 pub const FLAG_PARTIAL: u16 = 0x0002;
 
+/// Header flag of msg:R: a silent message. The server stores and delivers
+/// it as any other, but its event tells the business backend not to send
+/// a mobile push to offline recipients.
+pub const FLAG_NO_PUSH: u16 = 0x0004;
+
 /// A copy of an encoded frame with `flags` set in its header, the rest
 /// unchanged (a push sent again gets [`FLAG_RETRY`] without being decoded
 /// and encoded again). A buffer shorter than a header is returned as is.

@@ -97,6 +97,7 @@ fn frame(i: u64, mixed: bool) -> Frame {
     let body = Bytes::from(vec![i as u8; 64]);
     match (mixed, i % 4) {
         (_, 0) | (false, 2) => MsgR {
+            no_push: false,
             msg_id: i + 1,
             group: 0,
             to: 42,

@@ -186,6 +186,7 @@ fn ack_r(group: u64, seq: u64) -> Frame {
 
 fn msg_r(msg_id: u64, body: &'static str, retry: bool) -> Frame {
     Frame::MsgR(MsgR {
+        no_push: false,
         msg_id,
         group: 0,
         to: PEER,

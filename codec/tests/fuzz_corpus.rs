@@ -56,6 +56,7 @@ fn sample(kind: Kind) -> Frame {
         Kind::Error => ErrorFrame::new(ErrorCode::Forbidden, Some(Kind::MsgR), 5, "no").into(),
         Kind::Logout => Logout {}.into(),
         Kind::MsgR => MsgR {
+            no_push: false,
             msg_id: 5,
             group: 0,
             to: 2,

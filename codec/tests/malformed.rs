@@ -166,6 +166,7 @@ fn the_limit_is_inclusive_and_configurable() {
     assert_eq!(dec.max_frame(), limit);
     let at = |body: usize| {
         Frame::from(MsgR {
+            no_push: false,
             msg_id: 1,
             group: 0,
             to: 2,
@@ -354,6 +355,7 @@ fn msg_r_needs_exactly_one_of_group_and_to() {
     assert_eq!(
         decode(raw(Kind::MsgR, &body)),
         Ok(Some(Frame::from(MsgR {
+            no_push: false,
             msg_id: 9,
             group: 0,
             to: 2,
@@ -619,6 +621,7 @@ fn a_partial_frame_waits_and_consumes_nothing() {
     let frames = [
         Frame::from(Ping { nonce: 3 }),
         Frame::from(MsgR {
+            no_push: false,
             msg_id: 1,
             group: 4,
             to: 0,

@@ -103,6 +103,7 @@ fn frame_of(kind: Kind, max: usize) -> BoxedStrategy<Frame> {
             .prop_map(|(msg_id, dest, to_group, retry, body)| {
                 let (group, to) = if to_group { (dest, 0) } else { (0, dest) };
                 MsgR {
+                    no_push: false,
                     msg_id,
                     group,
                     to,

@@ -95,6 +95,7 @@ fn samples() -> Vec<Frame> {
         ErrorFrame::new(ErrorCode::Unknown(u16::MAX), None, 0, "").into(),
         Logout {}.into(),
         MsgR {
+            no_push: false,
             msg_id: MAX,
             group: 0,
             to: MAX,
@@ -103,6 +104,7 @@ fn samples() -> Vec<Frame> {
         }
         .into(),
         MsgR {
+            no_push: false,
             msg_id: 1,
             group: MAX,
             to: 0,
@@ -307,6 +309,7 @@ fn header_layout_is_len_version_kind_flags() {
 #[test]
 fn retry_flag_is_the_header_flag_on_msg_r_and_msg_n() {
     let r = MsgR {
+        no_push: false,
         msg_id: 9,
         group: 0,
         to: 2,
@@ -526,6 +529,7 @@ fn within(inner: &[u8], outer: &std::ops::Range<usize>) -> bool {
 #[test]
 fn decoded_payloads_are_slices_of_the_read_buffer() {
     let msg = MsgR {
+        no_push: false,
         msg_id: 1,
         group: 0,
         to: 2,

@@ -415,6 +415,7 @@ mod tests {
         let b = Bench::new(|_| {});
         b.login(7, NOW_S + 60);
         let msg = MsgR {
+            no_push: false,
             msg_id: 4,
             group: 0,
             to: 8,

@@ -28,6 +28,7 @@ pub mod conn_id;
 mod core;
 pub mod delivery;
 mod dispatch;
+pub mod events;
 pub mod http;
 pub mod jwt;
 mod listener;

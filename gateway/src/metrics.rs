@@ -130,6 +130,8 @@ pub struct Metrics {
     pub backend: Arc<OnceLock<Arc<dyn BackendReport>>>,
     /// Observed by the backend's thread.
     pub histograms: BackendHistograms,
+    /// The event sender's, once one runs.
+    pub events: Arc<crate::events::Stats>,
     registry: Registry,
 }
 
@@ -192,11 +194,14 @@ impl Metrics {
         registry.register_collector(Box::new(process::ProcessCollector));
         registry.register_collector(Box::new(histograms.clone()));
         registry.register_collector(Box::new(BackendCollector(backend.clone())));
+        let events = Arc::new(crate::events::Stats::default());
+        registry.register_collector(Box::new(crate::events::StatsCollector(events.clone())));
         Metrics {
             cores,
             backend_queue,
             backend,
             histograms,
+            events,
             registry,
         }
     }

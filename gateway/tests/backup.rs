@@ -59,6 +59,7 @@ fn a_backup_under_load_restores_a_prefix_and_sequence_ids_move_on() {
             let mut a = Client::login(addr, 1, 1);
             for i in 1..=N {
                 a.send(MsgR {
+                    no_push: false,
                     msg_id: i,
                     group: 0,
                     to: 2,
@@ -181,6 +182,7 @@ fn a_backup_under_load_restores_a_prefix_and_sequence_ids_move_on() {
     // The next message skips every id the lost interval could have used.
     let mut a = Client::login(addr, 1, 1);
     a.send(MsgR {
+        no_push: false,
         msg_id: 1_000_000,
         group: 0,
         to: 2,

@@ -102,6 +102,7 @@ fn shared() -> Option<&'static NatsCluster> {
 
 fn msg(id: u64, to: u64, body: &'static [u8]) -> MsgR {
     MsgR {
+        no_push: false,
         msg_id: id,
         group: 0,
         to,
@@ -189,6 +190,7 @@ fn offline_pages_and_cursors_from_any_node() {
     let mut alice = Client::login(a.addr(), 1, 1);
     for i in 1..=10u64 {
         alice.send(MsgR {
+            no_push: false,
             msg_id: 100 + i,
             group: 0,
             to: 3,

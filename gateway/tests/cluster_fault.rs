@@ -98,6 +98,7 @@ fn sender(
             while inflight.len() < WINDOW && next <= PER_SENDER {
                 if !acked.contains_key(&next) {
                     c.send(MsgR {
+                        no_push: false,
                         msg_id: next,
                         group,
                         to,

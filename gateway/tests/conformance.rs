@@ -69,6 +69,7 @@ fn assert_quiet(c: &mut Client, what: &str) {
 
 fn send_msg(c: &mut Client, msg_id: u64, to: u64, body: &'static [u8]) -> MsgA {
     c.send(MsgR {
+        no_push: false,
         msg_id,
         group: 0,
         to,
@@ -149,6 +150,7 @@ fn not_logged_in_names_the_request_it_refuses() {
 
     let mut c = Client::connect(gw.addr());
     c.send(MsgR {
+        no_push: false,
         msg_id: 4242,
         group: 0,
         to: 2,
@@ -210,6 +212,7 @@ fn group_reads_need_peer_0_and_receipts_need_a_seq_in_the_log() {
         let mut a = Client::login(gw.addr(), 1, 1);
         let g = group_a(group_req(&mut a, 1, GroupOp::Create, 0, &[2])).group;
         a.send(MsgR {
+            no_push: false,
             msg_id: 10,
             group: g,
             to: 0,
@@ -459,6 +462,7 @@ fn a_msg_id_reused_for_another_message_is_refused_and_stores_nothing() {
         assert_eq!(send_msg(&mut a, 55, 2, b"first"), first);
         for (to, body) in [(3, &b"first"[..]), (2, &b"other"[..])] {
             a.send(MsgR {
+                no_push: false,
                 msg_id: 55,
                 group: 0,
                 to,
@@ -610,6 +614,7 @@ fn acks_of_own_copies_send_no_delivered_receipt_and_msg_a_comes_first() {
         let mut a = Client::login(gw.addr(), 1, 1);
         let mut b = Client::login(gw.addr(), 2, 1);
         a.send(MsgR {
+            no_push: false,
             msg_id: 9,
             group: 0,
             to: 2,
@@ -703,6 +708,7 @@ fn a_failed_read_while_answering_names_the_request() {
     let mut a = Client::login(gw.addr(), 1, 1);
     let g = group_a(group_req(&mut a, 1, GroupOp::Create, 0, &[2])).group;
     a.send(MsgR {
+        no_push: false,
         msg_id: 1,
         group: g,
         to: 0,

@@ -287,6 +287,7 @@ fn a_slow_consumer_is_kicked_and_fast_ones_are_not() {
             while !stop2.load(std::sync::atomic::Ordering::Relaxed) && sent < 50_000 {
                 sent += 1;
                 sender.send(MsgR {
+                    no_push: false,
                     msg_id: sent,
                     group: 0,
                     to: 2,
@@ -332,6 +333,7 @@ fn unacknowledged_pushes_are_resent_then_kicked() {
         let mut tx = Client::login(gw.addr(), 1, 1);
         for to in [2, 3] {
             tx.send(MsgR {
+                no_push: false,
                 msg_id: to,
                 group: 0,
                 to,
@@ -425,6 +427,7 @@ fn a_full_backend_queue_answers_overloaded_and_the_core_keeps_serving() {
         let mut burst = bytes::BytesMut::new();
         for i in 0..20u64 {
             Frame::from(MsgR {
+                no_push: false,
                 msg_id: i + 1,
                 group: 0,
                 to: 2,
@@ -613,6 +616,7 @@ fn the_configuration_chooses_the_backend() {
         let mut a = Client::login(gw.addr(), 1, 1);
         let mut b = Client::login(gw.addr(), 2, 1);
         a.send(MsgR {
+            no_push: false,
             msg_id: 1,
             group: 0,
             to: 2,

@@ -34,6 +34,7 @@ fn body(i: u64) -> Bytes {
 
 fn send(a: &mut Client, msg_id: u64, body: Bytes) -> u64 {
     a.send(MsgR {
+        no_push: false,
         msg_id,
         group: 0,
         to: 2,

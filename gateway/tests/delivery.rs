@@ -198,6 +198,7 @@ fn a_retransmitted_msg_r_gets_the_same_answer_and_one_copy() {
         let mut raw = Client::login(gw.addr(), 1, 1);
         let mut b = Peer::login(gw.addr(), 2, 1);
         let m = MsgR {
+            no_push: false,
             msg_id: 77,
             group: 0,
             to: 2,
@@ -441,6 +442,7 @@ fn users_cannot_touch_groups_they_are_not_in_on(on: On) {
     };
     let mut outsider = Client::login(gw.addr(), 9, 1);
     outsider.send(MsgR {
+        no_push: false,
         msg_id: 5,
         group: g.group,
         to: 0,

@@ -125,6 +125,7 @@ fn wait_health(http: u16, want: u16) -> String {
 /// for msg:A, Err(error code) for a refusal.
 fn send(a: &mut Client, msg_id: u64, body: &Bytes) -> Result<u64, u16> {
     a.send(MsgR {
+        no_push: false,
         msg_id,
         group: 0,
         to: 2,

@@ -61,6 +61,7 @@ fn ids(a: &GroupA) -> Vec<u64> {
 
 fn post(c: &mut Client, msg_id: u64, group: u64) -> Frame {
     c.send(MsgR {
+        no_push: false,
         msg_id,
         group,
         to: 0,

@@ -117,6 +117,7 @@ fn dedup_gateway(at: u64) -> (Gw, ManualClock) {
 
 fn msg_r(retry: bool) -> MsgR {
     MsgR {
+        no_push: false,
         msg_id: 77,
         group: 0,
         to: 2,
@@ -387,6 +388,7 @@ fn shutdown_with_the_delivery_backend_finishes_well_within_the_deadline() {
 fn send_many(c: &mut Client, to: u64, first_id: u64, n: u64) {
     for id in first_id..first_id + n {
         c.send(MsgR {
+            no_push: false,
             msg_id: id,
             group: 0,
             to,

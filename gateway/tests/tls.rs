@@ -230,6 +230,7 @@ impl common::FrameClient for Client {
 
 fn msg(msg_id: u64, to: u64, body: &'static [u8]) -> MsgR {
     MsgR {
+        no_push: false,
         msg_id,
         group: 0,
         to,
@@ -248,6 +249,7 @@ fn the_six_packets_over_tls_and_over_websocket_on_tls() {
     // A body that takes several TLS records, the other way.
     let big = Bytes::from(vec![b'y'; 40_000]);
     b.send(MsgR {
+        no_push: false,
         msg_id: 11,
         group: 0,
         to: 1,
@@ -434,6 +436,7 @@ fn a_slow_reader_over_tls_is_kicked_at_the_outbound_limit() {
             for _ in 0..20 {
                 sent += 1;
                 sender.send(MsgR {
+                    no_push: false,
                     msg_id: sent,
                     group: 0,
                     to: 2,
@@ -488,6 +491,7 @@ fn a_backlog_of_large_messages_over_tls_is_delivered_whole() {
     let n = 250;
     for i in 1..=n {
         sender.send(MsgR {
+            no_push: false,
             msg_id: i,
             group: 0,
             to: 2,

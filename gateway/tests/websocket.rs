@@ -188,6 +188,7 @@ fn a_websocket_client_and_a_tcp_client_chat() {
     let mut w = WsClient::login(g.ws_addr(), 1, 1);
     let mut t = Client::login(g.addr(), 2, 1);
     w.send(MsgR {
+        no_push: false,
         msg_id: 10,
         group: 0,
         to: 2,
@@ -208,6 +209,7 @@ fn a_websocket_client_and_a_tcp_client_chat() {
     // A body larger than 125 bytes takes the longer header form.
     let big = Bytes::from(vec![b'x'; 3000]);
     t.send(MsgR {
+        no_push: false,
         msg_id: 20,
         group: 0,
         to: 1,
@@ -247,6 +249,7 @@ fn a_message_with_half_a_frame_is_a_protocol_error() {
     let mut w = WsClient::login(g.ws_addr(), 1, 1);
     let mut b = BytesMut::new();
     Frame::from(MsgR {
+        no_push: false,
         msg_id: 1,
         group: 0,
         to: 2,
@@ -350,6 +353,7 @@ fn the_six_packets_and_offline_paging_over_websocket() {
     // Five messages to a user who is offline, paged two at a time.
     for i in 0..5 {
         a.send(MsgR {
+            no_push: false,
             msg_id: 100 + i,
             group: 0,
             to: 3,

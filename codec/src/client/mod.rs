@@ -420,6 +420,7 @@ impl Client {
         }
         let msg_id = self.take_msg_id();
         let msg = MsgR {
+            no_push: false,
             msg_id,
             group,
             to,

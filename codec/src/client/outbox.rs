@@ -328,6 +328,7 @@ mod tests {
 
     fn msg(id: u64) -> MsgR {
         MsgR {
+            no_push: false,
             msg_id: id,
             group: 0,
             to: 7,
@@ -457,6 +458,7 @@ mod window_tests {
         let s = Duration::from_secs;
         let mut ob = Outbox::new(s(2), 1.0, s(2), 1000, s(60));
         let msg = |id| MsgR {
+            no_push: false,
             msg_id: id,
             group: 0,
             to: 7,

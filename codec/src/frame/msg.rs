@@ -16,7 +16,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::Body;
 use crate::{
     error::DecodeError,
-    header::{FLAG_RETRY, Kind},
+    header::{FLAG_NO_PUSH, FLAG_RETRY, Kind},
 };
 
 #[inline]
@@ -44,6 +44,8 @@ pub struct MsgR {
     pub to: u64,
     /// Set on retransmissions (header flag `RETRY`).
     pub retry: bool,
+    /// No mobile push for offline recipients (header flag `NO_PUSH`).
+    pub no_push: bool,
     /// The message content, opaque to the server.
     pub body: Bytes,
 }
@@ -71,12 +73,20 @@ impl Body for MsgR {
             group,
             to,
             retry: flags & FLAG_RETRY != 0,
+            no_push: flags & FLAG_NO_PUSH != 0,
             body,
         })
     }
 
     fn flags(&self) -> u16 {
-        if self.retry { FLAG_RETRY } else { 0 }
+        let mut f = 0;
+        if self.retry {
+            f |= FLAG_RETRY;
+        }
+        if self.no_push {
+            f |= FLAG_NO_PUSH;
+        }
+        f
     }
 
     #[inline]

@@ -311,6 +311,7 @@ pub(crate) async fn send(
     check_key(&req.key)?;
     let body = body(req.body, req.body_base64, &limits)?;
     let m = MsgR {
+        no_push: false,
         msg_id: msg_id(&req.key),
         group: req.group,
         to: req.to,
@@ -353,6 +354,7 @@ pub(crate) async fn batch(
         .iter()
         .map(|&to| {
             let m = MsgR {
+                no_push: false,
                 msg_id: msg_id(&format!("{}/{to}", req.key)),
                 group: 0,
                 to,

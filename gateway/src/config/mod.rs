@@ -9,8 +9,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use serde::Deserialize;
 
 mod cluster;
+mod events;
 
 pub use cluster::ClusterConfig;
+pub use events::{EventsConfig, TYPES as EVENT_TYPES};
 
 /// Which io driver the cores run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -210,6 +212,8 @@ pub struct Config {
     pub log_level: String,
     /// The cluster backend (`backend = "cluster"`).
     pub cluster: ClusterConfig,
+    /// Events to the business backend (`[events]`).
+    pub events: EventsConfig,
 }
 
 /// The secret used when none is configured: fine for trying imgate on a
@@ -277,6 +281,7 @@ impl Default for Config {
             log_format: LogFormat::Human,
             log_level: "info,fjall=warn,lsm_tree=warn".to_string(),
             cluster: ClusterConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -450,6 +455,9 @@ impl Config {
         if self.workers > 1024 {
             return invalid("workers", "must be at most 1024");
         }
+        self.events
+            .check()
+            .map_err(|(key, why)| ConfigError::Invalid { key, why })?;
         if self.backend == BackendKind::Cluster {
             self.cluster
                 .check()
@@ -522,6 +530,13 @@ mod tests {
         let e = Config::from_toml("heartbeat = 1", std::path::Path::new("t.toml"))
             .expect_err("unknown key");
         assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    /// Events on, with a secret: the rest of the table is checked.
+    fn events_on(c: &mut Config) -> &mut EventsConfig {
+        c.events.url = "http://127.0.0.1:1/hook".into();
+        c.events.secret = "s".into();
+        &mut c.events
     }
 
     #[test]
@@ -638,6 +653,34 @@ mod tests {
                     c.dedup_window_ms = 99;
                 }),
             ),
+            ("events.url", Box::new(|c| c.events.url = "ftp://x".into())),
+            (
+                "events.secret",
+                Box::new(|c| c.events.url = "http://127.0.0.1:1/".into()),
+            ),
+            (
+                "events.types",
+                Box::new(|c| events_on(c).types = vec!["msg".into()]),
+            ),
+            ("events.batch", Box::new(|c| events_on(c).batch = 0)),
+            (
+                "events.linger_ms",
+                Box::new(|c| events_on(c).linger_ms = 60_001),
+            ),
+            (
+                "events.timeout_ms",
+                Box::new(|c| events_on(c).timeout_ms = 0),
+            ),
+            (
+                "events.retry_max_ms",
+                Box::new(|c| events_on(c).retry_min_ms = 0),
+            ),
+            (
+                "events.retry_max_ms",
+                Box::new(|c| events_on(c).retry_max_ms = 1),
+            ),
+            ("events.max_lag", Box::new(|c| events_on(c).max_lag = 10)),
+            ("events.lag_alert", Box::new(|c| events_on(c).lag_alert = 0)),
         ];
         for (key, f) in cases {
             let mut c = Config::default();

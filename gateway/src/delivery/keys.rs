@@ -16,6 +16,9 @@
 //! | Meta   | b"next_group"                         | next group id u64                       |
 //! | Meta   | b'x', user u64, device u32            | revoked until, Unix ms u64              |
 //! | Meta   | b"purge_index"                        | (empty): the b'd' and b'e' keys are complete |
+//! | Meta   | b'o', user u64                        | device u32: a user online here (presence events) |
+//! | Meta   | b"Events.head", b"Events.cursor", b"Events.epoch" | u64 (`crate::events::outbox`) |
+//! | Event  | seq u64                               | an event's JSON                         |
 //! | Member | b'm', group u64, user u64             | join seq u64                            |
 //! | Member | b'u', user u64, group u64             | (empty)                                 |
 //!
@@ -120,6 +123,21 @@ pub fn stream_key_stream(k: &[u8]) -> Option<StreamId> {
         return None;
     }
     Some(StreamId(u64::from_be_bytes(k.get(1..9)?.try_into().ok()?)))
+}
+
+/// The Meta key of a user online on this gateway.
+pub fn online_key(user: u64) -> [u8; 9] {
+    let mut k = [b'o'; 9];
+    k[1..].copy_from_slice(&user.to_be_bytes());
+    k
+}
+
+/// The user of an online key.
+pub fn online_key_user(k: &[u8]) -> Option<u64> {
+    if k.len() != 9 || k[0] != b'o' {
+        return None;
+    }
+    Some(u64::from_be_bytes(k[1..].try_into().ok()?))
 }
 
 /// A revocation key in Meta.

@@ -52,6 +52,7 @@ use crate::{
     backend::{Backend, Inbound, Router, Start},
     clock::{Clock, SystemClock},
     config::Config,
+    events::outbox::Outbox,
     metrics::BackendHistograms,
     revocations::Revocation,
     store::{
@@ -73,8 +74,10 @@ pub struct Delivery {
     deferred: Vec<emit::Deferred>,
     disk: Disk,
     histograms: BackendHistograms,
+    events: crate::config::EventsConfig,
     // Stopped when the backend is dropped.
     _purger: Option<purge::Purger>,
+    _sender: Option<crate::events::Sender>,
 }
 
 /// The store's disk as the backend watches it (`crate::store::health`).
@@ -151,7 +154,12 @@ impl Delivery {
         cfg: &Config,
         clock: Arc<dyn Clock>,
     ) -> Result<Delivery, StoreError> {
-        let state = State::load(&*store, Limits::from_config(cfg))?;
+        let mut state = State::load(&*store, Limits::from_config(cfg))?;
+        if cfg.events.enabled() {
+            let now = clock.unix_ms();
+            state.events = Some(Outbox::load(&*store, &cfg.events, now)?);
+            went_offline_in_a_restart(&mut state, &*store, now)?;
+        }
         let store: Arc<dyn Store> = Arc::from(store);
         let interval = std::time::Duration::from_millis(cfg.purge_interval_ms);
         let purger = purge::Purger::start(
@@ -169,8 +177,60 @@ impl Delivery {
             deferred: Vec::new(),
             disk: Disk::new(cfg),
             histograms: BackendHistograms::default(),
+            events: cfg.events.clone(),
             _purger: purger,
+            _sender: None,
         })
+    }
+
+    /// Counts a user's connections here; its first and last make
+    /// presence events, and a record of who is online (see
+    /// [`went_offline_in_a_restart`]).
+    fn presence(&mut self, ev: &Inbound, now: u64) {
+        let (user, device, first) = match *ev {
+            Inbound::Login { user, device, .. } => {
+                let n = self.state.online.entry(user).or_insert(0);
+                *n += 1;
+                if *n > 1 {
+                    return;
+                }
+                (user, device, true)
+            }
+            Inbound::Closed { user, device, .. } => match self.state.online.get_mut(&user) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    return;
+                }
+                Some(_) => {
+                    self.state.online.remove(&user);
+                    (user, device, false)
+                }
+                None => return,
+            },
+            _ => return,
+        };
+        if self.disk.watch.refuses_all() {
+            return;
+        }
+        if self.state.wants_event("offline") {
+            if first {
+                self.batch
+                    .put(Table::Meta, keys::online_key(user), device.to_be_bytes());
+            } else {
+                self.batch.delete(Table::Meta, keys::online_key(user));
+            }
+        }
+        self.state.event(&mut self.batch, now, || {
+            if first {
+                crate::events::Event::Online { user, device }
+            } else {
+                crate::events::Event::Offline {
+                    user,
+                    device,
+                    reason: "closed",
+                }
+            }
+        });
     }
 
     /// Checks the disk if `disk_check_ms` passed since the last check.
@@ -270,6 +330,17 @@ impl Backend for Delivery {
             health: self.disk.health.clone(),
         });
         let _ = start.metrics.backend.set(report);
+        if let Some(outbox) = &self.state.events {
+            let stats = start.metrics.events.clone();
+            let source = outbox
+                .source(self.store.clone(), stats.clone())
+                .map_err(std::io::Error::other)?;
+            self._sender = Some(crate::events::Sender::start(
+                &self.events,
+                Box::new(source),
+                stats,
+            )?);
+        }
         Ok(())
     }
 
@@ -283,6 +354,7 @@ impl Backend for Delivery {
             if out.control(&ev) {
                 continue;
             }
+            self.presence(&ev, now);
             if self.disk.refuses(&ev) {
                 self.disk
                     .health
@@ -328,6 +400,50 @@ impl Backend for Delivery {
             self.commit(out);
         }
     }
+}
+
+/// Users recorded online when the gateway last stopped went offline
+/// without a word (a crash, a kill): their offline events, with reason
+/// `restart`, are stored before the first login.
+fn went_offline_in_a_restart(
+    state: &mut State,
+    store: &dyn Store,
+    now: u64,
+) -> Result<(), StoreError> {
+    let mut gone = Vec::new();
+    let end = keys::online_key(u64::MAX);
+    store.scan(Table::Meta, &keys::online_key(0), &end, &mut |k, v| {
+        if let Some(user) = keys::online_key_user(k) {
+            let device = v
+                .get(..4)
+                .and_then(|d| d.try_into().ok())
+                .map_or(0, u32::from_be_bytes);
+            gone.push((user, device));
+        }
+        true
+    })?;
+    if let Some(v) = store.get(Table::Meta, &end)?
+        && let Some(d) = v.get(..4).and_then(|d| d.try_into().ok())
+    {
+        gone.push((u64::MAX, u32::from_be_bytes(d)));
+    }
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let mut b = WriteBatch::default();
+    for &(user, device) in &gone {
+        b.delete(Table::Meta, keys::online_key(user));
+        state.event(&mut b, now, || crate::events::Event::Offline {
+            user,
+            device,
+            reason: "restart",
+        });
+    }
+    state.write_heads(&mut b);
+    store.write(&b)?;
+    state.committed();
+    tracing::info!(users = gone.len(), "offline events for the users online when the gateway stopped");
+    Ok(())
 }
 
 /// What the operator's endpoint asks of the embedded backend: the store

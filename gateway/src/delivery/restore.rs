@@ -21,7 +21,8 @@ use crate::store::{Store, StoreError, Table, WriteBatch};
 pub const DEFAULT_SKIP: u64 = 1_000_000_000;
 
 /// Raises every stream's head and the group id counter of `store` by
-/// `skip`, in one batch; returns each stream with the head it had (the
+/// `skip`, and drops the event id epoch (the next start sets a new one,
+/// so events numbered again never repeat an id), in one batch; returns each stream with the head it had (the
 /// last id it kept; ids from there to the new head are never given out).
 pub fn skip_sequences(store: &dyn Store, skip: u64) -> Result<Vec<(StreamId, u64)>, StoreError> {
     let mut batch = WriteBatch::default();
@@ -49,6 +50,7 @@ pub fn skip_sequences(store: &dyn Store, skip: u64) -> Result<Vec<(StreamId, u64
             next.saturating_add(skip).to_be_bytes(),
         );
     }
+    batch.delete(Table::Meta, crate::events::outbox::EPOCH_KEY);
     store.write(&batch)?;
     Ok(raised)
 }

@@ -202,6 +202,7 @@ mod tests {
 
     fn msg(msg_id: u64, group: u64, to: u64, body: usize) -> MsgR {
         MsgR {
+            no_push: false,
             msg_id,
             group,
             to,

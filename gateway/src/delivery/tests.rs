@@ -106,6 +106,7 @@ impl Harness {
 
 fn msg(msg_id: u64, to: u64, body: &'static [u8]) -> MsgR {
     MsgR {
+        no_push: false,
         msg_id,
         group: 0,
         to,

@@ -57,7 +57,7 @@ pub struct FjallStore {
     _reaper: Reaper,
     db: Database,
     /// Indexed by [`Table::index`].
-    tables: [Keyspace; 5],
+    tables: [Keyspace; 6],
     persist: PersistMode,
     path: PathBuf,
 }
@@ -105,7 +105,7 @@ impl FjallStore {
                     .map_err(open_err)?,
             );
         }
-        let tables: [Keyspace; 5] = tables.try_into().map_err(|_| StoreError::Open {
+        let tables: [Keyspace; 6] = tables.try_into().map_err(|_| StoreError::Open {
             path: dir.display().to_string(),
             message: "table count".into(),
         })?;

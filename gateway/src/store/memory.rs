@@ -94,7 +94,7 @@ impl std::fmt::Debug for Key {
 /// key allocates its key and value.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    tables: RwLock<[Map; 5]>,
+    tables: RwLock<[Map; 6]>,
 }
 
 impl MemoryStore {

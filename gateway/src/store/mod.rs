@@ -59,16 +59,20 @@ pub enum Table {
     Meta,
     /// Group membership: (group, user) -> join seq; (user, group) -> ().
     Member,
+    /// Events for the business backend not yet taken: seq -> JSON
+    /// (`crate::events::outbox`).
+    Event,
 }
 
 impl Table {
     /// Every table, in the order of [`Table::index`].
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 6] = [
         Table::Log,
         Table::Cursor,
         Table::Dedup,
         Table::Meta,
         Table::Member,
+        Table::Event,
     ];
 
     /// The table's name in the engine.
@@ -79,6 +83,7 @@ impl Table {
             Table::Dedup => "dedup",
             Table::Meta => "meta",
             Table::Member => "member",
+            Table::Event => "event",
         }
     }
 
@@ -90,6 +95,7 @@ impl Table {
             Table::Dedup => 2,
             Table::Meta => 3,
             Table::Member => 4,
+            Table::Event => 5,
         }
     }
 }

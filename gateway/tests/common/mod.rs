@@ -162,6 +162,7 @@ pub fn six_packets(a: &mut impl FrameClient, b: &mut impl FrameClient, body: &'s
     use imgate_codec::frame::{AckR, MsgR};
     a.send_frame(
         MsgR {
+            no_push: false,
             msg_id: 10,
             group: 0,
             to: 2,

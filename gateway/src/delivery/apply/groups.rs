@@ -75,6 +75,7 @@ pub(super) fn group(cx: &mut Ctx<'_>, r: GroupR) -> Result<(), StoreError> {
         return Ok(());
     }
     let mut changed = Vec::new();
+    let mut gone = Vec::new();
     match op {
         GroupOp::Add => {
             for &u in &listed {
@@ -98,7 +99,9 @@ pub(super) fn group(cx: &mut Ctx<'_>, r: GroupR) -> Result<(), StoreError> {
         GroupOp::Delete => {
             for (u, _) in g.members.drain() {
                 delete_member(cx.batch, r.group, u);
+                gone.push(u);
             }
+            gone.sort_unstable();
         }
         GroupOp::Promote | GroupOp::Demote | GroupOp::Transfer => {
             let owner = g
@@ -144,6 +147,20 @@ pub(super) fn group(cx: &mut Ctx<'_>, r: GroupR) -> Result<(), StoreError> {
     }
     if op != GroupOp::Roles {
         changed.sort_unstable();
+    }
+    if !matches!(op, GroupOp::List | GroupOp::Roles) && (!changed.is_empty() || !gone.is_empty()) {
+        let members = if op == GroupOp::Delete {
+            gone
+        } else {
+            changed.clone()
+        };
+        let by = cx.user;
+        cx.state.event(cx.batch, cx.now, || Event::Group {
+            group: r.group,
+            op: op_name(op),
+            by,
+            members,
+        });
     }
     cx.out.push(Deferred::GroupA {
         conn: cx.conn,
@@ -194,6 +211,13 @@ fn create(cx: &mut Ctx<'_>, r: &GroupR, listed: &[u64]) -> Result<(), StoreError
     }
     let total = g.members.len();
     cx.state.set_group(id, Some(g));
+    let (by, members) = (cx.user, unique.clone());
+    cx.state.event(cx.batch, cx.now, || Event::Group {
+        group: id,
+        op: op_name(GroupOp::Create),
+        by,
+        members,
+    });
     cx.out.push(Deferred::GroupA {
         conn: cx.conn,
         req: r.req,
@@ -217,4 +241,19 @@ pub(super) fn put_member(batch: &mut WriteBatch, group: u64, user: u64, join: Jo
         join.to_u64().to_be_bytes(),
     );
     batch.put(Table::Member, keys::user_group_key(user, group), Vec::new());
+}
+
+/// An op's name in a group event.
+fn op_name(op: GroupOp) -> &'static str {
+    match op {
+        GroupOp::Create => "create",
+        GroupOp::Add => "add",
+        GroupOp::Remove => "remove",
+        GroupOp::List => "list",
+        GroupOp::Delete => "delete",
+        GroupOp::Promote => "promote",
+        GroupOp::Demote => "demote",
+        GroupOp::Transfer => "transfer",
+        GroupOp::Roles => "roles",
+    }
 }

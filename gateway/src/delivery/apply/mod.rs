@@ -18,6 +18,7 @@ use super::{
 };
 use crate::{
     backend::Inbound,
+    events::Event,
     conn_id::ConnId,
     store::{Store, StoreError, Table, WriteBatch},
 };
@@ -264,12 +265,57 @@ fn msg(cx: &mut Ctx<'_>, m: MsgR) -> Result<(), StoreError> {
         }
     };
     cx.state.remember(cx.batch, cx.user, m.msg_id, answer);
+    if cx.state.wants_event("message") {
+        let offline = if m.no_push {
+            Vec::new()
+        } else {
+            offline_recipients(cx, &rec, answer.group)?
+        };
+        let ev = Event::message(
+            rec.from,
+            rec.to,
+            answer.group,
+            rec.msg_id,
+            answer.seq,
+            answer.own_seq,
+            &rec.body,
+            !m.no_push,
+            offline,
+        );
+        cx.state.event(cx.batch, cx.now, || ev);
+    }
     cx.out.push(Deferred::Msg {
         conn: cx.conn,
         answer,
         rec,
     });
     Ok(())
+}
+
+/// Who gets `rec` and has no connection logged in here: the receiver of
+/// a one-to-one message, or the group's members but the sender.
+fn offline_recipients(
+    cx: &mut Ctx<'_>,
+    rec: &Record,
+    group: u64,
+) -> Result<Vec<u64>, StoreError> {
+    if group == 0 {
+        return Ok(if cx.state.is_offline(rec.to) {
+            vec![rec.to]
+        } else {
+            Vec::new()
+        });
+    }
+    let members: Vec<u64> = match cx.state.group(cx.store, group)? {
+        Some(g) => g.members.keys().copied().collect(),
+        None => Vec::new(),
+    };
+    let mut offline: Vec<u64> = members
+        .into_iter()
+        .filter(|&u| u != rec.from && cx.state.is_offline(u))
+        .collect();
+    offline.sort_unstable();
+    Ok(offline)
 }
 
 fn ack(cx: &mut Ctx<'_>, a: AckR) -> Result<(), StoreError> {

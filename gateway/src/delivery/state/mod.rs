@@ -104,6 +104,11 @@ pub(crate) struct State {
     next_group: u64,
     pending_dedup: AHashMap<(u64, u64), Answer>,
     expired_epoch: u64,
+    /// Events for the business backend, when they are on.
+    pub(crate) events: Option<crate::events::outbox::Outbox>,
+    /// Logged-in connections per user on this gateway (for presence
+    /// events and a message event's offline recipients).
+    pub(crate) online: AHashMap<u64, u32>,
 }
 
 /// The u64 value of a key, if it has one.
@@ -165,13 +170,18 @@ impl State {
             next_group,
             pending_dedup: AHashMap::new(),
             expired_epoch: 0,
+            events: None,
+            online: AHashMap::new(),
         })
     }
 
     /// Drops every cache after a failed commit.
     pub(crate) fn reload(&mut self, store: &dyn Store) -> Result<(), StoreError> {
         let limits = self.limits.clone();
+        let (events, online) = (self.events.take(), std::mem::take(&mut self.online));
         *self = State::load(store, limits)?;
+        self.events = events;
+        self.online = online;
         Ok(())
     }
 
@@ -180,12 +190,18 @@ impl State {
         self.pending_dedup.clear();
         self.dirty_heads.clear();
         self.new_streams.clear();
+        if let Some(e) = &mut self.events {
+            e.forget_pending();
+        }
     }
 
     /// The batch is on disk: every cached entry is also in the store, so
     /// the caches may drop their least used half.
     pub(crate) fn committed(&mut self) {
         self.pending_dedup.clear();
+        if let Some(e) = &mut self.events {
+            e.committed();
+        }
         self.heads.rotate_if_full();
         self.cursors.rotate_if_full();
         self.delivered.rotate_if_full();
@@ -193,6 +209,28 @@ impl State {
         self.group_reads.rotate_if_full();
         self.groups.rotate_if_full();
         self.recent.rotate_if_full();
+    }
+
+    /// Appends an event to the batch, if events are on and want its kind.
+    pub(crate) fn event(
+        &mut self,
+        batch: &mut WriteBatch,
+        now: u64,
+        ev: impl FnOnce() -> crate::events::Event,
+    ) {
+        if let Some(e) = &mut self.events {
+            e.push(batch, now, &ev());
+        }
+    }
+
+    /// Whether events of kind `t` are kept.
+    pub(crate) fn wants_event(&self, t: &str) -> bool {
+        self.events.as_ref().is_some_and(|e| e.wants(t))
+    }
+
+    /// Whether `user` has no connection logged in here.
+    pub(crate) fn is_offline(&self, user: u64) -> bool {
+        !self.online.contains_key(&user)
     }
 
     /// Remembers that `from` sent seq `seq` of `user`'s inbox.
@@ -291,6 +329,9 @@ impl State {
     /// Adds the new heads of the streams this batch appended to, and the
     /// stream keys of streams new in it.
     pub(crate) fn write_heads(&mut self, batch: &mut WriteBatch) {
+        if let Some(e) = &mut self.events {
+            e.write_head(batch);
+        }
         for s in self.new_streams.drain(..) {
             batch.put(Table::Meta, keys::stream_key(s), []);
         }

@@ -1,0 +1,247 @@
+//! The sender thread: reads stored events from a [`Source`], POSTs them
+//! in signed batches, and tells the source what the backend took.
+//!
+//! ```text
+//!  Source (outbox on disk, or a JetStream consumer)
+//!     │ next(max, wait)                     commit(last) ▲
+//!     ▼                                                  │ 2xx
+//!  batch (held until a 2xx) ──POST, signed──► business backend
+//!     ▲        │ error, timeout, non-2xx
+//!     └────────┘ wait: Backoff (exponential, jittered), same batch again
+//! ```
+//!
+//! One thread of its own, blocking on its HTTP client (`ureq`): a slow or
+//! dead backend holds this thread and nothing else. The cores and the
+//! delivery path only ever write events to the store, never wait on it.
+//! A batch is sent again, the same events in the same order, until the
+//! backend answers 2xx, so events are delivered at least once and in the
+//! order stored; the backend de-duplicates by `id`.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use super::{Stats, backoff::Backoff, event::batch_body, sign};
+use crate::config::EventsConfig;
+
+/// A stored event, as the source hands it out.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// Its position in the source (what `commit` takes).
+    pub seq: u64,
+    /// Its JSON object.
+    pub json: Vec<u8>,
+}
+
+/// Where the sender reads events.
+pub trait Source: Send + 'static {
+    /// Up to `max` events after those already returned, oldest first;
+    /// waits up to `wait` for the first one.
+    fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<Stored>, String>;
+    /// The backend took every event up to `last`: never send them again.
+    fn commit(&mut self, last: &Stored) -> Result<(), String>;
+    /// Events stored and not yet committed, if known.
+    fn lag(&mut self) -> Option<u64>;
+}
+
+/// The running sender; stops (and joins) when dropped.
+#[derive(Debug)]
+pub struct Sender {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Waits that a stop interrupts: at most this long at a time.
+const SLICE: Duration = Duration::from_millis(100);
+/// At most one lag or failure line per this long.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Sender {
+    /// Starts the thread.
+    pub fn start(
+        cfg: &EventsConfig,
+        source: Box<dyn Source>,
+        stats: Arc<Stats>,
+    ) -> std::io::Result<Sender> {
+        let stop = Arc::new(AtomicBool::new(false));
+        stats.enabled.store(true, Relaxed);
+        let mut run = Run {
+            cfg: cfg.clone(),
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_millis(cfg.timeout_ms)))
+                .user_agent("imgate-events")
+                .build()
+                .into(),
+            source,
+            stats,
+            stop: stop.clone(),
+            backoff: Backoff::new(
+                cfg.retry_min_ms,
+                cfg.retry_max_ms,
+                crate::unix_time().as_nanos() as u64 ^ u64::from(std::process::id()),
+            ),
+        };
+        let thread = std::thread::Builder::new()
+            .name("imgate-events".into())
+            .spawn(move || run.run())?;
+        Ok(Sender {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+struct Run {
+    cfg: EventsConfig,
+    agent: ureq::Agent,
+    source: Box<dyn Source>,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    backoff: Backoff,
+}
+
+impl Run {
+    fn run(&mut self) {
+        let linger = Duration::from_millis(self.cfg.linger_ms);
+        let mut batch: Vec<Stored> = Vec::new();
+        let mut since = Instant::now();
+        let mut failures = 0u32;
+        let mut last_log: Option<Instant> = None;
+        let mut failures_not_logged = 0u64;
+        while !self.stop.load(Relaxed) {
+            self.watch_lag(&mut last_log);
+            if batch.len() < self.cfg.batch {
+                let wait = if batch.is_empty() {
+                    SLICE
+                } else {
+                    linger.saturating_sub(since.elapsed()).min(SLICE)
+                };
+                match self.source.next(self.cfg.batch - batch.len(), wait) {
+                    Ok(more) => {
+                        if batch.is_empty() && !more.is_empty() {
+                            since = Instant::now();
+                        }
+                        batch.extend(more);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read stored events");
+                        self.pause(Duration::from_secs(1));
+                        continue;
+                    }
+                }
+                if batch.is_empty() || (batch.len() < self.cfg.batch && since.elapsed() < linger) {
+                    continue;
+                }
+            }
+            match self.post(&batch) {
+                Ok(()) => {
+                    failures = 0;
+                    self.stats.sent.fetch_add(batch.len() as u64, Relaxed);
+                    self.stats
+                        .last_sent_ms
+                        .store(crate::unix_time().as_millis() as u64, Relaxed);
+                    if let Some(last) = batch.last()
+                        && let Err(e) = self.source.commit(last)
+                    {
+                        // Sent, not recorded: sent again after a restart,
+                        // which the backend's de-duplication absorbs.
+                        tracing::error!(error = %e, "cannot record the events sent");
+                    }
+                    batch.clear();
+                }
+                Err(why) => {
+                    failures = failures.saturating_add(1);
+                    self.stats.failures.fetch_add(1, Relaxed);
+                    let wait = self.backoff.wait(failures);
+                    if last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) || failures == 1 {
+                        tracing::warn!(
+                            url = %self.cfg.url,
+                            error = %why,
+                            failures_in_a_row = failures,
+                            earlier_failures_not_logged = failures_not_logged,
+                            retry_in_ms = wait.as_millis() as u64,
+                            "event webhook failed; sending the batch again"
+                        );
+                        last_log = Some(Instant::now());
+                        failures_not_logged = 0;
+                    } else {
+                        failures_not_logged += 1;
+                    }
+                    self.pause(wait);
+                }
+            }
+        }
+    }
+
+    /// Updates the lag gauge; an error line every 10 s while it is over
+    /// `lag_alert`.
+    fn watch_lag(&mut self, last: &mut Option<Instant>) {
+        let Some(lag) = self.source.lag() else {
+            return;
+        };
+        self.stats.lag.store(lag, Relaxed);
+        if lag > self.cfg.lag_alert && last.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+            tracing::error!(
+                waiting = lag,
+                alert_at = self.cfg.lag_alert,
+                dropped_at = self.cfg.max_lag,
+                "events are falling behind: the webhook is not keeping up"
+            );
+            *last = Some(Instant::now());
+        }
+    }
+
+    fn pause(&self, d: Duration) {
+        let until = Instant::now() + d;
+        while !self.stop.load(Relaxed) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(SLICE));
+        }
+    }
+
+    /// One signed POST of `batch`; Ok on a 2xx.
+    fn post(&mut self, batch: &[Stored]) -> Result<(), String> {
+        let body = batch_body(batch.iter().map(|s| s.json.as_slice()));
+        let ts = crate::unix_time().as_millis() as u64;
+        let signature = sign::sign(self.cfg.secret.as_bytes(), ts, &body);
+        self.stats.posts.fetch_add(1, Relaxed);
+        let started = Instant::now();
+        let res = self
+            .agent
+            .post(&self.cfg.url)
+            .header("Content-Type", "application/json")
+            .header(sign::TIMESTAMP_HEADER, ts.to_string())
+            .header(sign::SIGNATURE_HEADER, signature)
+            .send(&body[..]);
+        self.stats
+            .post_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let mut res = res.map_err(|e| e.to_string())?;
+        let status = res.status();
+        // Read the answer so the connection can be used again.
+        let _ = res.body_mut().read_to_vec();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("HTTP {}", status.as_u16()))
+        }
+    }
+}
