@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod hook;
 pub mod nats;
 pub mod peer;
 pub mod process;
@@ -274,6 +275,11 @@ impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_nodelay(true).expect("nodelay");
+        Client::connect_stream(stream)
+    }
+
+    /// A client over a connected stream.
+    pub fn connect_stream(stream: TcpStream) -> Client {
         Client {
             stream,
             buf: BytesMut::new(),

@@ -1,0 +1,299 @@
+//! A real HTTP receiver of the gateway's event webhook, on a loopback
+//! port: checks every POST's signature with the gateway's own rules
+//! (`imgate::events::sign`), keeps the events, and can be told to fail
+//! (500), to answer slowly, or to go away and come back on its port.
+
+use std::{
+    collections::HashSet,
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use imgate::events::sign;
+
+/// How the receiver answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// 200 at once.
+    Ok,
+    /// 500 at once; nothing is kept.
+    Fail,
+    /// 200 after this long.
+    Slow(Duration),
+}
+
+#[derive(Default)]
+struct Seen {
+    /// Every event of every accepted POST, in arrival order.
+    events: Vec<serde_json::Value>,
+    ids: HashSet<String>,
+    duplicates: u64,
+    bad_signatures: u64,
+}
+
+/// The receiver.
+pub struct Hook {
+    pub port: u16,
+    secret: String,
+    mode: Arc<Mutex<Mode>>,
+    seen: Arc<Mutex<Seen>>,
+    posts: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Hook {
+    /// A receiver on a free port, checking signatures with `secret`.
+    pub fn start(secret: &str) -> Hook {
+        let port = super::process::free_port();
+        let mut h = Hook {
+            port,
+            secret: secret.into(),
+            mode: Arc::new(Mutex::new(Mode::Ok)),
+            seen: Arc::default(),
+            posts: Arc::default(),
+            stop: Arc::default(),
+            thread: None,
+        };
+        h.up();
+        h
+    }
+
+    /// The URL to configure.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/events", self.port)
+    }
+
+    pub fn set_mode(&self, m: Mode) {
+        *self.mode.lock().expect("mode") = m;
+    }
+
+    /// Stops listening: connections are refused until [`Hook::up`].
+    pub fn down(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("receiver thread");
+        }
+    }
+
+    /// Listens (again) on its port.
+    pub fn up(&mut self) {
+        let listener = {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match TcpListener::bind(("127.0.0.1", self.port)) {
+                    Ok(l) => break l,
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "cannot bind the receiver: {e}");
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
+        };
+        listener.set_nonblocking(true).expect("nonblocking");
+        self.stop = Arc::new(AtomicBool::new(false));
+        let (stop, mode, seen, posts, secret) = (
+            self.stop.clone(),
+            self.mode.clone(),
+            self.seen.clone(),
+            self.posts.clone(),
+            self.secret.clone(),
+        );
+        self.thread = Some(std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            while !stop.load(Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let (stop, mode, seen, posts, secret) = (
+                            stop.clone(),
+                            mode.clone(),
+                            seen.clone(),
+                            posts.clone(),
+                            secret.clone(),
+                        );
+                        conns.push(std::thread::spawn(move || {
+                            serve(s, &stop, &mode, &seen, &posts, &secret)
+                        }));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            for c in conns {
+                let _ = c.join();
+            }
+        }));
+    }
+
+    /// Events accepted so far (duplicates included), in arrival order.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.seen.lock().expect("seen").events.clone()
+    }
+
+    /// Distinct event ids accepted.
+    pub fn distinct(&self) -> usize {
+        self.seen.lock().expect("seen").ids.len()
+    }
+
+    pub fn duplicates(&self) -> u64 {
+        self.seen.lock().expect("seen").duplicates
+    }
+
+    pub fn bad_signatures(&self) -> u64 {
+        self.seen.lock().expect("seen").bad_signatures
+    }
+
+    pub fn posts(&self) -> u64 {
+        self.posts.load(Relaxed)
+    }
+
+    /// Waits until `f` holds for the events, or panics after `timeout`.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        f: impl Fn(&[serde_json::Value]) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if f(&self.seen.lock().expect("seen").events) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; {} events seen",
+                self.events().len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Hook {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// Serves one connection's requests (keep-alive) until it closes or the
+/// receiver stops.
+fn serve(
+    s: TcpStream,
+    stop: &AtomicBool,
+    mode: &Mutex<Mode>,
+    seen: &Mutex<Seen>,
+    posts: &AtomicU64,
+    secret: &str,
+) {
+    let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut w = match s.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut r = BufReader::new(s);
+    'requests: while !stop.load(Relaxed) {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(_) => return,
+        }
+        let (mut len, mut ts, mut sig) = (0usize, 0u64, String::new());
+        loop {
+            let mut h = String::new();
+            match r.read_line(&mut h) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if stop.load(Relaxed) {
+                        return;
+                    }
+                    continue;
+                }
+                Err(_) => return,
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+                match k.as_str() {
+                    "content-length" => len = v.parse().unwrap_or(0),
+                    "x-imgate-timestamp" => ts = v.parse().unwrap_or(0),
+                    "x-imgate-signature" => sig = v.to_string(),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match r.read(&mut body[got..]) {
+                Ok(0) => return,
+                Ok(n) => got += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if stop.load(Relaxed) {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+        posts.fetch_add(1, Relaxed);
+        let m = *mode.lock().expect("mode");
+        let status = match m {
+            Mode::Fail => 500,
+            Mode::Ok | Mode::Slow(_) => {
+                if let Mode::Slow(d) = m {
+                    std::thread::sleep(d);
+                }
+                let mut seen = seen.lock().expect("seen");
+                if !sign::verify(secret.as_bytes(), ts, &body, &sig) {
+                    seen.bad_signatures += 1;
+                    401
+                } else {
+                    let v: serde_json::Value = match serde_json::from_slice(&body) {
+                        Ok(v) => v,
+                        Err(_) => continue 'requests,
+                    };
+                    for e in v["events"].as_array().cloned().unwrap_or_default() {
+                        let id = e["id"].as_str().unwrap_or_default().to_string();
+                        if !seen.ids.insert(id) {
+                            seen.duplicates += 1;
+                        }
+                        seen.events.push(e);
+                    }
+                    200
+                }
+            }
+        };
+        let reason = if status == 200 { "OK" } else { "Error" };
+        let answer = format!("HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\n\r\n");
+        if w.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! Events to a real HTTP receiver (`common::hook`), from the embedded
+//! backend: every event once after de-duplication by id, the offline
+//! recipients and the no-push flag, presence and group events; nothing
+//! lost while the receiver is down or failing, and chat not slowed by it;
+//! a SIGKILL of the real binary mid-stream replays from the cursor with no
+//! gap; a receiver with the wrong secret sees every signature fail.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use common::{
+    Client, Gw,
+    hook::{Hook, Mode},
+    process::{Gateway, free_port, store_args},
+};
+use imgate::config::{Config, EventsConfig};
+use imgate_codec::{
+    Frame,
+    frame::{GroupOp, GroupR, MsgR},
+};
+use serde_json::Value;
+
+const HOOK_SECRET: &str = "hook-secret";
+
+fn events_on(c: &mut Config, hook: &Hook) {
+    c.events = EventsConfig {
+        url: hook.url(),
+        secret: HOOK_SECRET.into(),
+        batch: 64,
+        linger_ms: 5,
+        timeout_ms: 2000,
+        retry_min_ms: 20,
+        retry_max_ms: 200,
+        ..EventsConfig::default()
+    };
+}
+
+fn msg(to: u64, group: u64, msg_id: u64, no_push: bool) -> MsgR {
+    MsgR {
+        msg_id,
+        group,
+        to,
+        retry: false,
+        no_push,
+        body: Bytes::from(format!("body {msg_id}")),
+    }
+}
+
+/// Sends and waits for the msg:A; returns its seq.
+fn send(c: &mut Client, m: MsgR) -> u64 {
+    c.send(m);
+    loop {
+        match c.frame() {
+            Frame::MsgA(a) => return a.seq,
+            Frame::Error(e) => panic!("refused: {e:?}"),
+            _ => {}
+        }
+    }
+}
+
+fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == t).collect()
+}
+
+fn ids(events: &[Value]) -> BTreeSet<String> {
+    events
+        .iter()
+        .filter_map(|e| e["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn every_kind_of_event_arrives_once_with_the_offline_recipients() {
+    let hook = Hook::start(HOOK_SECRET);
+    let gw = Gw::start(|c| events_on(c, &hook));
+    let addr = gw.addr();
+    let mut a = Client::login(addr, 1, 1);
+    // User 2 is offline: a message to it names it for a push.
+    for i in 1..=100 {
+        send(&mut a, msg(2, 0, i, false));
+    }
+    // A silent message: no push.
+    send(&mut a, msg(2, 0, 101, true));
+    let b = Client::login(addr, 2, 1);
+    // Now user 2 is online: nobody to push.
+    send(&mut a, msg(2, 0, 102, false));
+    // A group of 1, 2 and 3, where 3 never connects.
+    a.send(
+        GroupR {
+            req: 1,
+            op: GroupOp::Create as u8,
+            group: 0,
+            members: Bytes::new(),
+        }
+        .with_members(&[2, 3]),
+    );
+    let group = loop {
+        match a.frame() {
+            Frame::GroupA(g) => break g.group,
+            Frame::Error(e) => panic!("refused: {e:?}"),
+            _ => {}
+        }
+    };
+    send(&mut a, msg(0, group, 103, false));
+    drop(b.stream.shutdown(std::net::Shutdown::Both));
+    hook.wait_for(Duration::from_secs(10), "every event", |e| {
+        of_type(e, "message").len() >= 103 && !of_type(e, "offline").is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let events = hook.events();
+    assert_eq!(hook.duplicates(), 0, "no duplicates without a failure");
+    assert_eq!(hook.bad_signatures(), 0);
+    let messages = of_type(&events, "message");
+    assert_eq!(messages.len(), 103);
+    // In order: inbox 2's seq ids rise.
+    let seqs: Vec<u64> = messages
+        .iter()
+        .filter(|m| m["to"] == 2)
+        .filter_map(|m| m["seq"].as_u64())
+        .collect();
+    assert_eq!(seqs, (1..=102).collect::<Vec<_>>());
+    let by_id: BTreeMap<u64, &Value> = messages
+        .iter()
+        .filter_map(|m| Some((m["msg_id"].as_u64()?, *m)))
+        .collect();
+    let first = by_id[&1];
+    assert_eq!(first["id"], "m-1-1");
+    assert_eq!(first["from"], 1);
+    assert_eq!(first["body"], "Ym9keSAx", "base64 of 'body 1'");
+    assert_eq!(first["push"], true);
+    assert_eq!(first["offline"], serde_json::json!([2]));
+    assert_eq!(by_id[&101]["push"], false);
+    assert_eq!(by_id[&101]["offline"], serde_json::json!([]));
+    assert_eq!(by_id[&102]["offline"], serde_json::json!([]));
+    assert_eq!(by_id[&103]["group"], group);
+    assert_eq!(by_id[&103]["offline"], serde_json::json!([3]));
+    let online: Vec<u64> = of_type(&events, "online")
+        .iter()
+        .filter_map(|e| e["user"].as_u64())
+        .collect();
+    assert_eq!(online, [1, 2]);
+    let offline = of_type(&events, "offline");
+    assert_eq!(offline.len(), 1);
+    assert_eq!(
+        (offline[0]["user"].as_u64(), offline[0]["reason"].as_str()),
+        (Some(2), Some("closed"))
+    );
+    let groups = of_type(&events, "group");
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0]["op"], "create");
+    assert_eq!(groups[0]["by"], 1);
+    assert_eq!(groups[0]["members"], serde_json::json!([1, 2, 3]));
+    // Every event is one id.
+    assert_eq!(ids(&events).len(), events.len());
+}
+
+#[test]
+fn a_receiver_down_or_failing_loses_nothing_and_does_not_slow_chat() {
+    let mut hook = Hook::start(HOOK_SECRET);
+    let gw = Gw::start(|c| {
+        events_on(c, &hook);
+        c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    });
+    let addr = gw.addr();
+    let mut a = Client::login(addr, 1, 1);
+    let mut latencies = Vec::new();
+    let mut timed_send = |a: &mut Client, id: u64| {
+        let t = Instant::now();
+        send(a, msg(2, 0, id, false));
+        latencies.push(t.elapsed());
+    };
+    // Down: connections refused.
+    hook.down();
+    for i in 1..=300 {
+        timed_send(&mut a, i);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(gw.counter("imgate_events_lag") >= 300, "the lag shows");
+    assert!(gw.counter("imgate_events_post_failures_total") > 0);
+    // Up but answering 500, then slowly (longer than the POST timeout).
+    hook.set_mode(Mode::Fail);
+    hook.up();
+    wait_posts(&hook, 2);
+    for i in 301..=600 {
+        timed_send(&mut a, i);
+    }
+    // Sent while a POST hangs (the receiver takes longer than the
+    // gateway's POST timeout).
+    hook.set_mode(Mode::Slow(Duration::from_millis(3000)));
+    wait_posts(&hook, 1);
+    for i in 601..=900 {
+        timed_send(&mut a, i);
+    }
+    assert!(hook.events().is_empty(), "nothing accepted yet");
+    // A chat message's round trip never waited on the webhook: a POST
+    // that hangs for seconds is nowhere in it.
+    latencies.sort();
+    let worst = latencies.last().copied().unwrap_or_default();
+    assert!(
+        worst < Duration::from_millis(1000),
+        "chat waited on the webhook: worst msg:A {worst:?}, p50 {:?}",
+        latencies[latencies.len() / 2]
+    );
+    hook.set_mode(Mode::Ok);
+    hook.wait_for(Duration::from_secs(30), "all 900 messages", |e| {
+        ids(e).iter().filter(|i| i.starts_with("m-")).count() >= 900
+    });
+    let events = hook.events();
+    let got: BTreeSet<u64> = of_type(&events, "message")
+        .iter()
+        .filter_map(|m| m["msg_id"].as_u64())
+        .collect();
+    assert_eq!(got, (1..=900).collect::<BTreeSet<_>>());
+    // Per user in order, across retries: the first time each id was seen.
+    let mut seen = BTreeSet::new();
+    let firsts: Vec<u64> = of_type(&events, "message")
+        .iter()
+        .filter(|m| seen.insert(m["id"].as_str().unwrap_or_default().to_string()))
+        .filter_map(|m| m["seq"].as_u64())
+        .collect();
+    assert_eq!(firsts, (1..=900).collect::<Vec<_>>());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(gw.counter("imgate_events_lag"), 0);
+    assert!(gw.counter("imgate_events_sent_total") >= 900);
+}
+
+/// Waits until the receiver got `n` more POSTs.
+fn wait_posts(hook: &Hook, n: u64) {
+    let (from, deadline) = (hook.posts(), Instant::now() + Duration::from_secs(10));
+    while hook.posts() < from + n {
+        assert!(Instant::now() < deadline, "no POST came");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_wrong_secret_fails_every_signature_and_nothing_is_lost() {
+    let hook = Hook::start("not-the-secret");
+    let gw = Gw::start(|c| events_on(c, &hook));
+    let mut a = Client::login(gw.addr(), 1, 1);
+    for i in 1..=10 {
+        send(&mut a, msg(2, 0, i, false));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hook.bad_signatures() < 3 {
+        assert!(Instant::now() < deadline, "no POST came");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(hook.events().is_empty());
+}
+
+/// User 1 logged in, or None while the gateway is down.
+fn try_login(addr: std::net::SocketAddr) -> Option<Client> {
+    let stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_nodelay(true).ok()?;
+    let mut c = Client::connect_stream(stream);
+    c.send(imgate_codec::frame::Login {
+        user: 1,
+        device: 1,
+        resume: 0,
+        token: common::token(1, 1),
+    });
+    match c.next(Duration::from_secs(5)) {
+        common::Got::Frame(Frame::LoginOk(_)) => Some(c),
+        _ => None,
+    }
+}
+
+/// The config file of a gateway process with events on.
+fn config_file(dir: &std::path::Path, hook: &Hook) -> std::path::PathBuf {
+    let path = dir.join("imgate.toml");
+    std::fs::create_dir_all(dir).expect("dir");
+    std::fs::write(
+        &path,
+        format!(
+            "[events]\nurl = \"{}\"\nsecret = \"{HOOK_SECRET}\"\nbatch = 50\nlinger_ms = 5\nretry_min_ms = 20\nretry_max_ms = 200\n",
+            hook.url()
+        ),
+    )
+    .expect("config");
+    path
+}
+
+#[test]
+fn a_sigkill_mid_stream_replays_from_the_cursor_with_no_gap() {
+    let dir = std::env::temp_dir().join(format!("imgate-events-kill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let hook = Hook::start(HOOK_SECRET);
+    let cfg = config_file(&dir, &hook);
+    let mut args = store_args(&dir.join("data"), &[]);
+    args.extend(["--config".into(), cfg.into_os_string()]);
+    let mut gw = Gateway::spawn(
+        free_port(),
+        args,
+        Some(dir.join("log")),
+        Duration::from_secs(20),
+    );
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], gw.port).into();
+    // The receiver is slow, so events wait in the outbox when the kill
+    // comes.
+    hook.set_mode(Mode::Slow(Duration::from_millis(50)));
+    let acked = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut next = 1u64;
+            while !stop.load(SeqCst) && next <= 3000 {
+                let Some(mut a) = try_login(addr) else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                // Resend the unacked one after a reconnect: retransmits
+                // are de-duplicated, by the store and by event id.
+                loop {
+                    a.send(msg(2, 0, next, false));
+                    match a.next(Duration::from_secs(5)) {
+                        common::Got::Frame(Frame::MsgA(_)) => {
+                            acked.store(next, SeqCst);
+                            next += 1;
+                            if next > 3000 || stop.load(SeqCst) {
+                                return;
+                            }
+                        }
+                        common::Got::Frame(_) => {}
+                        common::Got::Closed | common::Got::Timeout => break,
+                    }
+                }
+            }
+        })
+    };
+    while acked.load(SeqCst) < 1000 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    gw.kill9();
+    let at_kill = acked.load(SeqCst);
+    gw.start();
+    while acked.load(SeqCst) < 2000 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, SeqCst);
+    sender.join().expect("sender");
+    let last = acked.load(SeqCst);
+    hook.set_mode(Mode::Ok);
+    hook.wait_for(Duration::from_secs(60), "every acked message", |e| {
+        let got: BTreeSet<u64> = of_type(e, "message")
+            .iter()
+            .filter_map(|m| m["msg_id"].as_u64())
+            .collect();
+        (1..=last).all(|i| got.contains(&i))
+    });
+    let events = hook.events();
+    // User 1 was online at the kill: the restart says it went offline.
+    assert!(
+        of_type(&events, "offline")
+            .iter()
+            .any(|e| e["user"] == 1 && e["reason"] == "restart"),
+        "no restart offline event"
+    );
+    // No gap: inbox 2's seq ids, de-duplicated, are 1..=n.
+    let seqs: BTreeSet<u64> = of_type(&events, "message")
+        .iter()
+        .filter_map(|m| m["seq"].as_u64())
+        .collect();
+    let n = seqs.len() as u64;
+    assert_eq!(seqs, (1..=n).collect::<BTreeSet<_>>());
+    eprintln!(
+        "killed at {at_kill} acked; {last} acked in all; {} events, {} duplicates",
+        events.len(),
+        hook.duplicates()
+    );
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&dir);
+}
