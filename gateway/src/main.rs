@@ -26,6 +26,46 @@ struct Cli {
     serve: ServeArgs,
     #[command(flatten)]
     cluster: ClusterArgs,
+    #[command(flatten)]
+    events: EventsArgs,
+}
+
+/// The `[events]` keys most often set per deployment.
+#[derive(Args, Debug, Default)]
+struct EventsArgs {
+    /// Webhook URL events are POSTed to; empty for none [default: none].
+    #[arg(long, env = "IMGATE_EVENTS_URL", global = true)]
+    events_url: Option<String>,
+    /// HMAC-SHA256 key of the webhook's signature header.
+    #[arg(
+        long,
+        env = "IMGATE_EVENTS_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    events_secret: Option<String>,
+    /// Event types sent, comma-separated [default: message,online,offline,group].
+    #[arg(
+        long,
+        env = "IMGATE_EVENTS_TYPES",
+        global = true,
+        value_delimiter = ','
+    )]
+    events_types: Option<Vec<String>>,
+}
+
+impl EventsArgs {
+    fn apply(&self, c: &mut imgate::config::EventsConfig) {
+        if let Some(v) = &self.events_url {
+            c.url = v.clone();
+        }
+        if let Some(v) = &self.events_secret {
+            c.secret = v.clone();
+        }
+        if let Some(v) = &self.events_types {
+            c.types = v.clone();
+        }
+    }
 }
 
 /// The `[cluster]` keys (backend = cluster).
@@ -318,13 +358,14 @@ serve_args! {
     log_level: String, "IMGATE_LOG_LEVEL";
 }
 
-fn load(args: &ServeArgs, cluster: &ClusterArgs) -> Result<Config, String> {
+fn load(args: &ServeArgs, cluster: &ClusterArgs, events: &EventsArgs) -> Result<Config, String> {
     let mut cfg = match &args.config {
         Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
     args.apply(&mut cfg);
     cluster.apply(&mut cfg.cluster);
+    events.apply(&mut cfg.events);
     cfg.validate().map_err(|e| e.to_string())?;
     Ok(cfg)
 }
@@ -347,7 +388,7 @@ fn usage_error(msg: &str) -> ExitCode {
 fn main() -> ExitCode {
     imgate::alloc::tune_mimalloc();
     let cli = Cli::parse();
-    let cfg = match load(&cli.serve, &cli.cluster) {
+    let cfg = match load(&cli.serve, &cli.cluster, &cli.events) {
         Ok(c) => c,
         Err(e) => return usage_error(&e),
     };
