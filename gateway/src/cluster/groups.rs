@@ -200,6 +200,7 @@ impl Node {
                 }
                 let group = self.create(r.group, &all, owner).await?;
                 self.joined(group, &all).await?;
+                self.group_event(group, op, user, all.clone()).await;
                 (group, all.len(), all)
             }
             GroupOp::List | GroupOp::Roles => {
@@ -231,6 +232,7 @@ impl Node {
                 }
                 if !changed.is_empty() {
                     self.clone().tell_group(r.group, NodeMsg::Members).await;
+                    self.group_event(r.group, op, user, changed.clone()).await;
                 }
                 if op == GroupOp::Delete {
                     // The answer names nobody; the members' lists of groups

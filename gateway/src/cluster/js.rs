@@ -15,6 +15,7 @@ use async_nats::{
     Client, HeaderMap,
     jetstream::{
         self, Context,
+        consumer::pull,
         context::PublishErrorKind,
         kv,
         stream::{self, Stream},
@@ -215,6 +216,75 @@ impl Js {
     /// The core NATS client (pushes and control messages).
     pub(super) fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Publishes one record to a stream that has no sequence ids of its
+    /// own (the events stream), under JetStream message id `msg_id`, and
+    /// waits for the acknowledgement; a duplicate within the dedup window
+    /// counts as stored.
+    pub(super) async fn publish_dedup(
+        &self,
+        subject: &str,
+        msg_id: &str,
+        payload: Bytes,
+    ) -> Result<(), JsError> {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .message_id(msg_id);
+        self.ctx
+            .send_publish(subject.to_string(), publish)
+            .await
+            .map_err(unavailable)?
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Creates (or updates) the events stream, the presence bucket and
+    /// the webhook's consumer (`[events]` on): returns the bucket and the
+    /// consumer.
+    pub(super) async fn events_setup(
+        &self,
+        cfg: &ClusterConfig,
+        events: &crate::config::EventsConfig,
+        dedup_window: Duration,
+        ack_wait: Duration,
+    ) -> Result<(kv::Store, jetstream::consumer::Consumer<pull::Config>), JsError> {
+        let fail = |what: &str, e: String| JsError::Setup(format!("{what}: {e}"));
+        let max_msgs = i64::try_from(events.max_lag).unwrap_or(i64::MAX);
+        let config = stream::Config {
+            name: self.names.events_stream(),
+            subjects: vec![self.names.events_subjects()],
+            storage: stream::StorageType::File,
+            num_replicas: cfg.replicas,
+            duplicate_window: dedup_window,
+            max_messages: max_msgs,
+            discard: stream::DiscardPolicy::Old,
+            ..Default::default()
+        };
+        // An existing stream takes the settings of this node's config
+        // (`max_lag` may have changed).
+        let stream = match self.ctx.create_or_update_stream(config).await {
+            Ok(_) => self
+                .ctx
+                .get_stream(self.names.events_stream())
+                .await
+                .map_err(|e| fail("cannot open the events stream", e.to_string()))?,
+            Err(e) => return Err(fail("cannot create the events stream", e.to_string())),
+        };
+        let presence = bucket(&self.ctx, self.names.presence_bucket(), cfg.replicas).await?;
+        let consumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(Names::WEBHOOK_CONSUMER.to_string()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait,
+                max_ack_pending: i64::try_from(events.batch).unwrap_or(i64::MAX),
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| fail("cannot create the webhook consumer", e.to_string()))?;
+        Ok((presence, consumer))
     }
 
     fn stream_of(&self, subject: &str) -> Result<&Stream, JsError> {
@@ -509,7 +579,16 @@ impl Js {
         prefix: &str,
         page: usize,
     ) -> Result<Vec<(String, Bytes)>, JsError> {
-        let kv = self.bucket(b);
+        self.scan_store(self.bucket(b), prefix, page).await
+    }
+
+    /// [`scan_keys`](Self::scan_keys) of any bucket.
+    pub(super) async fn scan_store(
+        &self,
+        kv: &kv::Store,
+        prefix: &str,
+        page: usize,
+    ) -> Result<Vec<(String, Bytes)>, JsError> {
         let filter = format!("{}{prefix}>", kv.prefix);
         let mut out = Vec::new();
         let mut from = 1;

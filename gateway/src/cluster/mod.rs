@@ -28,9 +28,15 @@
 //! Records every reader acknowledged, or past retention, are deleted by
 //! one node per partition at a time, the holder of the partition's lease
 //! (module `purge`).
+//!
+//! With `[events]` on, the events for the business backend are published
+//! to a stream of their own before the answers they report (module
+//! `events`) and read from it by the sender of one node at a time (module
+//! `webhook`).
 
 mod append;
 mod cursors;
+mod events;
 mod feed;
 mod groups;
 mod js;
@@ -41,6 +47,7 @@ mod receipts;
 mod requests;
 mod stats;
 mod unread;
+mod webhook;
 pub mod wire;
 
 use std::{
@@ -69,6 +76,8 @@ pub struct Cluster {
     inflight: Arc<AtomicUsize>,
     tx: Option<tokio::sync::mpsc::UnboundedSender<Inbound>>,
     thread: Option<JoinHandle<()>>,
+    /// The webhook sender (`[events]` on).
+    sender: Option<crate::events::Sender>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -90,6 +99,7 @@ impl Cluster {
             inflight: Arc::new(AtomicUsize::new(0)),
             tx: None,
             thread: None,
+            sender: None,
         }
     }
 
@@ -153,6 +163,48 @@ impl Backend for Cluster {
             retry: Duration::from_millis(cc.publish_retry_ms),
             purge: purge::Settings::from_config(&self.cfg),
         };
+        let events = if self.cfg.events.enabled() {
+            let ack_wait = webhook::ack_wait(self.cfg.events.timeout_ms);
+            let (presence, consumer) = rt
+                .block_on(js.events_setup(
+                    cc,
+                    &self.cfg.events,
+                    Duration::from_millis(self.cfg.dedup_window_ms),
+                    ack_wait,
+                ))
+                .map_err(|e| fail(e.to_string()))?;
+            let out = events::Out::new(&self.cfg.events, presence, now);
+            // Before the first login can put a key of this run.
+            let gone = rt
+                .block_on(events::went_offline_in_a_restart(
+                    &js,
+                    &out,
+                    &node_name,
+                    limits.retry,
+                ))
+                .map_err(|e| fail(format!("cannot clear this node's presence: {e}")))?;
+            if gone > 0 {
+                tracing::info!(
+                    users = gone,
+                    "offline events for the users online here when this node last stopped"
+                );
+            }
+            let source = webhook::Webhook::new(
+                rt.handle().clone(),
+                js.client().clone(),
+                consumer,
+                js.meta_bucket(),
+                ack_wait,
+            );
+            self.sender = Some(crate::events::Sender::start(
+                &self.cfg.events,
+                Box::new(source),
+                start.metrics.events.clone(),
+            )?);
+            Some(out)
+        } else {
+            None
+        };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let router = start.router();
         let (inflight, stats) = (self.inflight.clone(), self.stats.clone());
@@ -161,10 +213,17 @@ impl Backend for Cluster {
             .name("imgate-cluster".into())
             .spawn(move || {
                 let local = tokio::task::LocalSet::new();
-                let node = Rc::new(node::Node::new(
-                    js, node_name, limits, router, inflight, stats,
-                ));
-                local.block_on(&rt, node.run(rx, grace));
+                let mut node = node::Node::new(js, node_name, limits, router, inflight, stats);
+                node.events = events;
+                let node = Rc::new(node);
+                local.block_on(&rt, async move {
+                    if node.events.is_some() {
+                        tokio::task::spawn_local(node.clone().presence_writer());
+                        tokio::task::spawn_local(node.clone().presence_watcher());
+                    }
+                    node.clone().run(rx, grace).await;
+                    node.presence_drained(grace).await;
+                });
             })?;
         self.tx = Some(tx);
         self.thread = Some(thread);
@@ -204,6 +263,8 @@ impl Backend for Cluster {
     }
 
     fn shutdown(&mut self, _out: &mut Router) {
+        // The sender's calls run on the cluster thread: it stops first.
+        self.sender = None;
         // Closing the channel ends the node once its requests finished.
         self.tx = None;
         if let Some(t) = self.thread.take()

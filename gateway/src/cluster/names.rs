@@ -22,6 +22,12 @@
 //! | `<prefix>_groups` | `u.<user>` | the groups a user may be in (a superset: checked against `g.<group>`) |
 //! | `<prefix>_meta` | `partitions`, `groups.next` | the partition count; the next group id to give out |
 //! | `<prefix>_meta` | `purge.<p>` | the lease on sweeping partition `p`: holder token u64, expiry ms u64 |
+//! | `<prefix>_meta` | `events.sender` | the lease on sending events to the webhook: holder token u64, expiry ms u64 |
+//! | `<prefix>_presence` | `<node>.<user>` | the device that made the user online on the node (u32); only with `[events]` |
+//!
+//! Events to the business backend (`[events]`) are the stream
+//! `<prefix>_EVENTS` on subjects `<prefix>.ev.<type>`, read through its
+//! durable consumer `webhook`.
 
 /// The stream a log subject is: a user's inbox or a group's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +199,45 @@ impl Names {
         format!("u.{user}")
     }
 
+    /// The stream of events to the business backend.
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.prefix)
+    }
+
+    /// The subjects the events stream captures.
+    pub fn events_subjects(&self) -> String {
+        format!("{}.ev.>", self.prefix)
+    }
+
+    /// The subject of an event of kind `kind` (`message`, `online`...).
+    pub fn event_subject(&self, kind: &str) -> String {
+        format!("{}.ev.{kind}", self.prefix)
+    }
+
+    /// The bucket of who is online on which node (for the offline
+    /// recipients of message events).
+    pub fn presence_bucket(&self) -> String {
+        format!("{}_presence", self.prefix)
+    }
+
+    /// The key saying `user` has a device connected to node `node`.
+    pub fn presence_key(node: &str, user: u64) -> String {
+        format!("{node}.{user}")
+    }
+
+    /// The (node, user) of a presence key; None for anything else.
+    pub fn parse_presence_key(key: &str) -> Option<(&str, u64)> {
+        let (node, user) = key.rsplit_once('.')?;
+        let n = user.parse::<u64>().ok().filter(|n| n.to_string() == user)?;
+        (!node.is_empty()).then_some((node, n))
+    }
+
+    /// The key of the lease on reading the events stream for the webhook.
+    pub const EVENTS_LEASE_KEY: &'static str = "events.sender";
+
+    /// The durable consumer the webhook senders read.
+    pub const WEBHOOK_CONSUMER: &'static str = "webhook";
+
     /// The JetStream message id of a group message.
     pub fn group_msg_id(sender: u64, msg_id: u64) -> String {
         format!("{sender}:{msg_id}:g")
@@ -253,6 +298,15 @@ mod tests {
         assert_eq!(Names::mark_key(1, 2), "m.1.2");
         assert_eq!(Names::group_read_key(9, 2), "r.9.2");
         assert_eq!(Names::purge_lease_key(3), "purge.3");
+        assert_eq!(n.events_stream(), "IM_EVENTS");
+        assert_eq!(n.events_subjects(), "IM.ev.>");
+        assert_eq!(n.event_subject("message"), "IM.ev.message");
+        assert_eq!(n.presence_bucket(), "IM_presence");
+        assert_eq!(Names::presence_key("a.b", 7), "a.b.7");
+        assert_eq!(Names::parse_presence_key("a.b.7"), Some(("a.b", 7)));
+        for bad in ["7", ".7", "a.07", "a.x", "a."] {
+            assert_eq!(Names::parse_presence_key(bad), None, "{bad}");
+        }
     }
 
     #[test]

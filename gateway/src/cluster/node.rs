@@ -139,6 +139,8 @@ pub(super) struct Node {
     pub(super) inflight: Arc<AtomicUsize>,
     pub(super) stats: Arc<Stats>,
     pub(super) stopping: Cell<bool>,
+    /// Events to the business backend (`[events]` on).
+    pub(super) events: Option<super::events::Out>,
 }
 
 impl Node {
@@ -172,6 +174,7 @@ impl Node {
             inflight,
             stats,
             stopping: Cell::new(false),
+            events: None,
         }
     }
 
@@ -225,7 +228,12 @@ impl Node {
                 user,
                 device,
                 resume,
-            } => self.login(conn, user, device, resume),
+            } => {
+                if !self.users.borrow().contains_key(&user) {
+                    self.presence_changed(user, device, true);
+                }
+                self.login(conn, user, device, resume);
+            }
             Inbound::Frame {
                 conn,
                 user,
@@ -234,7 +242,9 @@ impl Node {
             } => {
                 tokio::task::spawn_local(self.clone().request(conn, user, device, frame));
             }
-            Inbound::Closed { conn, user, .. } => {
+            Inbound::Closed {
+                conn, user, device, ..
+            } => {
                 let gone = {
                     let mut users = self.users.borrow_mut();
                     match users.get_mut(&user) {
@@ -250,6 +260,7 @@ impl Node {
                     }
                 };
                 if let Some(u) = gone {
+                    self.presence_changed(user, device, false);
                     for g in &u.groups {
                         self.detach(*g, user);
                     }

@@ -275,7 +275,7 @@ fn group_floor(members: &[Member], cursors: &AHashMap<u64, Vec<(u32, u64)>>) -> 
 }
 
 /// The value of a lease key: holder token, expiry (unix ms), big-endian.
-fn lease_value(holder: u64, until: u64) -> Bytes {
+pub(super) fn lease_value(holder: u64, until: u64) -> Bytes {
     let mut b = BytesMut::with_capacity(16);
     b.put_u64(holder);
     b.put_u64(until);
@@ -283,12 +283,12 @@ fn lease_value(holder: u64, until: u64) -> Bytes {
 }
 
 /// A lease key's (holder, expiry); None if unreadable.
-fn lease_of(v: &[u8]) -> Option<(u64, u64)> {
+pub(super) fn lease_of(v: &[u8]) -> Option<(u64, u64)> {
     Some((u64_value(v)?, u64_value(v.get(8..)?)?))
 }
 
 /// Whether `me` may take (or renew) a lease read as `held` at `now`.
-fn may_take(held: Option<(u64, u64)>, me: u64, now: u64) -> bool {
+pub(super) fn may_take(held: Option<(u64, u64)>, me: u64, now: u64) -> bool {
     held.is_none_or(|(holder, until)| holder == me || until <= now)
 }
 

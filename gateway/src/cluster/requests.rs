@@ -115,6 +115,10 @@ impl Node {
         let Some(rec) = Record::decode(&own.payload) else {
             return Err(JsError::Corrupt(own.stream_seq).into());
         };
+        // Its event is stored before it is acknowledged; a retransmit
+        // publishes it again (dropped as a duplicate if it was stored).
+        self.message_event(&rec, 0, theirs.seq, own.seq, m.no_push)
+            .await?;
         self.router.borrow_mut().to_conn(
             conn,
             MsgA {
@@ -210,6 +214,8 @@ impl Node {
         let Some(rec) = Record::decode(&s.payload) else {
             return Err(JsError::Corrupt(s.stream_seq).into());
         };
+        self.message_event(&rec, m.group, s.seq, 0, m.no_push)
+            .await?;
         self.router.borrow_mut().to_conn(
             conn,
             MsgA {

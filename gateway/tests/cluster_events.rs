@@ -1,0 +1,306 @@
+//! Events from the cluster backend to a real HTTP receiver
+//! (`common::hook`): two real `imgate` nodes on a real 3-node JetStream
+//! cluster, one `[events]` config. Every message event arrives once after
+//! de-duplication by id, with the offline recipients seen cluster-wide (a
+//! user connected to the other node is not offline); presence and group
+//! events too; a retransmit through the other node adds no event; the
+//! receiver down for a while loses nothing, and one user's events keep
+//! their order.
+
+mod common;
+
+use std::{
+    ffi::OsString,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use common::{
+    Client, Got,
+    hook::Hook,
+    nats::NatsCluster,
+    process::{Gateway, free_port},
+};
+use imgate_codec::{
+    Frame,
+    frame::{GroupOp, GroupR, MsgR},
+};
+use serde_json::Value;
+
+const HOOK_SECRET: &str = "hook-secret";
+
+/// A gateway node, SIGKILLed when dropped; its log kept if the test fails.
+struct Node(Gateway, std::path::PathBuf);
+
+impl Node {
+    fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.0.port).into()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("gateway log: {}", self.1.display());
+        } else {
+            let _ = std::fs::remove_file(&self.1);
+        }
+    }
+}
+
+fn node(nats: &NatsCluster, prefix: &str, id: &str, config: &std::path::Path) -> Node {
+    let urls = nats.url_list();
+    let args: Vec<OsString> = [
+        "--backend",
+        "cluster",
+        "--cluster-nats-urls",
+        &urls,
+        "--cluster-stream-prefix",
+        prefix,
+        "--cluster-partitions",
+        "2",
+        "--cluster-node-id",
+        id,
+        "--secret",
+        common::SECRET,
+        "--workers",
+        "2",
+        "--tick-ms",
+        "20",
+        "--log-level",
+        "warn",
+        "--no-metrics",
+        "--config",
+    ]
+    .iter()
+    .map(OsString::from)
+    .chain([config.as_os_str().to_owned()])
+    .collect();
+    let log = std::env::temp_dir().join(format!("imgate-{prefix}-{id}.log"));
+    let gw = Gateway::spawn(
+        free_port(),
+        args,
+        Some(log.clone()),
+        Duration::from_secs(40),
+    );
+    Node(gw, log)
+}
+
+fn msg(to: u64, group: u64, msg_id: u64, no_push: bool) -> MsgR {
+    MsgR {
+        msg_id,
+        group,
+        to,
+        retry: false,
+        no_push,
+        body: Bytes::from(format!("body {msg_id}")),
+    }
+}
+
+/// Sends and waits for the msg:A.
+fn send(c: &mut Client, m: MsgR) {
+    c.send(m);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        match c.next(Duration::from_millis(200)) {
+            Got::Frame(Frame::MsgA(_)) => return,
+            Got::Frame(Frame::Error(e)) => panic!("refused: {e:?}"),
+            Got::Closed => panic!("closed while waiting for a msg:A"),
+            _ => {}
+        }
+    }
+    panic!("no msg:A in 20 s");
+}
+
+/// The first copy of each event id, in arrival order.
+fn distinct(events: &[Value]) -> Vec<Value> {
+    let mut seen = std::collections::HashSet::new();
+    events
+        .iter()
+        .filter(|e| seen.insert(e["id"].as_str().unwrap_or_default().to_string()))
+        .cloned()
+        .collect()
+}
+
+fn messages(events: &[Value]) -> Vec<Value> {
+    distinct(events)
+        .into_iter()
+        .filter(|e| e["type"] == "message")
+        .collect()
+}
+
+fn presence(events: &[Value], t: &str, user: u64) -> Vec<Value> {
+    distinct(events)
+        .into_iter()
+        .filter(|e| e["type"] == t && e["user"] == user)
+        .collect()
+}
+
+fn ids(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn events_from_two_nodes_reach_the_webhook_once_each() {
+    let Some(nats) = common::nats::shared() else {
+        eprintln!("skipped: nats-server not installed");
+        return;
+    };
+    let started = Instant::now();
+    let prefix = format!("E{}", std::process::id());
+    let mut hook = Hook::start(HOOK_SECRET);
+    let dir = std::env::temp_dir().join(format!("imgate-cluster-events-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("imgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[events]\nurl = \"{}\"\nsecret = \"{HOOK_SECRET}\"\nbatch = 50\nlinger_ms = 5\n\
+             timeout_ms = 2000\nretry_min_ms = 20\nretry_max_ms = 200\n",
+            hook.url()
+        ),
+    )
+    .expect("config");
+    let a = node(nats, &prefix, "a", &config);
+    let b = node(nats, &prefix, "b", &config);
+
+    // Alice (1) on a, bob (2) on b; carol (3) never connects.
+    let mut alice = Client::login(a.addr(), 1, 1);
+    let bob = Client::login(b.addr(), 2, 7);
+    hook.wait_for(Duration::from_secs(20), "both online", |ev| {
+        presence(ev, "online", 1).len() == 1 && presence(ev, "online", 2).len() == 1
+    });
+    let ev = hook.events();
+    let (on1, on2) = (
+        &presence(&ev, "online", 1)[0],
+        &presence(&ev, "online", 2)[0],
+    );
+    assert_eq!((&on1["node"], &on1["device"]), (&"a".into(), &1.into()));
+    assert_eq!((&on2["node"], &on2["device"]), (&"b".into(), &7.into()));
+
+    // One-to-one: to bob (online on the other node), to carol (offline),
+    // and one to carol with no push.
+    const N: u64 = 20;
+    for i in 1..=N {
+        send(&mut alice, msg(2, 0, i, false));
+    }
+    for i in 101..=105 {
+        send(&mut alice, msg(3, 0, i, false));
+    }
+    send(&mut alice, msg(3, 0, 106, true));
+
+    // A group of the three; a message to it.
+    alice.send(
+        GroupR {
+            req: 1,
+            op: GroupOp::Create as u8,
+            group: 0,
+            members: Bytes::new(),
+        }
+        .with_members(&[2, 3]),
+    );
+    let group = loop {
+        match alice.next(Duration::from_secs(10)) {
+            Got::Frame(Frame::GroupA(g)) => break g.group,
+            Got::Frame(Frame::Error(e)) => panic!("group refused: {e:?}"),
+            Got::Frame(_) => {}
+            other => panic!("no group:A: {other:?}"),
+        }
+    };
+    send(&mut alice, msg(0, group, 200, false));
+
+    let want = (N + 6 + 1) as usize;
+    hook.wait_for(Duration::from_secs(20), "every message event", |ev| {
+        messages(ev).len() >= want
+    });
+    let ev = hook.events();
+    let msgs = messages(&ev);
+    assert_eq!(msgs.len(), want, "{msgs:?}");
+    for m in &msgs {
+        let id = m["msg_id"].as_u64().expect("msg_id");
+        assert_eq!(m["id"], format!("m-1-{id}"), "{m}");
+        assert_eq!(m["from"], 1);
+        match id {
+            1..=N => {
+                assert_eq!((m["to"].as_u64(), m["seq"].as_u64()), (Some(2), Some(id)));
+                assert_eq!(ids(&m["offline"]), Vec::<u64>::new(), "bob is on b: {m}");
+                assert_eq!(m["push"], true);
+            }
+            101..=105 => assert_eq!(ids(&m["offline"]), vec![3], "{m}"),
+            106 => {
+                assert_eq!(m["push"], false);
+                assert_eq!(ids(&m["offline"]), Vec::<u64>::new());
+            }
+            200 => {
+                assert_eq!(m["group"].as_u64(), Some(group));
+                assert_eq!(ids(&m["offline"]), vec![3], "only carol: {m}");
+            }
+            _ => panic!("unexpected message event {m}"),
+        }
+    }
+    let groups: Vec<Value> = distinct(&ev)
+        .into_iter()
+        .filter(|e| e["type"] == "group")
+        .collect();
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert_eq!(groups[0]["op"], "create");
+    assert_eq!(groups[0]["by"], 1);
+    assert_eq!(ids(&groups[0]["members"]), vec![1, 2, 3]);
+
+    // A retransmit through the other node: the same event id, stored once.
+    let before = hook.distinct();
+    let mut alice_b = Client::login(b.addr(), 1, 2);
+    send(
+        &mut alice_b,
+        MsgR {
+            retry: true,
+            ..msg(2, 0, 1, false)
+        },
+    );
+    drop(alice_b);
+
+    // The receiver goes away; messages, and bob leaving, wait for it.
+    hook.down();
+    for i in N + 1..=N + 10 {
+        send(&mut alice, msg(2, 0, i, false));
+    }
+    drop(bob);
+    std::thread::sleep(Duration::from_millis(1500));
+    hook.up();
+    hook.wait_for(Duration::from_secs(20), "the events held back", |ev| {
+        messages(ev).len() >= want + 10 && !presence(ev, "offline", 2).is_empty()
+    });
+    let ev = hook.events();
+    let off = presence(&ev, "offline", 2);
+    assert_eq!(off.len(), 1, "{off:?}");
+    assert_eq!(
+        (&off[0]["node"], &off[0]["reason"], &off[0]["device"]),
+        (&"b".into(), &"closed".into(), &7.into())
+    );
+    let msgs = messages(&ev);
+    assert_eq!(msgs.len(), want + 10, "no loss, no extra event");
+    // Alice's second device came and went: one online and one offline
+    // event of her own on b; the retransmit added no message event.
+    assert!(
+        hook.distinct() >= before + 10,
+        "{} distinct before, {} after",
+        before,
+        hook.distinct()
+    );
+    // One user's events in the order stored: alice's messages to bob.
+    let to_bob: Vec<u64> = msgs
+        .iter()
+        .filter(|m| m["to"] == 2)
+        .filter_map(|m| m["msg_id"].as_u64())
+        .collect();
+    assert_eq!(to_bob, (1..=N + 10).collect::<Vec<_>>());
+    assert_eq!(hook.bad_signatures(), 0);
+    drop(alice);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+}
