@@ -372,6 +372,37 @@ fn retransmit_after_rto_with_the_same_id_and_the_retry_flag() {
 }
 
 #[test]
+fn a_silent_message_keeps_no_push_on_every_retransmission() {
+    let mut h = Harness::new(Config::new(ME, DEVICE, "tok"));
+    h.login(0);
+    let id =
+        h.c.send_silent(Dest::User(PEER), Bytes::from_static(b"typing"), h.now)
+            .expect("sent");
+    let first = MsgR {
+        no_push: true,
+        msg_id: id,
+        group: 0,
+        to: PEER,
+        retry: false,
+        body: Bytes::from_static(b"typing"),
+    };
+    assert_eq!(h.frames(), vec![Frame::MsgR(first.clone())]);
+    h.run_until(2000);
+    assert_eq!(
+        h.frames(),
+        vec![Frame::MsgR(MsgR {
+            retry: true,
+            ..first
+        })]
+    );
+    // On the wire it is the header flag NO_PUSH (0x0004), with RETRY.
+    h.run_until(4000);
+    let mut buf = BytesMut::new();
+    assert_eq!(h.c.poll_transmit(&mut buf), 1);
+    assert_eq!(u16::from_be_bytes([buf[6], buf[7]]), 0x0005);
+}
+
+#[test]
 fn backoff_spaces_the_retransmissions() {
     let mut h = Harness::with(|c| {
         c.rto = Duration::from_millis(100);

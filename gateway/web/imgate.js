@@ -100,6 +100,7 @@ const BODY_OVERHEAD = 78;
 const MAX_TOKEN = 1024;
 const MAX_TEXT = 1024;
 const FLAG_RETRY = 0x0001;
+const FLAG_NO_PUSH = 0x0004;
 const FLAG_PARTIAL = 0x0002;
 const U64_MAX = (1n << 64n) - 1n;
 
@@ -206,13 +207,13 @@ export const encode = Object.freeze({
   ping: (nonce) => frame(Kind.PING, 8, (v, _, o) => v.setBigUint64(o, nonce)),
   pong: (nonce) => frame(Kind.PONG, 8, (v, _, o) => v.setBigUint64(o, nonce)),
   logout: () => frame(Kind.LOGOUT, 0),
-  msgR: (msgId, group, to, body, retry = false) =>
+  msgR: (msgId, group, to, body, retry = false, noPush = false) =>
     frame(Kind.MSG_R, 24 + body.length, (v, b, o) => {
       v.setBigUint64(o, msgId);
       v.setBigUint64(o + 8, group);
       v.setBigUint64(o + 16, to);
       b.set(body, o + 24);
-    }, retry ? FLAG_RETRY : 0),
+    }, (retry ? FLAG_RETRY : 0) | (noPush ? FLAG_NO_PUSH : 0)),
   ackR: (group, seq) =>
     frame(Kind.ACK_R, 16, (v, _, o) => {
       v.setBigUint64(o, group);
@@ -667,19 +668,21 @@ export class Client extends EventTarget {
   /**
    * Sends `body` (a string, sent as UTF-8, or bytes) to user `to`. Returns
    * its msg id (a BigInt). While not logged in it waits and goes out after
-   * the next login:ok.
+   * the next login:ok. `{ noPush: true }` marks a silent message (header
+   * flag NO_PUSH): the business backend is asked not to send it as a
+   * mobile push.
    */
-  send(to, body) {
+  send(to, body, { noPush = false } = {}) {
     const peer = toU64(to, "to");
     if (peer === 0n || peer === this.user) throw new RangeError("a one-to-one message goes to another user");
-    return this._send(0n, peer, toBytes(body));
+    return this._send(0n, peer, toBytes(body), noPush);
   }
 
   /** Sends `body` to group `group` (the user must be a member). Returns its msg id. */
-  sendGroup(group, body) {
+  sendGroup(group, body, { noPush = false } = {}) {
     const g = toU64(group, "group");
     if (g === 0n) throw new RangeError("group 0 is no group");
-    return this._send(g, 0n, toBytes(body));
+    return this._send(g, 0n, toBytes(body), noPush);
   }
 
   /**
@@ -1141,7 +1144,7 @@ export class Client extends EventTarget {
 
   // ---- sending -----------------------------------------------------------
 
-  _send(group, to, body) {
+  _send(group, to, body, noPush = false) {
     const limit = this._maxFrame - BODY_OVERHEAD;
     if (body.length > limit) throw new RangeError(`a message body is at most ${limit} bytes`);
     if (this._outbox.size >= this.options.maxInFlight) throw new Error(`${this._outbox.size} messages are waiting for their msg:A`);
@@ -1150,7 +1153,7 @@ export class Client extends EventTarget {
       msgId = this._nextMsgId;
       this._nextMsgId = msgId === U64_MAX ? 1n : msgId + 1n;
     } while (msgId === 0n || this._outbox.has(msgId));
-    const m = { msgId, group, to, body, retries: 0, firstSent: null, timer: null };
+    const m = { msgId, group, to, body, noPush, retries: 0, firstSent: null, timer: null };
     this._outbox.set(msgId, m);
     if (this._live()) this._transmit(m);
     return msgId;
@@ -1160,7 +1163,7 @@ export class Client extends EventTarget {
     const retry = m.firstSent !== null;
     if (!retry) m.firstSent = now();
     else this.stats.retransmits++;
-    this._write(encode.msgR(m.msgId, m.group, m.to, m.body, retry));
+    this._write(encode.msgR(m.msgId, m.group, m.to, m.body, retry, m.noPush));
     const o = this.options;
     const wait = Math.min(o.maxRtoMs, o.rtoMs * o.rtoBackoff ** m.retries);
     clearTimeout(m.timer);

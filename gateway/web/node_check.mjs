@@ -336,6 +336,26 @@ async function mockChecks() {
   assert.match(await refused, /^rejected/);
   assert.equal(b.state, "closed");
   console.log("ok   mock: error(bad_token) surfaces, the client stops, connect() rejects");
+
+  // A silent message carries NO_PUSH (0x0004), with RETRY when resent.
+  const sockets4 = [];
+  const q = new Client({
+    url: "ws://mock/ws", user: 1001n, token: "tok", WebSocket: makeFakeWebSocket(sockets4),
+    rtoMs: 200, maxRtoMs: 200, unreadOnLogin: false,
+  });
+  const qOnline = q.connect();
+  await until(() => sockets4.length === 1, 1000, "a socket");
+  const qw = sockets4[0];
+  await qw.next(Kind.LOGIN);
+  qw.push(S.loginOk({ head: 0n }));
+  await qOnline;
+  const silentId = q.send(1002n, "typing", { noPush: true });
+  const silent = await qw.next(Kind.MSG_R);
+  assert.equal(silent.flags, 4);
+  const silentAgain = await qw.next(Kind.MSG_R, 1000);
+  assert.deepEqual([u64At(silentAgain, 0), silentAgain.flags], [silentId, 5]);
+  q.close();
+  console.log("ok   mock: send(..., { noPush: true }) sets NO_PUSH, kept with RETRY on the retransmission");
 }
 
 // ---- against a real gateway ------------------------------------------------

@@ -399,6 +399,23 @@ impl Client {
     /// login. Fails when the queue is full: back off until an ack or a
     /// failure event frees a slot.
     pub fn send(&mut self, dest: Dest, body: Bytes, now: Instant) -> Result<u64, SendError> {
+        self.send_message(dest, body, false, now)
+    }
+
+    /// Sends a silent message: as [`Client::send`], with the header flag
+    /// `NO_PUSH`, so the server's event for it asks the business backend
+    /// for no mobile push (a typing notice, a reaction).
+    pub fn send_silent(&mut self, dest: Dest, body: Bytes, now: Instant) -> Result<u64, SendError> {
+        self.send_message(dest, body, true, now)
+    }
+
+    fn send_message(
+        &mut self,
+        dest: Dest,
+        body: Bytes,
+        no_push: bool,
+        now: Instant,
+    ) -> Result<u64, SendError> {
         let (group, to) = match dest {
             Dest::User(u) => (0, u),
             Dest::Group(g) => (g, 0),
@@ -420,7 +437,7 @@ impl Client {
         }
         let msg_id = self.take_msg_id();
         let msg = MsgR {
-            no_push: false,
+            no_push,
             msg_id,
             group,
             to,

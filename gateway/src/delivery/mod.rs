@@ -442,7 +442,10 @@ fn went_offline_in_a_restart(
     state.write_heads(&mut b);
     store.write(&b)?;
     state.committed();
-    tracing::info!(users = gone.len(), "offline events for the users online when the gateway stopped");
+    tracing::info!(
+        users = gone.len(),
+        "offline events for the users online when the gateway stopped"
+    );
     Ok(())
 }
 

@@ -18,8 +18,8 @@ use super::{
 };
 use crate::{
     backend::Inbound,
-    events::Event,
     conn_id::ConnId,
+    events::Event,
     store::{Store, StoreError, Table, WriteBatch},
 };
 
@@ -294,11 +294,7 @@ fn msg(cx: &mut Ctx<'_>, m: MsgR) -> Result<(), StoreError> {
 
 /// Who gets `rec` and has no connection logged in here: the receiver of
 /// a one-to-one message, or the group's members but the sender.
-fn offline_recipients(
-    cx: &mut Ctx<'_>,
-    rec: &Record,
-    group: u64,
-) -> Result<Vec<u64>, StoreError> {
+fn offline_recipients(cx: &mut Ctx<'_>, rec: &Record, group: u64) -> Result<Vec<u64>, StoreError> {
     if group == 0 {
         return Ok(if cx.state.is_offline(rec.to) {
             vec![rec.to]
