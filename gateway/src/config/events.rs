@@ -47,7 +47,7 @@ impl Default for EventsConfig {
             linger_ms: 20,
             timeout_ms: 5_000,
             retry_min_ms: 100,
-            retry_max_ms: 30_000,
+            retry_max_ms: 10_000,
             max_lag: 10_000_000,
             lag_alert: 100_000,
         }

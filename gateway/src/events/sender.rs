@@ -206,7 +206,8 @@ impl Run {
         }
     }
 
-    fn pause(&self, d: Duration) {
+    /// Waits `d` (or until stopped), keeping the lag gauge current.
+    fn pause(&mut self, d: Duration) {
         let until = Instant::now() + d;
         while !self.stop.load(Relaxed) {
             let left = until.saturating_duration_since(Instant::now());
@@ -214,6 +215,9 @@ impl Run {
                 break;
             }
             std::thread::sleep(left.min(SLICE));
+            if let Some(lag) = self.source.lag() {
+                self.stats.lag.store(lag, Relaxed);
+            }
         }
     }
 
