@@ -5,7 +5,9 @@
 //! user connected to the other node is not offline); presence and group
 //! events too; a retransmit through the other node adds no event; the
 //! receiver down for a while loses nothing, and one user's events keep
-//! their order.
+//! their order. A node SIGKILLed and never started again has its users
+//! reported offline (`node_lost`) by the other, and stops counting them
+//! online; one that only stalls that long reports them online again.
 
 mod common;
 
@@ -298,6 +300,159 @@ fn events_from_two_nodes_reach_the_webhook_once_each() {
     assert_eq!(to_bob, (1..=N + 10).collect::<Vec<_>>());
     assert_eq!(hook.bad_signatures(), 0);
     drop(alice);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// An `[events]` config sending to `hook`, in a directory of its own.
+fn events_config(name: &str, hook: &Hook) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("imgate-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("imgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[events]\nurl = \"{}\"\nsecret = \"{HOOK_SECRET}\"\nbatch = 50\nlinger_ms = 5\n\
+             timeout_ms = 2000\nretry_min_ms = 20\nretry_max_ms = 200\n",
+            hook.url()
+        ),
+    )
+    .expect("config");
+    config
+}
+
+/// The message event of `msg_id` (sent by anyone), once it arrived.
+fn message_event(hook: &Hook, msg_id: u64) -> Value {
+    hook.wait_for(Duration::from_secs(20), "a message event", |ev| {
+        messages(ev).iter().any(|m| m["msg_id"] == msg_id)
+    });
+    messages(&hook.events())
+        .into_iter()
+        .find(|m| m["msg_id"] == msg_id)
+        .expect("message event")
+}
+
+#[test]
+fn a_node_killed_for_good_has_its_users_reported_offline() {
+    let Some(nats) = common::nats::shared() else {
+        eprintln!("skipped: nats-server not installed");
+        return;
+    };
+    let started = Instant::now();
+    let prefix = format!("L{}", std::process::id());
+    let hook = Hook::start(HOOK_SECRET);
+    let config = events_config("cluster-lost", &hook);
+    // With `--tick-ms 20` a node refreshes its key every second and is
+    // lost three seconds after its last refresh.
+    let a = node(nats, &prefix, "a", &config);
+    let mut b = node(nats, &prefix, "b", &config);
+
+    // Frank (6) on a; dave (4) on b only; erin (5) on both.
+    let mut frank = Client::login(a.addr(), 6, 1);
+    let dave = Client::login(b.addr(), 4, 3);
+    let erin_a = Client::login(a.addr(), 5, 1);
+    let erin_b = Client::login(b.addr(), 5, 2);
+    hook.wait_for(Duration::from_secs(20), "everyone online", |ev| {
+        presence(ev, "online", 4).len() == 1
+            && presence(ev, "online", 5).len() == 2
+            && presence(ev, "online", 6).len() == 1
+    });
+    send(&mut frank, msg(4, 0, 1, false));
+    let m = message_event(&hook, 1);
+    assert_eq!(ids(&m["offline"]), Vec::<u64>::new(), "dave is on b: {m}");
+
+    // b dies without a word and never comes back.
+    b.0.kill9();
+    drop((dave, erin_b));
+    let killed = Instant::now();
+    hook.wait_for(Duration::from_secs(45), "node_lost for b's users", |ev| {
+        !presence(ev, "offline", 4).is_empty() && !presence(ev, "offline", 5).is_empty()
+    });
+    eprintln!("node_lost events {:?} after the kill", killed.elapsed());
+    let ev = hook.events();
+    for (user, device) in [(4, 3), (5, 2)] {
+        let off = presence(&ev, "offline", user);
+        assert_eq!(off.len(), 1, "{off:?}");
+        assert_eq!(
+            (&off[0]["node"], &off[0]["reason"], &off[0]["device"]),
+            (&"b".into(), &"node_lost".into(), &device.into()),
+            "{}",
+            off[0]
+        );
+        let id = off[0]["id"].as_str().unwrap_or_default();
+        assert!(id.starts_with(&format!("lost-b-{user}-")), "{id}");
+    }
+
+    // Dave is offline now; erin, still on a, is not.
+    send(&mut frank, msg(4, 0, 2, false));
+    send(&mut frank, msg(5, 0, 3, false));
+    let m = message_event(&hook, 2);
+    assert_eq!(ids(&m["offline"]), vec![4], "dave was on b only: {m}");
+    let m = message_event(&hook, 3);
+    assert_eq!(ids(&m["offline"]), Vec::<u64>::new(), "erin is on a: {m}");
+    // No node_lost for a's users, and a reported nobody offline twice.
+    let ev = hook.events();
+    assert!(presence(&ev, "offline", 6).is_empty());
+    assert_eq!(presence(&ev, "offline", 5).len(), 1);
+    assert_eq!(hook.bad_signatures(), 0);
+    drop((frank, erin_a, a));
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_node_that_stalled_past_the_bound_reports_its_users_online_again() {
+    let Some(nats) = common::nats::shared() else {
+        eprintln!("skipped: nats-server not installed");
+        return;
+    };
+    let started = Instant::now();
+    let prefix = format!("S{}", std::process::id());
+    let hook = Hook::start(HOOK_SECRET);
+    let config = events_config("cluster-stall", &hook);
+    let a = node(nats, &prefix, "a", &config);
+    let b = node(nats, &prefix, "b", &config);
+    let mut frank = Client::login(a.addr(), 6, 1);
+    let grace = Client::login(b.addr(), 7, 4);
+    hook.wait_for(Duration::from_secs(20), "both online", |ev| {
+        presence(ev, "online", 6).len() == 1 && presence(ev, "online", 7).len() == 1
+    });
+
+    // b stops answering long enough to be taken for lost, then resumes.
+    b.0.signal(libc::SIGSTOP);
+    hook.wait_for(Duration::from_secs(45), "node_lost for grace", |ev| {
+        !presence(ev, "offline", 7).is_empty()
+    });
+    b.0.signal(libc::SIGCONT);
+    hook.wait_for(Duration::from_secs(20), "grace online again", |ev| {
+        presence(ev, "online", 7).len() == 2
+    });
+    let ev = hook.events();
+    let off = presence(&ev, "offline", 7);
+    assert_eq!(off.len(), 1, "{off:?}");
+    assert_eq!(off[0]["reason"], "node_lost");
+    let on = presence(&ev, "online", 7);
+    assert_eq!((&on[1]["node"], &on[1]["device"]), (&"b".into(), &4.into()));
+
+    // a counts her online again once it read b's key (within a period).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for id in 1.. {
+        send(&mut frank, msg(7, 0, id, false));
+        let m = message_event(&hook, id);
+        if ids(&m["offline"]).is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "grace still offline: {m}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(presence(&hook.events(), "offline", 7).len(), 1);
+    drop((frank, grace, a, b));
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "took {:?}",

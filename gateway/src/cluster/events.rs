@@ -28,6 +28,30 @@
 //! `node_id`) and publishes `offline` events with reason `restart` for
 //! them. The watch lags a put by a round trip, so a message sent just as
 //! the receiver logs in elsewhere may name it offline (an extra push).
+//!
+//! A node that dies and never starts again under its `node_id` would leave
+//! its keys for ever, its users online to everyone. So each node keeps a
+//! key `<node>` in the bucket `<prefix>_nodes`, written at start (before
+//! its first presence key) and refreshed every [`alive_every`] (ten timer
+//! ticks, between 1 s and 10 s: the purge sweep's interval, so one setting,
+//! `tick_ms`, paces both; 10 s with the default tick); the bucket's
+//! `max_age` is [`ALIVE_PERIODS`] periods, so JetStream itself removes the
+//! key of a node that missed two refreshes, by its own clock, whatever the
+//! nodes' clocks say. Every period each node lists the bucket (one key per
+//! node) and takes a node that has presence keys but no key there for
+//! lost; its presence no longer counts for the `offline` recipients. The
+//! holder of the lease `presence.lost` (meta bucket, lasting
+//! [`ALIVE_PERIODS`] periods) then reads the node's key once more, and if
+//! it is still gone publishes an `offline` event with reason `node_lost`
+//! for each of its presence keys, `node` naming the lost node (online and
+//! offline are per node: a user also on a live node gets it too, and
+//! stays online there), then deletes the key at the revision it read. The
+//! event id is `lost-<node>-<user>-<key revision>`: two nodes that both
+//! clear one key publish the same id and the stream keeps one. A node that
+//! finds its own key expired (it stalled, or lost JetStream, for longer
+//! than the bound) writes it again and puts back the presence keys of its
+//! users that were cleared, with `online` events: the backend saw them
+//! offline (`node_lost`) and sees them online again.
 
 use std::{
     cell::{Cell, RefCell},
@@ -43,9 +67,10 @@ use imgate_codec::frame::GroupOp;
 use tokio::sync::mpsc;
 
 use super::{
-    js::{Js, JsError},
+    js::{Bucket, Js, JsError, Update},
     names::Names,
     node::Node,
+    purge::{lease_of, lease_value, may_take},
 };
 use crate::{config::EventsConfig, delivery::keys::Record, events::Event};
 
@@ -54,6 +79,19 @@ pub(super) type Change = (u64, u32, bool);
 
 /// Presence changes handled together at most.
 const PRESENCE_BATCH: usize = 256;
+
+/// Keys per read of a key scan.
+const SCAN_PAGE: usize = 256;
+
+/// A node's key in the nodes bucket expires this many refresh periods
+/// after it was last written: a node is lost after missing two refreshes.
+pub(super) const ALIVE_PERIODS: u32 = 3;
+
+/// How often a node refreshes its key in the nodes bucket (and reads
+/// which nodes are alive): ten timer ticks, between 1 s and 10 s.
+pub(super) fn alive_every(tick: Duration) -> Duration {
+    (tick * 10).clamp(Duration::from_secs(1), Duration::from_secs(10))
+}
 
 /// What a node needs to publish events.
 pub(super) struct Out {
@@ -65,6 +103,22 @@ pub(super) struct Out {
     presence: kv::Store,
     /// Users with a device on some node, and which nodes, as watched.
     online: RefCell<AHashMap<u64, AHashSet<String>>>,
+    /// How many users each node has in `online`.
+    per_node: RefCell<AHashMap<String, usize>>,
+    /// `<prefix>_nodes`: the key of every live node.
+    nodes: kv::Store,
+    /// How often this node's key there is refreshed.
+    every: Duration,
+    /// The revision of this node's key there.
+    alive_rev: Cell<u64>,
+    /// Set when this node found its key gone: its users' presence keys
+    /// are checked again at the next refresh too.
+    recheck: Cell<bool>,
+    /// Nodes with presence keys and no key in the nodes bucket, as last
+    /// read.
+    dead: RefCell<AHashSet<String>>,
+    /// The users online on this node, with the device that made them so.
+    mine: RefCell<AHashMap<u64, u32>>,
     /// The presence changes in the order they happened on this node.
     changes: mpsc::UnboundedSender<Change>,
     queued: RefCell<Option<mpsc::UnboundedReceiver<Change>>>,
@@ -82,7 +136,13 @@ impl std::fmt::Debug for Out {
 }
 
 impl Out {
-    pub(super) fn new(cfg: &EventsConfig, presence: kv::Store, boot: u64) -> Out {
+    pub(super) fn new(
+        cfg: &EventsConfig,
+        presence: kv::Store,
+        nodes: kv::Store,
+        every: Duration,
+        boot: u64,
+    ) -> Out {
         let (changes, queued) = mpsc::unbounded_channel();
         Out {
             cfg: cfg.clone(),
@@ -90,6 +150,13 @@ impl Out {
             n: Cell::new(0),
             presence,
             online: RefCell::new(AHashMap::new()),
+            per_node: RefCell::new(AHashMap::new()),
+            nodes,
+            every,
+            alive_rev: Cell::new(0),
+            recheck: Cell::new(false),
+            dead: RefCell::new(AHashSet::new()),
+            mine: RefCell::new(AHashMap::new()),
             changes,
             queued: RefCell::new(Some(queued)),
             pending: Cell::new(0),
@@ -101,6 +168,31 @@ impl Out {
         self.n.set(n);
         format!("{node}-{}-{n}", self.boot)
     }
+
+    /// This node's key's value in the nodes bucket: its start time.
+    fn alive_value(&self) -> Bytes {
+        Bytes::copy_from_slice(&self.boot.to_be_bytes())
+    }
+}
+
+/// The device a presence key's value names (0 if unreadable).
+fn device_of(value: &[u8]) -> u32 {
+    value
+        .get(..4)
+        .and_then(|d| d.try_into().ok())
+        .map_or(0, u32::from_be_bytes)
+}
+
+/// At start, before any presence key of this run: writes this node's key
+/// in the nodes bucket, so no other node takes it for lost.
+pub(super) async fn announce(out: &Out, node: &str) -> Result<(), JsError> {
+    let rev = out
+        .nodes
+        .put(node, out.alive_value())
+        .await
+        .map_err(|e| JsError::Unavailable(e.to_string()))?;
+    out.alive_rev.set(rev);
+    Ok(())
 }
 
 /// Publishes `ev` under `id`, retried (same id, so stored once) for up
@@ -147,10 +239,7 @@ pub(super) async fn went_offline_in_a_restart(
         if owner != node {
             continue;
         }
-        let device = value
-            .get(..4)
-            .and_then(|d| d.try_into().ok())
-            .map_or(0, u32::from_be_bytes);
+        let device = device_of(&value);
         if out.cfg.wants("offline") {
             let ev = Event::Offline {
                 user,
@@ -187,8 +276,14 @@ impl Node {
     /// Whether `user` has no device connected to any node, as far as this
     /// node knows.
     fn is_offline(&self, out: &Out, user: u64) -> bool {
-        !self.users.borrow().contains_key(&user)
-            && out.online.borrow().get(&user).is_none_or(|n| n.is_empty())
+        if self.users.borrow().contains_key(&user) {
+            return false;
+        }
+        let dead = out.dead.borrow();
+        out.online
+            .borrow()
+            .get(&user)
+            .is_none_or(|n| n.iter().all(|node| dead.contains(node)))
     }
 
     /// Publishes a stored message's event (if wanted) and waits until it
@@ -267,6 +362,11 @@ impl Node {
             && out.changes.send((user, device, online)).is_ok()
         {
             out.pending.set(out.pending.get() + 1);
+            if online {
+                out.mine.borrow_mut().insert(user, device);
+            } else {
+                out.mine.borrow_mut().remove(&user);
+            }
         }
     }
 
@@ -365,18 +465,29 @@ impl Node {
             match out.presence.watch_with_history(">").await {
                 Ok(mut w) => {
                     out.online.borrow_mut().clear();
+                    out.per_node.borrow_mut().clear();
                     while let Some(e) = w.next().await {
                         let Ok(e) = e else { break };
                         let Some((node, user)) = Names::parse_presence_key(&e.key) else {
                             continue;
                         };
                         let mut online = out.online.borrow_mut();
+                        let mut per_node = out.per_node.borrow_mut();
                         if e.operation == kv::Operation::Put {
-                            online.entry(user).or_default().insert(node.to_string());
-                        } else if let Some(nodes) = online.get_mut(&user) {
-                            nodes.remove(node);
+                            if online.entry(user).or_default().insert(node.to_string()) {
+                                *per_node.entry(node.to_string()).or_default() += 1;
+                            }
+                        } else if let Some(nodes) = online.get_mut(&user)
+                            && nodes.remove(node)
+                        {
                             if nodes.is_empty() {
                                 online.remove(&user);
+                            }
+                            if let Some(n) = per_node.get_mut(node) {
+                                *n = n.saturating_sub(1);
+                                if *n == 0 {
+                                    per_node.remove(node);
+                                }
                             }
                         }
                     }
@@ -384,6 +495,224 @@ impl Node {
                 Err(e) => tracing::warn!(error = %e, "cannot watch the presence bucket"),
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Keeps this node's key in the nodes bucket alive, reads which nodes
+    /// are lost, and (under the lease) clears their presence keys; every
+    /// [`alive_every`].
+    pub(super) async fn liveness(self: Rc<Self>) {
+        let Some(out) = &self.events else {
+            return;
+        };
+        let mut every = tokio::time::interval(out.every);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            self.keep_alive(out).await;
+            self.read_lost(out).await;
+            if out.dead.borrow().is_empty() || !self.hold_lost_lease(out).await {
+                continue;
+            }
+            let lost: Vec<String> = out.dead.borrow().iter().cloned().collect();
+            for node in lost {
+                match self.clear_lost(out, &node).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        node = %node,
+                        users = n,
+                        "a lost node's users reported offline (node_lost)"
+                    ),
+                    Err(e) => tracing::warn!(
+                        node = %node,
+                        error = %e,
+                        "cannot clear a lost node's presence; retrying"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Refreshes this node's key; if it is gone (expired: others may have
+    /// cleared this node's presence), writes it again and puts back the
+    /// presence keys of its users.
+    async fn keep_alive(&self, out: &Out) {
+        let value = out.alive_value();
+        let lost = match out
+            .nodes
+            .update(&self.name, value.clone(), out.alive_rev.get())
+            .await
+        {
+            Ok(rev) => {
+                out.alive_rev.set(rev);
+                false
+            }
+            // Refused, or no answer: read what the bucket holds.
+            Err(e) => match out.nodes.entry(&self.name).await {
+                // The update went through after all.
+                Ok(Some(en)) if en.operation == kv::Operation::Put && en.value == value => {
+                    out.alive_rev.set(en.revision);
+                    false
+                }
+                Ok(_) => true,
+                Err(_) => {
+                    tracing::debug!(error = %e, "cannot refresh this node's key; retrying");
+                    false
+                }
+            },
+        };
+        if lost {
+            tracing::warn!(
+                "this node's key in the nodes bucket expired (a stall, or JetStream out of \
+                 reach): its users may have been reported offline; reporting them online"
+            );
+            match out.nodes.put(&self.name, value).await {
+                Ok(rev) => {
+                    out.alive_rev.set(rev);
+                    out.recheck.set(true);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot write this node's key");
+                    return;
+                }
+            }
+            self.announce_again(out).await;
+        } else if out.recheck.replace(false) {
+            // A node clearing this one's keys just before the key was
+            // written again may have deleted some after the last check.
+            self.announce_again(out).await;
+        }
+    }
+
+    /// Queues an `online` for each user of this node whose presence key is
+    /// missing from the bucket.
+    async fn announce_again(&self, out: &Out) {
+        let prefix = format!("{}.", self.name);
+        let keys = match self.js.scan_store(&out.presence, &prefix, SCAN_PAGE).await {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read this node's presence keys");
+                out.recheck.set(true);
+                return;
+            }
+        };
+        let kept: AHashSet<u64> = keys
+            .iter()
+            .filter_map(|(k, _)| Names::parse_presence_key(k))
+            .filter(|(node, _)| *node == self.name)
+            .map(|(_, user)| user)
+            .collect();
+        let missing: Vec<(u64, u32)> = {
+            let users = self.users.borrow();
+            out.mine
+                .borrow()
+                .iter()
+                .filter(|(u, _)| !kept.contains(u) && users.contains_key(u))
+                .map(|(&u, &d)| (u, d))
+                .collect()
+        };
+        for (user, device) in missing {
+            self.presence_changed(user, device, true);
+        }
+    }
+
+    /// Lists the live nodes and sets `dead`: the nodes with presence keys
+    /// and no key in the nodes bucket. The nodes with presence keys are
+    /// taken before the list is read: each wrote its own key before its
+    /// first presence key, so a node that just started is not among them.
+    async fn read_lost(&self, out: &Out) {
+        let seen: Vec<String> = out.per_node.borrow().keys().cloned().collect();
+        let live = match self.js.scan_entries(&out.nodes, "", SCAN_PAGE).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list the live nodes; keeping the last list");
+                return;
+            }
+        };
+        let live: AHashSet<String> = live.into_iter().map(|(k, _, _)| k).collect();
+        let dead: AHashSet<String> = seen
+            .into_iter()
+            .filter(|n| *n != self.name && !live.contains(n))
+            .collect();
+        for n in dead.difference(&out.dead.borrow()) {
+            tracing::info!(node = %n, "a node's key expired: its users no longer count as online");
+        }
+        *out.dead.borrow_mut() = dead;
+    }
+
+    /// Whether this node holds (took or renewed) the lease on clearing
+    /// lost nodes' presence.
+    async fn hold_lost_lease(&self, out: &Out) -> bool {
+        let now = u64::try_from(crate::unix_time().as_millis()).unwrap_or(u64::MAX);
+        let lease = u64::try_from((out.every * ALIVE_PERIODS).as_millis()).unwrap_or(u64::MAX);
+        let (me, until) = (self.token, now.saturating_add(lease));
+        let r = self
+            .js
+            .update_key(Bucket::Meta, Names::LOST_LEASE_KEY, |e| {
+                let held = e.value.as_deref().and_then(lease_of);
+                Ok::<_, JsError>(if may_take(held, me, now) {
+                    Update::Write(lease_value(me, until), true)
+                } else {
+                    Update::Keep(false)
+                })
+            })
+            .await;
+        r.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "cannot take the lease on lost nodes");
+            false
+        })
+    }
+
+    /// If `lost` still has no key in the nodes bucket: an `offline` event
+    /// (reason `node_lost`) for each of its presence keys, then the key
+    /// deleted at the revision read; returns how many went.
+    async fn clear_lost(&self, out: &Out, lost: &str) -> Result<usize, JsError> {
+        let unavailable = |e: String| JsError::Unavailable(e);
+        match out.nodes.entry(lost).await {
+            Ok(Some(e)) if e.operation == kv::Operation::Put => return Ok(0),
+            Ok(_) => {}
+            Err(e) => return Err(unavailable(e.to_string())),
+        }
+        let keys = self
+            .js
+            .scan_entries(&out.presence, &format!("{lost}."), SCAN_PAGE)
+            .await?;
+        let mut n = 0;
+        for (key, value, rev) in keys {
+            // `a.` also lists the keys of a node named `a.b`.
+            let Some((owner, user)) = Names::parse_presence_key(&key) else {
+                continue;
+            };
+            if owner != lost {
+                continue;
+            }
+            if out.cfg.wants("offline") {
+                let ev = Event::Offline {
+                    user,
+                    device: device_of(&value),
+                    reason: "node_lost",
+                };
+                let id = format!("lost-{lost}-{user}-{rev}");
+                publish(&self.js, &ev, &id, lost, self.limits.retry).await?;
+            }
+            // Refused if the key changed since: another node cleared it,
+            // or the node came back and wrote it again.
+            match out.presence.delete_expect_revision(&key, Some(rev)).await {
+                Ok(()) => n += 1,
+                Err(e) => tracing::debug!(key, error = %e, "presence key not deleted"),
+            }
+        }
+        Ok(n)
+    }
+
+    /// At a clean stop, after the presence keys: deletes this node's key
+    /// in the nodes bucket (what is left of its presence, if the drain ran
+    /// out of time, is cleared by the others).
+    pub(super) async fn leave(&self) {
+        if let Some(out) = &self.events
+            && let Err(e) = out.nodes.delete(&self.name).await
+        {
+            tracing::debug!(error = %e, "cannot delete this node's key");
         }
     }
 }

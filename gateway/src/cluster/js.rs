@@ -104,6 +104,16 @@ pub(super) struct Listed {
     pub(super) payload: Bytes,
 }
 
+/// What [`Js::events_setup`] opens.
+pub(super) struct EventsSetup {
+    /// `<prefix>_presence`: who is online on which node.
+    pub(super) presence: kv::Store,
+    /// `<prefix>_nodes`: one expiring key per live node.
+    pub(super) nodes: kv::Store,
+    /// The webhook's consumer.
+    pub(super) consumer: jetstream::consumer::Consumer<pull::Config>,
+}
+
 /// Compare-and-set tries on one key before a write gives up.
 pub(super) const CAS_TRIES: u32 = 50;
 
@@ -240,16 +250,17 @@ impl Js {
         Ok(())
     }
 
-    /// Creates (or updates) the events stream, the presence bucket and
-    /// the webhook's consumer (`[events]` on): returns the bucket and the
-    /// consumer.
+    /// Creates (or updates) the events stream, the presence bucket, the
+    /// nodes bucket (keys expiring `alive_for` after their last write) and
+    /// the webhook's consumer (`[events]` on).
     pub(super) async fn events_setup(
         &self,
         cfg: &ClusterConfig,
         events: &crate::config::EventsConfig,
         dedup_window: Duration,
         ack_wait: Duration,
-    ) -> Result<(kv::Store, jetstream::consumer::Consumer<pull::Config>), JsError> {
+        alive_for: Duration,
+    ) -> Result<EventsSetup, JsError> {
         let fail = |what: &str, e: String| JsError::Setup(format!("{what}: {e}"));
         let max_msgs = i64::try_from(events.max_lag).unwrap_or(i64::MAX);
         let config = stream::Config {
@@ -273,6 +284,20 @@ impl Js {
             Err(e) => return Err(fail("cannot create the events stream", e.to_string())),
         };
         let presence = bucket(&self.ctx, self.names.presence_bucket(), cfg.replicas).await?;
+        // An existing bucket takes this node's expiry (its tick may have
+        // changed); every node should run the same one.
+        let nodes = self
+            .ctx
+            .create_or_update_key_value(kv::Config {
+                bucket: self.names.nodes_bucket(),
+                history: 1,
+                max_age: alive_for,
+                storage: stream::StorageType::File,
+                num_replicas: cfg.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| fail("cannot create the nodes bucket", e.to_string()))?;
         let consumer = stream
             .create_consumer(pull::Config {
                 durable_name: Some(Names::WEBHOOK_CONSUMER.to_string()),
@@ -284,7 +309,11 @@ impl Js {
             })
             .await
             .map_err(|e| fail("cannot create the webhook consumer", e.to_string()))?;
-        Ok((presence, consumer))
+        Ok(EventsSetup {
+            presence,
+            nodes,
+            consumer,
+        })
     }
 
     fn stream_of(&self, subject: &str) -> Result<&Stream, JsError> {
@@ -589,6 +618,18 @@ impl Js {
         prefix: &str,
         page: usize,
     ) -> Result<Vec<(String, Bytes)>, JsError> {
+        let entries = self.scan_entries(kv, prefix, page).await?;
+        Ok(entries.into_iter().map(|(k, v, _)| (k, v)).collect())
+    }
+
+    /// [`scan_store`](Self::scan_store) with each key's revision; an
+    /// empty `prefix` lists the whole bucket.
+    pub(super) async fn scan_entries(
+        &self,
+        kv: &kv::Store,
+        prefix: &str,
+        page: usize,
+    ) -> Result<Vec<(String, Bytes, u64)>, JsError> {
         let filter = format!("{}{prefix}>", kv.prefix);
         let mut out = Vec::new();
         let mut from = 1;
@@ -605,7 +646,7 @@ impl Js {
                     .and_then(|h| h.get("KV-Operation"))
                     .is_some_and(|op| op.as_str() != "PUT");
                 if let (false, Some(key)) = (deleted, m.subject.strip_prefix(kv.prefix.as_str())) {
-                    out.push((key.to_string(), m.payload));
+                    out.push((key.to_string(), m.payload, m.stream_seq));
                 }
             }
             if !full {

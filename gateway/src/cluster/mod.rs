@@ -165,15 +165,21 @@ impl Backend for Cluster {
         };
         let events = if self.cfg.events.enabled() {
             let ack_wait = webhook::ack_wait(self.cfg.events.timeout_ms);
-            let (presence, consumer) = rt
+            let every = events::alive_every(self.cfg.tick());
+            let setup = rt
                 .block_on(js.events_setup(
                     cc,
                     &self.cfg.events,
                     Duration::from_millis(self.cfg.dedup_window_ms),
                     ack_wait,
+                    every * events::ALIVE_PERIODS,
                 ))
                 .map_err(|e| fail(e.to_string()))?;
-            let out = events::Out::new(&self.cfg.events, presence, now);
+            let out = events::Out::new(&self.cfg.events, setup.presence, setup.nodes, every, now);
+            // Alive before clearing its leftovers (no other node clears
+            // them too) and before the first presence key of this run.
+            rt.block_on(events::announce(&out, &node_name))
+                .map_err(|e| fail(format!("cannot write this node's key: {e}")))?;
             // Before the first login can put a key of this run.
             let gone = rt
                 .block_on(events::went_offline_in_a_restart(
@@ -192,7 +198,7 @@ impl Backend for Cluster {
             let source = webhook::Webhook::new(
                 rt.handle().clone(),
                 js.client().clone(),
-                consumer,
+                setup.consumer,
                 js.meta_bucket(),
                 ack_wait,
             );
@@ -220,9 +226,11 @@ impl Backend for Cluster {
                     if node.events.is_some() {
                         tokio::task::spawn_local(node.clone().presence_writer());
                         tokio::task::spawn_local(node.clone().presence_watcher());
+                        tokio::task::spawn_local(node.clone().liveness());
                     }
                     node.clone().run(rx, grace).await;
                     node.presence_drained(grace).await;
+                    node.leave().await;
                 });
             })?;
         self.tx = Some(tx);

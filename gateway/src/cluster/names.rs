@@ -23,7 +23,9 @@
 //! | `<prefix>_meta` | `partitions`, `groups.next` | the partition count; the next group id to give out |
 //! | `<prefix>_meta` | `purge.<p>` | the lease on sweeping partition `p`: holder token u64, expiry ms u64 |
 //! | `<prefix>_meta` | `events.sender` | the lease on sending events to the webhook: holder token u64, expiry ms u64 |
+//! | `<prefix>_meta` | `presence.lost` | the lease on clearing lost nodes' presence keys: holder token u64, expiry ms u64 |
 //! | `<prefix>_presence` | `<node>.<user>` | the device that made the user online on the node (u32); only with `[events]` |
+//! | `<prefix>_nodes` | `<node>` | this run's start, unix ms (u64), kept alive while the node runs; only with `[events]` |
 //!
 //! Events to the business backend (`[events]`) are the stream
 //! `<prefix>_EVENTS` on subjects `<prefix>.ev.<type>`, read through its
@@ -220,6 +222,15 @@ impl Names {
         format!("{}_presence", self.prefix)
     }
 
+    /// The bucket of live nodes: a key per node, refreshed while it runs
+    /// and expiring when it stops (only with `[events]`).
+    pub fn nodes_bucket(&self) -> String {
+        format!("{}_nodes", self.prefix)
+    }
+
+    /// The key of the lease on clearing the presence of lost nodes.
+    pub const LOST_LEASE_KEY: &'static str = "presence.lost";
+
     /// The key saying `user` has a device connected to node `node`.
     pub fn presence_key(node: &str, user: u64) -> String {
         format!("{node}.{user}")
@@ -302,6 +313,7 @@ mod tests {
         assert_eq!(n.events_subjects(), "IM.ev.>");
         assert_eq!(n.event_subject("message"), "IM.ev.message");
         assert_eq!(n.presence_bucket(), "IM_presence");
+        assert_eq!(n.nodes_bucket(), "IM_nodes");
         assert_eq!(Names::presence_key("a.b", 7), "a.b.7");
         assert_eq!(Names::parse_presence_key("a.b.7"), Some(("a.b", 7)));
         for bad in ["7", ".7", "a.07", "a.x", "a."] {

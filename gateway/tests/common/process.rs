@@ -140,6 +140,14 @@ impl Gateway {
         }
     }
 
+    /// Sends `sig` to the running gateway (SIGSTOP, SIGCONT...).
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill with the pid of a child not yet reaped.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
     /// SIGKILL and reap; false if it was already gone.
     fn kill(&mut self) -> bool {
         let Some(mut c) = self.child.take() else {
