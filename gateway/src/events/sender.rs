@@ -98,13 +98,32 @@ impl Sender {
         };
         let thread = std::thread::Builder::new()
             .name("imgate-events".into())
-            .spawn(move || run.run())?;
+            .spawn(move || {
+                lower_priority();
+                run.run()
+            })?;
         Ok(Sender {
             stop,
             thread: Some(thread),
         })
     }
 }
+
+/// The calling thread's nice value is raised (Linux keeps one per
+/// thread): when a backlog drains after an outage, the sender competes
+/// for the CPU with the cores and the delivery thread, and it is the one
+/// that can wait.
+fn lower_priority() {
+    // SAFETY: setpriority takes plain integers; on Linux, PRIO_PROCESS
+    // with 0 names the calling thread only.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, SENDER_NICE) };
+    if r != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the event sender's priority");
+    }
+}
+
+/// The sender thread's nice value.
+const SENDER_NICE: libc::c_int = 10;
 
 struct Run {
     cfg: EventsConfig,
