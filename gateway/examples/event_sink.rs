@@ -1,7 +1,8 @@
 //! A receiver of the event webhook for measurements: checks every POST's
 //! signature, counts events and distinct ids, and prints one line a
-//! second (`t_s events_total distinct duplicates bad_signatures`) and a
-//! summary at the end.
+//! second: events so far, in the last second, distinct ids, duplicates,
+//! bad signatures, POSTs, and the time from the first accepted POST to the
+//! latest (`span_ms`).
 //!
 //! ```text
 //! cargo run --release -p imgate --example event_sink -- \
@@ -28,6 +29,9 @@ struct Counts {
     duplicates: u64,
     bad: u64,
     posts: u64,
+    /// When the first and the latest accepted POST arrived.
+    first: Option<Instant>,
+    latest: Option<Instant>,
 }
 
 struct Sink {
@@ -60,6 +64,9 @@ async fn take(State(s): State<Arc<Sink>>, headers: HeaderMap, body: Bytes) -> St
         Ok(v) => v,
         Err(_) => return StatusCode::BAD_REQUEST,
     };
+    let now = Instant::now();
+    c.first.get_or_insert(now);
+    c.latest = Some(now);
     for e in v["events"].as_array().into_iter().flatten() {
         c.events += 1;
         let id = e["id"].as_str().unwrap_or_default().to_string();
@@ -104,8 +111,12 @@ fn main() -> std::io::Result<()> {
                 .counts
                 .lock()
                 .map_err(|_| std::io::Error::other("poisoned"))?;
+            let span = match (c.first, c.latest) {
+                (Some(a), Some(b)) => b.duration_since(a).as_millis(),
+                _ => 0,
+            };
             println!(
-                "t={t} events={} rate={} distinct={} duplicates={} bad_signatures={} posts={}",
+                "t={t} events={} rate={} distinct={} duplicates={} bad_signatures={} posts={} span_ms={span}",
                 c.events,
                 c.events - last,
                 c.ids.len(),
