@@ -20,6 +20,9 @@ pub struct EventsConfig {
     pub types: Vec<String>,
     /// Most events in one POST.
     pub batch: usize,
+    /// Most bytes of events in one POST (an event larger than this goes
+    /// alone): a group message's offline list can be long.
+    pub batch_bytes: usize,
     /// How long a batch that is not full waits for more events, ms.
     pub linger_ms: u64,
     /// How long one POST may take before it counts as failed, ms.
@@ -44,6 +47,7 @@ impl Default for EventsConfig {
             secret: String::new(),
             types: TYPES.iter().map(|t| t.to_string()).collect(),
             batch: 500,
+            batch_bytes: 1 << 20,
             linger_ms: 20,
             timeout_ms: 5_000,
             retry_min_ms: 100,
@@ -82,6 +86,9 @@ impl EventsConfig {
         }
         if self.batch == 0 || self.batch > 100_000 {
             return Err(("events.batch", "must be 1..=100000".into()));
+        }
+        if self.batch_bytes < 1024 {
+            return Err(("events.batch_bytes", "must be at least 1024".into()));
         }
         if self.linger_ms > 60_000 {
             return Err(("events.linger_ms", "must be at most 60000".into()));

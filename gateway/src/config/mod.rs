@@ -664,6 +664,10 @@ mod tests {
             ),
             ("events.batch", Box::new(|c| events_on(c).batch = 0)),
             (
+                "events.batch_bytes",
+                Box::new(|c| events_on(c).batch_bytes = 10),
+            ),
+            (
                 "events.linger_ms",
                 Box::new(|c| events_on(c).linger_ms = 60_001),
             ),

@@ -109,6 +109,26 @@ impl Sender {
     }
 }
 
+/// Bytes of the events' JSON.
+fn bytes(batch: &[Stored]) -> usize {
+    batch.iter().map(|s| s.json.len()).sum()
+}
+
+/// How many of the first events make one POST: at most `max` events and
+/// `max_bytes` of JSON, and always at least one.
+fn fits(batch: &[Stored], max: usize, max_bytes: usize) -> usize {
+    let mut total = 0;
+    let n = batch
+        .iter()
+        .take(max)
+        .take_while(|s| {
+            total += s.json.len();
+            total <= max_bytes
+        })
+        .count();
+    n.max(1).min(batch.len())
+}
+
 /// The calling thread's nice value is raised (Linux keeps one per
 /// thread): when a backlog drains after an outage, the sender competes
 /// for the CPU with the cores and the delivery thread, and it is the one
@@ -144,7 +164,8 @@ impl Run {
         let mut failures_not_logged = 0u64;
         while !self.stop.load(Relaxed) {
             self.watch_lag(&mut last_log);
-            if batch.len() < self.cfg.batch {
+            let full = batch.len() >= self.cfg.batch || bytes(&batch) >= self.cfg.batch_bytes;
+            if !full {
                 let wait = if batch.is_empty() {
                     SLICE
                 } else {
@@ -163,25 +184,30 @@ impl Run {
                         continue;
                     }
                 }
-                if batch.is_empty() || (batch.len() < self.cfg.batch && since.elapsed() < linger) {
+                let full = batch.len() >= self.cfg.batch || bytes(&batch) >= self.cfg.batch_bytes;
+                if batch.is_empty() || (!full && since.elapsed() < linger) {
                     continue;
                 }
             }
-            match self.post(&batch) {
+            // The same prefix on every try: what is added meanwhile goes
+            // after it.
+            let n = fits(&batch, self.cfg.batch, self.cfg.batch_bytes);
+            match self.post(&batch[..n]) {
                 Ok(()) => {
                     failures = 0;
-                    self.stats.sent.fetch_add(batch.len() as u64, Relaxed);
+                    self.stats.sent.fetch_add(n as u64, Relaxed);
                     self.stats
                         .last_sent_ms
                         .store(crate::unix_time().as_millis() as u64, Relaxed);
-                    if let Some(last) = batch.last()
+                    if let Some(last) = n.checked_sub(1).and_then(|i| batch.get(i))
                         && let Err(e) = self.source.commit(last)
                     {
                         // Sent, not recorded: sent again after a restart,
                         // which the backend's de-duplication absorbs.
                         tracing::error!(error = %e, "cannot record the events sent");
                     }
-                    batch.clear();
+                    batch.drain(..n);
+                    since = Instant::now();
                 }
                 Err(why) => {
                     failures = failures.saturating_add(1);
@@ -266,5 +292,31 @@ impl Run {
         } else {
             Err(format!("HTTP {}", status.as_u16()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(sizes: &[usize]) -> Vec<Stored> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Stored {
+                seq: i as u64 + 1,
+                json: vec![b'x'; n],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_post_holds_at_most_max_events_and_max_bytes_and_at_least_one() {
+        assert_eq!(fits(&events(&[10, 10, 10]), 2, 1000), 2);
+        assert_eq!(fits(&events(&[10, 10, 10]), 10, 25), 2);
+        assert_eq!(fits(&events(&[10, 10, 10]), 10, 30), 3);
+        // One event larger than the cap still goes, alone.
+        assert_eq!(fits(&events(&[100, 10]), 10, 50), 1);
+        assert_eq!(fits(&events(&[]), 10, 50), 0);
     }
 }
