@@ -257,21 +257,6 @@ pub(super) async fn went_offline_in_a_restart(
     Ok(n)
 }
 
-/// An op's name in a group event (as the embedded backend names it).
-pub(super) fn op_name(op: GroupOp) -> &'static str {
-    match op {
-        GroupOp::Create => "create",
-        GroupOp::Add => "add",
-        GroupOp::Remove => "remove",
-        GroupOp::List => "list",
-        GroupOp::Delete => "delete",
-        GroupOp::Promote => "promote",
-        GroupOp::Demote => "demote",
-        GroupOp::Transfer => "transfer",
-        GroupOp::Roles => "roles",
-    }
-}
-
 impl Node {
     /// Whether `user` has no device connected to any node, as far as this
     /// node knows.
@@ -346,7 +331,7 @@ impl Node {
         }
         let ev = Event::Group {
             group,
-            op: op_name(op),
+            op: crate::events::event::op_name(op),
             by,
             members,
         };

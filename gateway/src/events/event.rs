@@ -123,6 +123,22 @@ impl Event {
     }
 }
 
+/// A group op's name in a group event.
+pub fn op_name(op: imgate_codec::frame::GroupOp) -> &'static str {
+    use imgate_codec::frame::GroupOp;
+    match op {
+        GroupOp::Create => "create",
+        GroupOp::Add => "add",
+        GroupOp::Remove => "remove",
+        GroupOp::List => "list",
+        GroupOp::Delete => "delete",
+        GroupOp::Promote => "promote",
+        GroupOp::Demote => "demote",
+        GroupOp::Transfer => "transfer",
+        GroupOp::Roles => "roles",
+    }
+}
+
 /// A POST body: `{"events":[e1,e2,...]}` from stored objects.
 pub fn batch_body<'a>(events: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut b = Vec::with_capacity(4096);

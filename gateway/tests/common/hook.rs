@@ -197,37 +197,14 @@ fn serve(
     let mut r = BufReader::new(s);
     'requests: while !stop.load(Relaxed) {
         let mut line = String::new();
-        match r.read_line(&mut line) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue;
-            }
-            Err(_) => return,
+        if !read_line(&mut r, &mut line, stop) {
+            return;
         }
         let (mut len, mut ts, mut sig) = (0usize, 0u64, String::new());
         loop {
             let mut h = String::new();
-            match r.read_line(&mut h) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    if stop.load(Relaxed) {
-                        return;
-                    }
-                    continue;
-                }
-                Err(_) => return,
+            if !read_line(&mut r, &mut h, stop) {
+                return;
             }
             let h = h.trim_end();
             if h.is_empty() {
@@ -249,16 +226,7 @@ fn serve(
             match r.read(&mut body[got..]) {
                 Ok(0) => return,
                 Ok(n) => got += n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    if stop.load(Relaxed) {
-                        return;
-                    }
-                }
+                Err(e) if timed_out(&e) && !stop.load(Relaxed) => {}
                 Err(_) => return,
             }
         }
@@ -296,4 +264,29 @@ fn serve(
             return;
         }
     }
+}
+
+/// Reads one line into `buf`, across read timeouts (what a timeout cut
+/// off stays in `buf`); false at the end of the stream, on an error, or
+/// once the receiver stops.
+fn read_line(r: &mut BufReader<TcpStream>, buf: &mut String, stop: &AtomicBool) -> bool {
+    loop {
+        match r.read_line(buf) {
+            Ok(0) => return false,
+            Ok(_) if buf.ends_with('\n') => return true,
+            Ok(_) => {}
+            Err(e) if timed_out(&e) => {}
+            Err(_) => return false,
+        }
+        if stop.load(Relaxed) {
+            return false;
+        }
+    }
+}
+
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
 }

@@ -157,7 +157,7 @@ pub(super) fn group(cx: &mut Ctx<'_>, r: GroupR) -> Result<(), StoreError> {
         let by = cx.user;
         cx.state.event(cx.batch, cx.now, || Event::Group {
             group: r.group,
-            op: op_name(op),
+            op: crate::events::event::op_name(op),
             by,
             members,
         });
@@ -214,7 +214,7 @@ fn create(cx: &mut Ctx<'_>, r: &GroupR, listed: &[u64]) -> Result<(), StoreError
     let (by, members) = (cx.user, unique.clone());
     cx.state.event(cx.batch, cx.now, || Event::Group {
         group: id,
-        op: op_name(GroupOp::Create),
+        op: crate::events::event::op_name(GroupOp::Create),
         by,
         members,
     });
@@ -241,19 +241,4 @@ pub(super) fn put_member(batch: &mut WriteBatch, group: u64, user: u64, join: Jo
         join.to_u64().to_be_bytes(),
     );
     batch.put(Table::Member, keys::user_group_key(user, group), Vec::new());
-}
-
-/// An op's name in a group event.
-fn op_name(op: GroupOp) -> &'static str {
-    match op {
-        GroupOp::Create => "create",
-        GroupOp::Add => "add",
-        GroupOp::Remove => "remove",
-        GroupOp::List => "list",
-        GroupOp::Delete => "delete",
-        GroupOp::Promote => "promote",
-        GroupOp::Demote => "demote",
-        GroupOp::Transfer => "transfer",
-        GroupOp::Roles => "roles",
-    }
 }
