@@ -381,3 +381,60 @@ fn a_sigkill_mid_stream_replays_from_the_cursor_with_no_gap() {
     drop(gw);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn only_the_configured_types_are_sent() {
+    let hook = Hook::start(HOOK_SECRET);
+    let gw = Gw::start(|c| {
+        events_on(c, &hook);
+        c.events.types = vec!["message".into()];
+    });
+    let mut a = Client::login(gw.addr(), 1, 1);
+    let b = Client::login(gw.addr(), 2, 1);
+    for i in 1..=5 {
+        send(&mut a, msg(2, 0, i, false));
+    }
+    drop(b);
+    hook.wait_for(Duration::from_secs(10), "five messages", |e| e.len() >= 5);
+    std::thread::sleep(Duration::from_millis(300));
+    let events = hook.events();
+    assert_eq!(events.len(), 5, "{events:?}");
+    assert!(events.iter().all(|e| e["type"] == "message"));
+}
+
+#[test]
+fn past_max_lag_the_oldest_events_are_dropped_and_counted() {
+    let mut hook = Hook::start(HOOK_SECRET);
+    let gw = Gw::start(|c| {
+        events_on(c, &hook);
+        c.events.types = vec!["message".into()];
+        c.events.max_lag = 100;
+        c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    });
+    hook.down();
+    let mut a = Client::login(gw.addr(), 1, 1);
+    for i in 1..=300 {
+        send(&mut a, msg(2, 0, i, false));
+    }
+    hook.up();
+    hook.wait_for(Duration::from_secs(20), "the newest messages", |e| {
+        e.iter().any(|m| m["msg_id"] == 300)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let got: BTreeSet<u64> = hook
+        .events()
+        .iter()
+        .filter_map(|m| m["msg_id"].as_u64())
+        .collect();
+    // At most max_lag waited: the batch the sender held while the
+    // receiver was down (at most 64, the oldest) and the newest.
+    assert!(
+        got.len() <= 100 && (300 - 35..=300).all(|i| got.contains(&i)),
+        "kept {} events: {:?}..",
+        got.len(),
+        got.iter().take(5).collect::<Vec<_>>()
+    );
+    let dropped = gw.counter("imgate_events_dropped_total");
+    assert!(dropped >= 200, "dropped {dropped}");
+    assert_eq!(dropped + got.len() as u64, 300);
+}

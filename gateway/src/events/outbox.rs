@@ -162,6 +162,7 @@ impl Outbox {
             stats,
             max_lag: self.cfg.max_lag,
             read: cursor,
+            held: std::collections::VecDeque::new(),
             cursor,
         })
     }
@@ -173,9 +174,11 @@ pub struct OutboxSource {
     notify: Arc<Notify>,
     stats: Arc<Stats>,
     max_lag: u64,
-    /// The last event handed out.
+    /// The last event handed out (or dropped).
     read: u64,
-    /// The last event the backend took.
+    /// Events handed out and not yet committed, oldest first.
+    held: std::collections::VecDeque<u64>,
+    /// Everything up to here was taken or dropped.
     cursor: u64,
 }
 
@@ -188,17 +191,60 @@ impl std::fmt::Debug for OutboxSource {
     }
 }
 
+/// Deletes per write at most, when a range goes at once.
+const DELETE_CHUNK: u64 = 10_000;
+
 impl OutboxSource {
-    /// Deletes events `(cursor, to]` and records `to` as taken.
-    fn advance(&mut self, to: u64) -> Result<(), StoreError> {
+    /// Deletes events `(from, to]`; records `cursor` as taken, if given.
+    fn delete(&self, from: u64, to: u64, cursor: Option<u64>) -> Result<(), StoreError> {
         let mut b = WriteBatch::default();
-        for seq in self.cursor + 1..=to {
-            b.delete(Table::Event, event_key(seq));
+        let mut at = from;
+        loop {
+            b.clear();
+            let end = to.min(at.saturating_add(DELETE_CHUNK));
+            for seq in at + 1..=end {
+                b.delete(Table::Event, event_key(seq));
+            }
+            at = end;
+            if at >= to
+                && let Some(c) = cursor
+            {
+                b.put(Table::Meta, CURSOR_KEY, c.to_be_bytes());
+            }
+            // A cursor lost in a crash only sends those events again.
+            self.store.write_lazy(&b)?;
+            if at >= to {
+                return Ok(());
+            }
         }
-        b.put(Table::Meta, CURSOR_KEY, to.to_be_bytes());
-        // A cursor lost in a crash only sends those events again.
-        self.store.write_lazy(&b)?;
-        self.cursor = to;
+    }
+
+    /// Past `max_lag` waiting events, drops the oldest not handed out
+    /// (a batch being sent stays): counted and logged.
+    fn bound(&mut self, head: u64) -> Result<(), StoreError> {
+        let waiting = head - self.read + self.held.len() as u64;
+        if waiting <= self.max_lag {
+            return Ok(());
+        }
+        let to = head - self.max_lag.saturating_sub(self.held.len() as u64);
+        if to <= self.read {
+            return Ok(());
+        }
+        let dropped = to - self.read;
+        let cursor = self.held.is_empty().then_some(to);
+        self.delete(self.read, to, cursor)?;
+        self.read = to;
+        if let Some(c) = cursor {
+            self.cursor = c;
+        }
+        self.stats
+            .dropped
+            .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(
+            dropped,
+            max_lag = self.max_lag,
+            "events dropped unsent: more than events.max_lag waited"
+        );
         Ok(())
     }
 }
@@ -212,21 +258,7 @@ impl Source for OutboxSource {
         if head <= self.read {
             return Ok(Vec::new());
         }
-        // Past the bound, the oldest go unsent: counted and logged.
-        if head - self.cursor > self.max_lag && self.read == self.cursor {
-            let to = head - self.max_lag;
-            let dropped = to - self.cursor;
-            self.advance(to).map_err(|e| e.to_string())?;
-            self.read = to;
-            self.stats
-                .dropped
-                .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!(
-                dropped,
-                max_lag = self.max_lag,
-                "events dropped unsent: more than events.max_lag waited"
-            );
-        }
+        self.bound(head).map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         let from = event_key(self.read + 1);
         let to = event_key(self.read.saturating_add(max as u64).min(head) + 1);
@@ -244,18 +276,35 @@ impl Source for OutboxSource {
         if let Some(last) = out.last() {
             self.read = last.seq;
         }
+        self.held.extend(out.iter().map(|s| s.seq));
         Ok(out)
     }
 
     fn commit(&mut self, last: &Stored) -> Result<(), String> {
-        if last.seq > self.cursor {
-            self.advance(last.seq).map_err(|e| e.to_string())?;
+        while self.held.front().is_some_and(|&s| s <= last.seq) {
+            self.held.pop_front();
+        }
+        // With nothing held, what was dropped past the batch is behind
+        // the cursor too.
+        let to = self
+            .held
+            .front()
+            .map_or(self.read, |&s| s - 1)
+            .max(last.seq);
+        if to > self.cursor {
+            self.delete(self.cursor, to, Some(to))
+                .map_err(|e| e.to_string())?;
+            self.cursor = to;
         }
         Ok(())
     }
 
     fn lag(&mut self) -> Option<u64> {
-        Some(self.notify.get().saturating_sub(self.cursor))
+        let head = self.notify.get();
+        if let Err(e) = self.bound(head) {
+            tracing::error!(error = %e, "cannot drop events past events.max_lag");
+        }
+        Some(head.saturating_sub(self.read) + self.held.len() as u64)
     }
 }
 
@@ -350,6 +399,40 @@ mod tests {
         let got = src.next(100, Duration::ZERO).expect("next");
         assert_eq!(got.iter().map(|s| s.seq).collect::<Vec<_>>(), [8, 9, 10]);
         assert_eq!(stats.dropped.load(std::sync::atomic::Ordering::Relaxed), 7);
+    }
+
+    #[test]
+    fn the_bound_holds_while_a_batch_is_being_sent() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let mut o = Outbox::load(&*store, &cfg(5), 1).expect("load");
+        let stats = Arc::new(Stats::default());
+        let mut src = o.source(store.clone(), stats.clone()).expect("source");
+        let mut b = WriteBatch::default();
+        for u in 1..=3 {
+            o.push(&mut b, 1, &online(u));
+        }
+        commit(&mut o, &*store, &mut b);
+        // A batch of 3 held (its POSTs failing) while 20 more arrive.
+        let held = src.next(3, Duration::ZERO).expect("next");
+        for u in 4..=23 {
+            o.push(&mut b, 1, &online(u));
+        }
+        commit(&mut o, &*store, &mut b);
+        assert_eq!(src.lag(), Some(5), "3 held + the newest 2");
+        assert_eq!(stats.dropped.load(std::sync::atomic::Ordering::Relaxed), 18);
+        src.commit(&held[2]).expect("commit");
+        let rest = src.next(10, Duration::ZERO).expect("next");
+        assert_eq!(rest.iter().map(|s| s.seq).collect::<Vec<_>>(), [22, 23]);
+        src.commit(&rest[1]).expect("commit");
+        assert_eq!(src.lag(), Some(0));
+        let mut left = 0;
+        store
+            .scan(Table::Event, &[], &[0xff; 9], &mut |_, _| {
+                left += 1;
+                true
+            })
+            .expect("scan");
+        assert_eq!(left, 0, "sent and dropped events are deleted");
     }
 
     #[test]
