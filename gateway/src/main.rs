@@ -44,6 +44,9 @@ struct EventsArgs {
         hide_env_values = true
     )]
     events_secret: Option<String>,
+    /// PEM file of the CAs an https events URL is checked against [default: the Mozilla roots].
+    #[arg(long, env = "IMGATE_EVENTS_CA_FILE", global = true)]
+    events_ca_file: Option<PathBuf>,
     /// Event types sent, comma-separated [default: message,online,offline,group].
     #[arg(
         long,
@@ -64,6 +67,9 @@ impl EventsArgs {
         }
         if let Some(v) = &self.events_types {
             c.types = v.clone();
+        }
+        if let Some(v) = &self.events_ca_file {
+            c.ca_file = Some(v.clone());
         }
     }
 }
@@ -671,6 +677,11 @@ fn serve(cfg: Config) -> ExitCode {
         Ok(b) => b,
         Err(e) => return usage_error(&e.to_string()),
     };
+    if let Some(path) = &cfg.events.ca_file
+        && let Err(e) = imgate::events::sender::load_roots(path)
+    {
+        return usage_error(&e);
+    }
     let jwt = match imgate::jwt::JwtVerifier::new(&cfg.jwt()) {
         Ok(j) => j,
         Err(e) => return usage_error(&e.to_string()),

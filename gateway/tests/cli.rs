@@ -53,6 +53,10 @@ fn help_lists_every_option() {
         "--jwt-audience",
         "--jwt-device-claim",
         "--jwt-leeway-s",
+        "--events-url",
+        "--events-secret",
+        "--events-types",
+        "--events-ca-file",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}");
     }
@@ -91,6 +95,53 @@ fn bad_flags_and_configs_exit_2_with_one_line() {
         .expect("runs");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+
+    // Events: a URL without a secret, an unknown type, a CA file that is
+    // not there or holds no certificate.
+    let events = |args: &[&str]| {
+        let out = imgate()
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--no-metrics",
+                "--durability",
+                "memory",
+            ])
+            .args(args)
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = events(&["--events-url", "http://127.0.0.1:1/e"]);
+    assert!(err.contains("invalid setting events.secret"), "{err}");
+    let err = events(&[
+        "--events-url",
+        "http://127.0.0.1:1/e",
+        "--events-secret",
+        "s",
+        "--events-types",
+        "message,typing",
+    ]);
+    assert!(err.contains("invalid setting events.types"), "{err}");
+    let not_pem = dir.join("not-a-ca.pem");
+    std::fs::write(&not_pem, "hello\n").expect("write");
+    for (file, want) in [
+        (dir.join("missing-ca.pem"), "events.ca_file"),
+        (not_pem, "holds no PEM certificate"),
+    ] {
+        let f = file.to_str().expect("utf-8");
+        let err = events(&[
+            "--events-url",
+            "https://127.0.0.1:1/e",
+            "--events-secret",
+            "s",
+            "--events-ca-file",
+            f,
+        ]);
+        assert!(err.contains(want) && err.contains(f), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
 
     // TLS: a certificate without its key, and files that are not there.
     let out = imgate()

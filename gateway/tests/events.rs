@@ -438,3 +438,48 @@ fn past_max_lag_the_oldest_events_are_dropped_and_counted() {
     assert!(dropped >= 200, "dropped {dropped}");
     assert_eq!(dropped + got.len() as u64, 300);
 }
+
+#[test]
+fn an_https_webhook_is_checked_against_the_configured_ca() {
+    let key = rcgen::KeyPair::generate().expect("key pair");
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("names")
+        .self_signed(&key)
+        .expect("self-signed");
+    let dir = std::env::temp_dir().join(format!("imgate-events-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, cert.pem()).expect("ca");
+    let hook = Hook::start_tls(HOOK_SECRET, &cert.pem(), &key.serialize_pem());
+    assert!(hook.url().starts_with("https://"));
+    // Trusting the Mozilla roots only: the certificate is refused, no
+    // request reaches the receiver, and the failures are counted.
+    let untrusting = Gw::start(|c| {
+        events_on(c, &hook);
+        c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    });
+    let mut a = Client::login(untrusting.addr(), 1, 1);
+    send(&mut a, msg(2, 0, 1, false));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while untrusting.counter("imgate_events_post_failures_total") < 2 {
+        assert!(Instant::now() < deadline, "no failed POST");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(hook.posts(), 0);
+    drop(a);
+    drop(untrusting);
+    // With the CA file: every event arrives over TLS.
+    let trusting = Gw::start(|c| {
+        events_on(c, &hook);
+        c.events.ca_file = Some(ca.clone());
+    });
+    let mut a = Client::login(trusting.addr(), 1, 1);
+    for i in 1..=3 {
+        send(&mut a, msg(2, 0, i, false));
+    }
+    hook.wait_for(Duration::from_secs(10), "three messages over https", |e| {
+        of_type(e, "message").len() >= 3
+    });
+    assert_eq!(hook.bad_signatures(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

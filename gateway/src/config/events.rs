@@ -16,6 +16,10 @@ pub struct EventsConfig {
     pub url: String,
     /// HMAC-SHA256 key of the `X-Imgate-Signature` header.
     pub secret: String,
+    /// PEM file of the CA certificates an `https://` url is checked
+    /// against, instead of the Mozilla roots (a backend behind a private
+    /// CA).
+    pub ca_file: Option<std::path::PathBuf>,
     /// Which kinds of event are stored and sent (`TYPES`).
     pub types: Vec<String>,
     /// Most events in one POST.
@@ -45,6 +49,7 @@ impl Default for EventsConfig {
         EventsConfig {
             url: String::new(),
             secret: String::new(),
+            ca_file: None,
             types: TYPES.iter().map(|t| t.to_string()).collect(),
             batch: 500,
             batch_bytes: 1 << 20,

@@ -77,16 +77,23 @@ impl Sender {
         source: Box<dyn Source>,
         stats: Arc<Stats>,
     ) -> std::io::Result<Sender> {
+        let mut agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_millis(cfg.timeout_ms)))
+            .user_agent("imgate-events");
+        if let Some(path) = &cfg.ca_file {
+            let roots = load_roots(path).map_err(std::io::Error::other)?;
+            agent = agent.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
+                    .build(),
+            );
+        }
         let stop = Arc::new(AtomicBool::new(false));
         stats.enabled.store(true, Relaxed);
         let mut run = Run {
             cfg: cfg.clone(),
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_millis(cfg.timeout_ms)))
-                .user_agent("imgate-events")
-                .build()
-                .into(),
+            agent: agent.build().into(),
             source,
             stats,
             stop: stop.clone(),
@@ -107,6 +114,22 @@ impl Sender {
             thread: Some(thread),
         })
     }
+}
+
+/// The certificates of `events.ca_file`; why not, naming the file.
+pub fn load_roots(path: &std::path::Path) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    let why = |e: &dyn std::fmt::Display| format!("events.ca_file {}: {e}", path.display());
+    let pem = std::fs::read(path).map_err(|e| why(&e))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        if let ureq::tls::PemItem::Certificate(c) = item.map_err(|e| why(&e))? {
+            certs.push(c);
+        }
+    }
+    if certs.is_empty() {
+        return Err(why(&"holds no PEM certificate"));
+    }
+    Ok(certs)
 }
 
 /// Bytes of the events' JSON.

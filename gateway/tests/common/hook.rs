@@ -6,7 +6,7 @@
 use std::{
     collections::HashSet,
     io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
@@ -45,6 +45,8 @@ pub struct Hook {
     posts: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Serves HTTPS with this configuration, if set.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Hook {
@@ -59,14 +61,35 @@ impl Hook {
             posts: Arc::default(),
             stop: Arc::default(),
             thread: None,
+            tls: None,
         };
+        h.up();
+        h
+    }
+
+    /// A receiver that serves HTTPS with this PEM certificate and key.
+    pub fn start_tls(secret: &str, cert_pem: &str, key_pem: &str) -> Hook {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        let certs = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("cert")];
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("server config");
+        let mut h = Hook::start(secret);
+        h.down();
+        h.tls = Some(Arc::new(cfg));
         h.up();
         h
     }
 
     /// The URL to configure.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/events", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/events", self.port)
     }
 
     pub fn set_mode(&self, m: Mode) {
@@ -97,27 +120,40 @@ impl Hook {
         };
         listener.set_nonblocking(true).expect("nonblocking");
         self.stop = Arc::new(AtomicBool::new(false));
-        let (stop, mode, seen, posts, secret) = (
+        let (stop, mode, seen, posts, secret, tls) = (
             self.stop.clone(),
             self.mode.clone(),
             self.seen.clone(),
             self.posts.clone(),
             self.secret.clone(),
+            self.tls.clone(),
         );
         self.thread = Some(std::thread::spawn(move || {
             let mut conns = Vec::new();
             while !stop.load(Relaxed) {
                 match listener.accept() {
                     Ok((s, _)) => {
-                        let (stop, mode, seen, posts, secret) = (
+                        let (stop, mode, seen, posts, secret, tls) = (
                             stop.clone(),
                             mode.clone(),
                             seen.clone(),
                             posts.clone(),
                             secret.clone(),
+                            tls.clone(),
                         );
                         conns.push(std::thread::spawn(move || {
-                            serve(s, &stop, &mode, &seen, &posts, &secret)
+                            let _ = s.set_nonblocking(false);
+                            let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+                            match tls {
+                                None => serve(s, &stop, &mode, &seen, &posts, &secret),
+                                Some(cfg) => {
+                                    let Ok(conn) = rustls::ServerConnection::new(cfg) else {
+                                        return;
+                                    };
+                                    let tls = rustls::StreamOwned::new(conn, s);
+                                    serve(tls, &stop, &mode, &seen, &posts, &secret)
+                                }
+                            }
                         }));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -181,19 +217,14 @@ impl Drop for Hook {
 
 /// Serves one connection's requests (keep-alive) until it closes or the
 /// receiver stops.
-fn serve(
-    s: TcpStream,
+fn serve<S: Read + Write>(
+    s: S,
     stop: &AtomicBool,
     mode: &Mutex<Mode>,
     seen: &Mutex<Seen>,
     posts: &AtomicU64,
     secret: &str,
 ) {
-    let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
-    let mut w = match s.try_clone() {
-        Ok(w) => w,
-        Err(_) => return,
-    };
     let mut r = BufReader::new(s);
     'requests: while !stop.load(Relaxed) {
         let mut line = String::new();
@@ -260,7 +291,11 @@ fn serve(
         };
         let reason = if status == 200 { "OK" } else { "Error" };
         let answer = format!("HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\n\r\n");
-        if w.write_all(answer.as_bytes()).is_err() {
+        let w = r.get_mut();
+        if w.write_all(answer.as_bytes())
+            .and_then(|()| w.flush())
+            .is_err()
+        {
             return;
         }
     }
@@ -269,7 +304,7 @@ fn serve(
 /// Reads one line into `buf`, across read timeouts (what a timeout cut
 /// off stays in `buf`); false at the end of the stream, on an error, or
 /// once the receiver stops.
-fn read_line(r: &mut BufReader<TcpStream>, buf: &mut String, stop: &AtomicBool) -> bool {
+fn read_line<S: Read>(r: &mut BufReader<S>, buf: &mut String, stop: &AtomicBool) -> bool {
     loop {
         match r.read_line(buf) {
             Ok(0) => return false,
