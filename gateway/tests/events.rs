@@ -220,6 +220,8 @@ fn a_receiver_down_or_failing_loses_nothing_and_does_not_slow_chat() {
         .filter_map(|m| m["msg_id"].as_u64())
         .collect();
     assert_eq!(got, (1..=900).collect::<BTreeSet<_>>());
+    // The backlog went out in batches of at most `batch` (64).
+    assert_eq!(hook.largest_batch(), 64);
     // Per user in order, across retries: the first time each id was seen.
     let mut seen = BTreeSet::new();
     let firsts: Vec<u64> = of_type(&events, "message")
@@ -296,7 +298,7 @@ fn a_sigkill_mid_stream_replays_from_the_cursor_with_no_gap() {
     let _ = std::fs::remove_dir_all(&dir);
     let hook = Hook::start(HOOK_SECRET);
     let cfg = config_file(&dir, &hook);
-    let mut args = store_args(&dir.join("data"), &[]);
+    let mut args = store_args(&dir.join("data"), &["--no-metrics"]);
     args.extend(["--config".into(), cfg.into_os_string()]);
     let mut gw = Gateway::spawn(
         free_port(),
@@ -481,5 +483,53 @@ fn an_https_webhook_is_checked_against_the_configured_ca() {
         of_type(e, "message").len() >= 3
     });
     assert_eq!(hook.bad_signatures(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_lag_past_lag_alert_is_logged_as_an_error() {
+    let dir = std::env::temp_dir().join(format!("imgate-events-alert-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut hook = Hook::start(HOOK_SECRET);
+    hook.down();
+    let cfg = config_file(&dir, &hook);
+    let mut text = std::fs::read_to_string(&cfg).expect("config");
+    text.push_str("lag_alert = 20\n");
+    std::fs::write(&cfg, text).expect("config");
+    let mut args = store_args(&dir.join("data"), &["--log-format", "json", "--no-metrics"]);
+    args.extend(["--config".into(), cfg.into_os_string()]);
+    let log = dir.join("log");
+    let gw = Gateway::spawn(
+        free_port(),
+        args,
+        Some(log.clone()),
+        Duration::from_secs(20),
+    );
+    let mut a = Client::login(([127, 0, 0, 1], gw.port).into(), 1, 1);
+    for i in 1..=10 {
+        send(&mut a, msg(2, 0, i, false));
+    }
+    // 11 waiting (and the online event): under the alert.
+    std::thread::sleep(Duration::from_millis(500));
+    let alert = "events are falling behind";
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!logged().contains(alert), "{}", logged());
+    for i in 11..=30 {
+        send(&mut a, msg(2, 0, i, false));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !logged().contains(alert) {
+        assert!(Instant::now() < deadline, "no alert: {}", logged());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let line: Value = logged()
+        .lines()
+        .find(|l| l.contains(alert))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .expect("a JSON log line");
+    assert_eq!(line["level"], "ERROR", "{line}");
+    let waiting = line["fields"]["waiting"].as_u64().unwrap_or(0);
+    assert!((21..=31).contains(&waiting), "{line}");
+    drop(gw);
     let _ = std::fs::remove_dir_all(&dir);
 }

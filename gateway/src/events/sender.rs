@@ -183,10 +183,12 @@ impl Run {
         let mut batch: Vec<Stored> = Vec::new();
         let mut since = Instant::now();
         let mut failures = 0u32;
+        // The last failure line, and the last lag alert.
         let mut last_log: Option<Instant> = None;
+        let mut last_alert: Option<Instant> = None;
         let mut failures_not_logged = 0u64;
         while !self.stop.load(Relaxed) {
-            self.watch_lag(&mut last_log);
+            self.watch_lag(&mut last_alert);
             let full = batch.len() >= self.cfg.batch || bytes(&batch) >= self.cfg.batch_bytes;
             if !full {
                 let wait = if batch.is_empty() {

@@ -34,6 +34,8 @@ struct Seen {
     ids: HashSet<String>,
     duplicates: u64,
     bad_signatures: u64,
+    /// The most events one accepted POST carried.
+    largest_batch: usize,
 }
 
 /// The receiver.
@@ -179,6 +181,11 @@ impl Hook {
         self.seen.lock().expect("seen").duplicates
     }
 
+    /// The most events one accepted POST carried.
+    pub fn largest_batch(&self) -> usize {
+        self.seen.lock().expect("seen").largest_batch
+    }
+
     pub fn bad_signatures(&self) -> u64 {
         self.seen.lock().expect("seen").bad_signatures
     }
@@ -278,7 +285,9 @@ fn serve<S: Read + Write>(
                         Ok(v) => v,
                         Err(_) => continue 'requests,
                     };
-                    for e in v["events"].as_array().cloned().unwrap_or_default() {
+                    let events = v["events"].as_array().cloned().unwrap_or_default();
+                    seen.largest_batch = seen.largest_batch.max(events.len());
+                    for e in events {
                         let id = e["id"].as_str().unwrap_or_default().to_string();
                         if !seen.ids.insert(id) {
                             seen.duplicates += 1;
