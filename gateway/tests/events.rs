@@ -197,10 +197,18 @@ fn a_receiver_down_or_failing_loses_nothing_and_does_not_slow_chat() {
     // gateway's POST timeout).
     hook.set_mode(Mode::Slow(Duration::from_millis(3000)));
     wait_posts(&hook, 1);
+    let failed = gw.counter("imgate_events_post_failures_total");
+    let hung = Instant::now();
     for i in 601..=900 {
         timed_send(&mut a, i);
     }
     assert!(hook.events().is_empty(), "nothing accepted yet");
+    // The hanging POST fails at timeout_ms (2 s), before the receiver's
+    // answer at 3 s.
+    while gw.counter("imgate_events_post_failures_total") == failed {
+        assert!(hung.elapsed() < Duration::from_millis(2900), "no timeout");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // A chat message's round trip never waited on the webhook: a POST
     // that hangs for seconds is nowhere in it.
     latencies.sort();
