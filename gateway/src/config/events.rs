@@ -77,6 +77,9 @@ impl EventsConfig {
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return Err(("events.url", "must start with http:// or https://".into()));
         }
+        if self.ca_file.is_some() && !self.url.starts_with("https://") {
+            return Err(("events.ca_file", "is for an https:// url only".into()));
+        }
         if self.secret.is_empty() {
             return Err((
                 "events.secret",

@@ -664,6 +664,10 @@ mod tests {
             ),
             ("events.batch", Box::new(|c| events_on(c).batch = 0)),
             (
+                "events.ca_file",
+                Box::new(|c| events_on(c).ca_file = Some("ca.pem".into())),
+            ),
+            (
                 "events.batch_bytes",
                 Box::new(|c| events_on(c).batch_bytes = 10),
             ),

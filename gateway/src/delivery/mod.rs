@@ -75,9 +75,30 @@ pub struct Delivery {
     disk: Disk,
     histograms: BackendHistograms,
     events: crate::config::EventsConfig,
+    presence: PresenceChanges,
     // Stopped when the backend is dropped.
     _purger: Option<purge::Purger>,
     _sender: Option<crate::events::Sender>,
+}
+
+/// A user's first connection here, or its last gone.
+#[derive(Debug, Clone, Copy)]
+struct Presence {
+    user: u64,
+    device: u32,
+    online: bool,
+    time: u64,
+}
+
+/// Presence changes on their way to the store: an event must not be lost
+/// because the batch it rode in failed, or because the store refused
+/// everything when it happened.
+#[derive(Debug, Default)]
+struct PresenceChanges {
+    /// Written into the current batch.
+    in_batch: Vec<Presence>,
+    /// Not written yet, oldest first.
+    retry: Vec<Presence>,
 }
 
 /// The store's disk as the backend watches it (`crate::store::health`).
@@ -178,6 +199,7 @@ impl Delivery {
             disk: Disk::new(cfg),
             histograms: BackendHistograms::default(),
             events: cfg.events.clone(),
+            presence: PresenceChanges::default(),
             _purger: purger,
             _sender: None,
         })
@@ -187,7 +209,7 @@ impl Delivery {
     /// presence events, and a record of who is online (see
     /// [`went_offline_in_a_restart`]).
     fn presence(&mut self, ev: &Inbound, now: u64) {
-        let (user, device, first) = match *ev {
+        let (user, device, online) = match *ev {
             Inbound::Login { user, device, .. } => {
                 let n = self.state.online.entry(user).or_insert(0);
                 *n += 1;
@@ -209,28 +231,50 @@ impl Delivery {
             },
             _ => return,
         };
+        if self.state.events.is_none() {
+            return;
+        }
+        self.presence.retry.push(Presence {
+            user,
+            device,
+            online,
+            time: now,
+        });
+        self.write_presence();
+    }
+
+    /// Writes the presence changes not yet in a batch into this one,
+    /// unless the store refuses everything (they wait for its recovery).
+    fn write_presence(&mut self) {
         if self.disk.watch.refuses_all() {
             return;
         }
-        if self.state.wants_event("offline") {
-            if first {
-                self.batch
-                    .put(Table::Meta, keys::online_key(user), device.to_be_bytes());
-            } else {
-                self.batch.delete(Table::Meta, keys::online_key(user));
-            }
-        }
-        self.state.event(&mut self.batch, now, || {
-            if first {
-                crate::events::Event::Online { user, device }
-            } else {
-                crate::events::Event::Offline {
-                    user,
-                    device,
-                    reason: "closed",
+        for p in std::mem::take(&mut self.presence.retry) {
+            if self.state.wants_event("offline") {
+                if p.online {
+                    self.batch.put(
+                        Table::Meta,
+                        keys::online_key(p.user),
+                        p.device.to_be_bytes(),
+                    );
+                } else {
+                    self.batch.delete(Table::Meta, keys::online_key(p.user));
                 }
             }
-        });
+            let (user, device) = (p.user, p.device);
+            self.state.event(&mut self.batch, p.time, || {
+                if p.online {
+                    crate::events::Event::Online { user, device }
+                } else {
+                    crate::events::Event::Offline {
+                        user,
+                        device,
+                        reason: "closed",
+                    }
+                }
+            });
+            self.presence.in_batch.push(p);
+        }
     }
 
     /// Checks the disk if `disk_check_ms` passed since the last check.
@@ -283,6 +327,9 @@ impl Delivery {
                 }
                 self.batch.clear();
                 self.state.forget_pending();
+                let mut again = std::mem::take(&mut self.presence.in_batch);
+                again.append(&mut self.presence.retry);
+                self.presence.retry = again;
                 emit::refuse_all(&mut self.deferred, &self.disk.refusal, out);
                 Disk::log(
                     self.disk
@@ -293,6 +340,7 @@ impl Delivery {
             }
             self.batch.clear();
         }
+        self.presence.in_batch.clear();
         self.state.committed();
         emit::emit_all(
             &mut self.deferred,
@@ -388,6 +436,7 @@ impl Backend for Delivery {
         // Writes that emitting produced (receipt marks) and expiry of old
         // dedup entries ride on the next commit; make sure one happens.
         if !self.disk.watch.refuses_all() {
+            self.write_presence();
             self.state.expire_dedup(&*self.store, now, &mut self.batch);
             if !self.batch.is_empty() {
                 self.commit(out);
@@ -396,6 +445,7 @@ impl Backend for Delivery {
     }
 
     fn shutdown(&mut self, out: &mut Router) {
+        self.write_presence();
         if !self.disk.watch.refuses_all() && !self.batch.is_empty() {
             self.commit(out);
         }

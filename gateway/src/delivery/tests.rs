@@ -221,3 +221,100 @@ fn read_receipts_go_only_to_peers_that_wrote() {
         "{out:?}"
     );
 }
+
+/// A store whose writes fail while `fail` is set.
+struct Flaky {
+    inner: Arc<MemoryStore>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl crate::store::Store for Flaky {
+    fn write(&self, b: &crate::store::WriteBatch) -> Result<(), crate::store::StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(crate::store::StoreError::Engine("disk gone".into()));
+        }
+        self.inner.write(b)
+    }
+
+    fn get(
+        &self,
+        t: crate::store::Table,
+        k: &[u8],
+    ) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
+        self.inner.get(t, k)
+    }
+
+    fn scan(
+        &self,
+        t: crate::store::Table,
+        from: &[u8],
+        to: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), crate::store::StoreError> {
+        self.inner.scan(t, from, to, f)
+    }
+}
+
+#[test]
+fn a_presence_event_survives_a_failed_commit_and_a_failing_store() {
+    use crate::store::{Store, Table};
+    let inner = Arc::new(MemoryStore::default());
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut cfg = Config::default();
+    cfg.events.url = "http://127.0.0.1:1/".into();
+    cfg.events.secret = "s".into();
+    let clock = ManualClock::at(T0);
+    let store = Flaky {
+        inner: inner.clone(),
+        fail: fail.clone(),
+    };
+    let backend =
+        Delivery::with_clock(Box::new(store), &cfg, Arc::new(clock.clone())).expect("backend");
+    let (tx, rx) = mailbox();
+    let registry = Arc::new(Registry::new(1));
+    let mut h = Harness {
+        backend,
+        router: Router::new(vec![tx], registry.clone()),
+        rx,
+        registry,
+        clock,
+    };
+    let events = || {
+        let mut v = Vec::new();
+        inner
+            .scan(Table::Event, &[], &[0xff; 9], &mut |_, j| {
+                let e: serde_json::Value = serde_json::from_slice(j).expect("json");
+                v.push((
+                    e["type"].as_str().unwrap_or("").to_string(),
+                    e["user"].as_u64(),
+                ));
+                true
+            })
+            .expect("scan");
+        v
+    };
+    let conn = h.login(2);
+    assert_eq!(events(), [("online".to_string(), Some(2))]);
+    // The close's batch fails, then the store refuses everything.
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    h.handle(Inbound::Closed {
+        conn,
+        user: 2,
+        device: 1,
+    });
+    assert_eq!(events().len(), 1);
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    // The store recovers at the next disk check past its retry time; the
+    // offline event is written then.
+    for _ in 0..40 {
+        h.clock.advance(1000);
+        h.backend.tick(std::time::Instant::now(), &mut h.router);
+    }
+    assert_eq!(
+        events(),
+        [
+            ("online".to_string(), Some(2)),
+            ("offline".to_string(), Some(2))
+        ]
+    );
+}

@@ -224,6 +224,13 @@ fn msg(cx: &mut Ctx<'_>, m: MsgR) -> Result<(), StoreError> {
         };
         Some(s)
     };
+    // Read before anything is written: a failed read refuses the request
+    // whole, never stores a message without its event.
+    let offline = if cx.state.wants_event("message") && !m.no_push {
+        offline_recipients(cx, m.to, m.group)?
+    } else {
+        Vec::new()
+    };
     let rec = Record {
         from: cx.user,
         to: if group_log.is_some() { 0 } else { m.to },
@@ -266,11 +273,6 @@ fn msg(cx: &mut Ctx<'_>, m: MsgR) -> Result<(), StoreError> {
     };
     cx.state.remember(cx.batch, cx.user, m.msg_id, answer);
     if cx.state.wants_event("message") {
-        let offline = if m.no_push {
-            Vec::new()
-        } else {
-            offline_recipients(cx, &rec, answer.group)?
-        };
         let ev = Event::message(
             rec.from,
             rec.to,
@@ -292,12 +294,13 @@ fn msg(cx: &mut Ctx<'_>, m: MsgR) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Who gets `rec` and has no connection logged in here: the receiver of
-/// a one-to-one message, or the group's members but the sender.
-fn offline_recipients(cx: &mut Ctx<'_>, rec: &Record, group: u64) -> Result<Vec<u64>, StoreError> {
+/// Who gets a message of the requesting user to `to` or `group` and has no
+/// connection logged in here: the receiver of a one-to-one message, or the
+/// group's members but the sender.
+fn offline_recipients(cx: &mut Ctx<'_>, to: u64, group: u64) -> Result<Vec<u64>, StoreError> {
     if group == 0 {
-        return Ok(if cx.state.is_offline(rec.to) {
-            vec![rec.to]
+        return Ok(if cx.state.is_offline(to) {
+            vec![to]
         } else {
             Vec::new()
         });
@@ -308,7 +311,7 @@ fn offline_recipients(cx: &mut Ctx<'_>, rec: &Record, group: u64) -> Result<Vec<
     };
     let mut offline: Vec<u64> = members
         .into_iter()
-        .filter(|&u| u != rec.from && cx.state.is_offline(u))
+        .filter(|&u| u != cx.user && cx.state.is_offline(u))
         .collect();
     offline.sort_unstable();
     Ok(offline)
