@@ -54,12 +54,22 @@ pub trait Source: Send + 'static {
 pub struct Sender {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Closed when the thread ends.
+    ended: std::sync::mpsc::Receiver<()>,
 }
+
+/// How long a stop waits for a POST in flight before leaving the thread
+/// to end on its own (what it was sending is sent again after a restart).
+const STOP_WAIT: Duration = Duration::from_secs(1);
 
 impl Drop for Sender {
     fn drop(&mut self) {
         self.stop.store(true, Relaxed);
-        if let Some(t) = self.thread.take() {
+        let ended = matches!(
+            self.ended.recv_timeout(STOP_WAIT),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) | Ok(())
+        );
+        if let (true, Some(t)) = (ended, self.thread.take()) {
             let _ = t.join();
         }
     }
@@ -103,15 +113,18 @@ impl Sender {
                 crate::unix_time().as_nanos() as u64 ^ u64::from(std::process::id()),
             ),
         };
+        let (done, ended) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("imgate-events".into())
             .spawn(move || {
+                let _done = done;
                 lower_priority();
                 run.run()
             })?;
         Ok(Sender {
             stop,
             thread: Some(thread),
+            ended,
         })
     }
 }
