@@ -299,12 +299,41 @@ fn events_from_two_nodes_reach_the_webhook_once_each() {
         .collect();
     assert_eq!(to_bob, (1..=N + 10).collect::<Vec<_>>());
     assert_eq!(hook.bad_signatures(), 0);
+    // The stream is a work queue: what the webhook acked is gone.
+    let stream = format!("{prefix}_EVENTS");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut held = stream_messages(nats, &stream);
+    while held != Some(0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        held = stream_messages(nats, &stream);
+    }
+    assert_eq!(
+        held,
+        Some(0),
+        "events left in {stream} after the webhook took them"
+    );
     drop(alice);
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "took {:?}",
         started.elapsed()
     );
+}
+
+/// How many messages `stream` holds, as its leader reports them in
+/// `/jsz` (`state.messages`); `None` if no leader is known.
+fn stream_messages(nats: &NatsCluster, stream: &str) -> Option<u64> {
+    let leader = nats.stream_leader(stream)?;
+    let i = nats.node_index(&leader)?;
+    let (_, body) = nats.monitor(i, "/jsz?accounts=true&streams=true").ok()?;
+    let jsz: Value = serde_json::from_str(&body).ok()?;
+    jsz["account_details"]
+        .as_array()?
+        .iter()
+        .filter_map(|a| a["stream_detail"].as_array())
+        .flatten()
+        .find(|s| s["name"] == stream)?["state"]["messages"]
+        .as_u64()
 }
 
 /// An `[events]` config sending to `hook`, in a directory of its own.

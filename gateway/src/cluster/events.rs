@@ -7,7 +7,7 @@
 //!  group:R ── change stored ── event published, PubAck ── group:A
 //!  login / close ── presence queue (one task) ── <prefix>_presence key ── event
 //!                                   │
-//!        <prefix>_EVENTS (R = cluster.replicas, max_msgs = max_lag, discard old)
+//!   <prefix>_EVENTS (work queue, R = cluster.replicas, max_msgs = max_lag, discard old)
 //!                                   │ consumer `webhook` (module `webhook`)
 //!                                   ▼
 //!                      the sender thread of the lease holder ── POST

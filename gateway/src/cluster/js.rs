@@ -263,25 +263,48 @@ impl Js {
     ) -> Result<EventsSetup, JsError> {
         let fail = |what: &str, e: String| JsError::Setup(format!("{what}: {e}"));
         let max_msgs = i64::try_from(events.max_lag).unwrap_or(i64::MAX);
+        let name = self.names.events_stream();
+        // A work queue: an event the webhook acked is removed; `max_msgs`
+        // with discard old bounds what waits.
         let config = stream::Config {
-            name: self.names.events_stream(),
+            name: name.clone(),
             subjects: vec![self.names.events_subjects()],
             storage: stream::StorageType::File,
             num_replicas: cfg.replicas,
             duplicate_window: dedup_window,
             max_messages: max_msgs,
             discard: stream::DiscardPolicy::Old,
+            retention: stream::RetentionPolicy::WorkQueue,
             ..Default::default()
         };
+        // JetStream refuses to change a stream's retention to or from
+        // work queue: a stream made with another one (by an earlier
+        // version) is left as it is, and this node does not start.
+        if let Ok(old) = self.ctx.get_stream(name.clone()).await {
+            let retention = old.cached_info().config.retention;
+            if retention != stream::RetentionPolicy::WorkQueue {
+                return Err(JsError::Setup(format!(
+                    "the events stream {name} has retention {retention:?}, not WorkQueue, and \
+                     JetStream cannot change it: once the webhook has taken every event in it \
+                     (imgate_events_lag 0), stop the nodes with [events], delete the stream \
+                     and start them again (it is created anew)"
+                )));
+            }
+        }
         // An existing stream takes the settings of this node's config
         // (`max_lag` may have changed).
         let stream = match self.ctx.create_or_update_stream(config).await {
             Ok(_) => self
                 .ctx
-                .get_stream(self.names.events_stream())
+                .get_stream(name.clone())
                 .await
                 .map_err(|e| fail("cannot open the events stream", e.to_string()))?,
-            Err(e) => return Err(fail("cannot create the events stream", e.to_string())),
+            Err(e) => {
+                return Err(fail(
+                    &format!("cannot create or update the events stream {name}"),
+                    e.to_string(),
+                ));
+            }
         };
         let presence = bucket(&self.ctx, self.names.presence_bucket(), cfg.replicas).await?;
         // An existing bucket takes this node's expiry (its tick may have
