@@ -13,10 +13,34 @@
 //! `events.sender` reads the consumer: two readers would each hold part
 //! of the stream and could post one user's events out of order. The
 //! consumer acks explicitly and lets at most `events.batch` events be
-//! unacknowledged, so one batch is in flight cluster-wide. A batch held
-//! while the backend fails is kept from redelivery with progress acks;
-//! if its node dies, the lease runs out after the consumer's `ack_wait`,
-//! another node takes it, and JetStream delivers the batch again to it.
+//! unacknowledged, so one batch is in flight cluster-wide.
+//!
+//! The lease and the events held run on one clock: every [`renew_every`]
+//! (a third of `ack_wait`) the holder renews the lease (a compare-and-set
+//! on the revision it wrote) and, in the same step, sends progress acks
+//! for the events it holds, which keeps them from redelivery while the
+//! backend fails. A lease lasts [`lease_for`], twice `ack_wait`: an event
+//! is fetched only right after a renewal, so every event the holder holds
+//! is due for redelivery (its `ack_wait` since its fetch or last progress
+//! ack) before the lease runs out, with a third of `ack_wait` to spare for
+//! a POST that delays the next renewal and for the nodes' clocks. If the
+//! holder dies, the next one takes the lease only when it has run out, and
+//! JetStream hands it the dead holder's batch before any later event: one
+//! user's events stay in order.
+//!
+//! A renewal that fails, or finds the lease written by another node,
+//! drops the batch held, unacknowledged (it is delivered again, to
+//! whoever holds the lease then): `commit` of a dropped batch is an error,
+//! and `next` returns nothing until this node holds the lease again, and
+//! not before the dropped events are due for redelivery (so it does not
+//! fetch later events ahead of them either).
+//!
+//! What can still happen: the sender thread does not learn of the loss
+//! during a POST; a POST in flight when the lease is lost, and the retries
+//! of that batch (the sender keeps a batch until a 2xx), may reach the
+//! backend after the new holder sent the same events. These are
+//! duplicates, which the backend absorbs by `id`; the first copy of each
+//! event still arrives in stream order.
 //!
 //! The sender thread is a plain thread; the async-nats calls run on the
 //! cluster's tokio runtime (a `Handle` to it), each bounded by a timeout
@@ -53,6 +77,29 @@ pub(super) fn ack_wait(timeout_ms: u64) -> Duration {
         .max(Duration::from_secs(30))
 }
 
+/// How often the holder renews the lease and sends progress acks for the
+/// events it holds: a third of `ack_wait`.
+pub(super) fn renew_every(ack_wait: Duration) -> Duration {
+    ack_wait / 3
+}
+
+/// How long the lease lasts from a renewal: twice `ack_wait`. An event is
+/// due for redelivery at most `renew_every + ack_wait` after the last
+/// renewal, and a POST (at most `ack_wait / 2`) may delay the next one.
+pub(super) fn lease_for(ack_wait: Duration) -> Duration {
+    ack_wait * 2
+}
+
+/// Unix ms now.
+fn now_ms() -> u64 {
+    u64::try_from(crate::unix_time().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds of `d`, saturated.
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The webhook's reader of the events stream.
 pub(super) struct Webhook {
     rt: tokio::runtime::Handle,
@@ -60,14 +107,23 @@ pub(super) struct Webhook {
     consumer: jetstream::consumer::Consumer<pull::Config>,
     meta: kv::Store,
     token: u64,
-    /// How long the lease and an unacknowledged event last.
+    /// How long an unacknowledged event lasts.
     ack_wait: Duration,
     /// The lease is ours until then (Unix ms; 0: not ours).
     lease_until: u64,
+    /// The revision of our write of the lease.
+    lease_rev: u64,
+    /// When the lease was last taken or renewed (just before the write).
+    renewed_at: Instant,
     next_try: Instant,
     /// Returned to the sender and not committed yet, in stream order.
     held: Vec<jetstream::Message>,
-    progress_at: Instant,
+    /// When the events held last had their `ack_wait` restarted (a fetch
+    /// or a progress ack, taken after the answer).
+    touched_at: Instant,
+    /// A dropped batch is due for redelivery by then: nothing is fetched
+    /// before.
+    quiet_until: Option<Instant>,
     lag: Option<u64>,
     lag_at: Option<Instant>,
 }
@@ -101,9 +157,12 @@ impl Webhook {
             token,
             ack_wait,
             lease_until: 0,
+            lease_rev: 0,
+            renewed_at: Instant::now(),
             next_try: Instant::now(),
             held: Vec::new(),
-            progress_at: Instant::now(),
+            touched_at: Instant::now(),
+            quiet_until: None,
             lag: None,
             lag_at: None,
         }
@@ -127,20 +186,21 @@ impl Webhook {
         }
     }
 
-    /// Whether this node holds the lease (taken or renewed if due).
+    /// Whether this node holds the lease, taking it if it is free (tried
+    /// at most every [`TRY_LEASE`]). Renewals are [`Webhook::keep`]'s.
     fn hold(&mut self) -> bool {
-        let now = crate::unix_time().as_millis() as u64;
-        let lease = self.ack_wait.as_millis() as u64;
-        if self.lease_until > now.saturating_add(lease / 2) {
+        if self.lease_until != 0 {
             return true;
         }
-        let ours = self.lease_until > now;
-        if !ours && Instant::now() < self.next_try {
+        let now = Instant::now();
+        if now < self.next_try || self.quiet_until.is_some_and(|q| now < q) {
             return false;
         }
-        self.next_try = Instant::now() + TRY_LEASE;
+        self.quiet_until = None;
+        self.next_try = now + TRY_LEASE;
         let (meta, me) = (self.meta.clone(), self.token);
-        let until = now.saturating_add(lease);
+        let (at, now_ms) = (Instant::now(), now_ms());
+        let until = now_ms.saturating_add(ms(lease_for(self.ack_wait)));
         let took = self.run(SLACK, async move {
             let e = meta
                 .entry(Names::EVENTS_LEASE_KEY)
@@ -151,46 +211,68 @@ impl Webhook {
                 Some(e) => (None, e.revision),
                 None => (None, 0),
             };
-            if !may_take(held, me, now) {
-                return Ok(false);
+            if !may_take(held, me, now_ms) {
+                return Ok(None);
             }
             match meta
                 .update(Names::EVENTS_LEASE_KEY, lease_value(me, until), rev)
                 .await
             {
-                Ok(_) => Ok(true),
+                Ok(rev) => Ok(Some(rev)),
                 // Another node took or renewed it meanwhile.
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
                 Err(e) => Err(e.to_string()),
             }
         });
         match took {
-            Ok(true) => {
-                if !ours {
-                    tracing::info!("this node now sends the events to the webhook");
-                }
+            Ok(Some(rev)) => {
+                tracing::info!("this node now sends the events to the webhook");
                 self.lease_until = until;
+                self.lease_rev = rev;
+                self.renewed_at = at;
                 true
             }
-            Ok(false) => {
-                self.lease_until = 0;
-                false
-            }
+            Ok(None) => false,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot take the events lease");
-                ours
+                false
             }
         }
     }
 
-    /// Keeps held events from redelivery (a progress ack every third of
-    /// `ack_wait`) and the lease renewed while events are held.
+    /// The one schedule of the lease and the events held: every
+    /// [`renew_every`] the lease is renewed and, if that worked, the
+    /// events held get progress acks; if it did not, they are dropped.
     fn keep(&mut self) {
-        if self.held.is_empty() || self.progress_at.elapsed() < self.ack_wait / 3 {
+        if self.lease_until == 0 || self.renewed_at.elapsed() < renew_every(self.ack_wait) {
             return;
         }
-        self.progress_at = Instant::now();
-        self.hold();
+        let (meta, me, rev) = (self.meta.clone(), self.token, self.lease_rev);
+        let at = Instant::now();
+        let until = now_ms().saturating_add(ms(lease_for(self.ack_wait)));
+        let renewed = self.run(SLACK, async move {
+            match meta
+                .update(Names::EVENTS_LEASE_KEY, lease_value(me, until), rev)
+                .await
+            {
+                Ok(rev) => Ok(Some(rev)),
+                // Written by another node since ours.
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        match renewed {
+            Ok(Some(rev)) => {
+                self.lease_until = until;
+                self.lease_rev = rev;
+                self.renewed_at = at;
+            }
+            Ok(None) => return self.lost("another node took the events lease"),
+            Err(e) => return self.lost(&format!("cannot renew the events lease: {e}")),
+        }
+        if self.held.is_empty() {
+            return;
+        }
         let msgs = self.held.clone();
         let client = self.client.clone();
         let r = self.run(SLACK, async move {
@@ -201,9 +283,31 @@ impl Webhook {
             }
             client.flush().await.map_err(|e| e.to_string())
         });
+        self.touched_at = Instant::now();
         if let Err(e) = r {
+            // Redelivered to this node if they ran out: skipped as held.
             tracing::warn!(error = %e, "cannot extend the events held");
         }
+    }
+
+    /// The lease is no longer ours: the events held are dropped without
+    /// an ack, and nothing is fetched before they are due again.
+    fn lost(&mut self, why: &str) {
+        self.lease_until = 0;
+        self.next_try = Instant::now();
+        if self.held.is_empty() {
+            tracing::info!(why, "this node no longer sends the events");
+            return;
+        }
+        tracing::warn!(
+            why,
+            dropped = self.held.len(),
+            "events lease lost while holding events: they are dropped unacknowledged \
+             and sent again by the holder of the lease"
+        );
+        self.held.clear();
+        // A progress ack still on its way (past SLACK) restarts them later.
+        self.quiet_until = Some(self.touched_at + self.ack_wait + SLACK);
     }
 }
 
@@ -238,6 +342,9 @@ impl Source for Webhook {
             }
             Ok(out)
         })?;
+        if !got.is_empty() {
+            self.touched_at = Instant::now();
+        }
         let mut stored = Vec::with_capacity(got.len());
         for m in got {
             let Ok(seq) = m.info().map(|i| i.stream_sequence) else {
@@ -252,9 +359,6 @@ impl Source for Webhook {
             {
                 continue;
             }
-            if self.held.is_empty() {
-                self.progress_at = Instant::now();
-            }
             stored.push(Stored {
                 seq,
                 json: m.payload.to_vec(),
@@ -265,6 +369,18 @@ impl Source for Webhook {
     }
 
     fn commit(&mut self, last: &Stored) -> Result<(), String> {
+        self.keep();
+        if !self
+            .held
+            .iter()
+            .any(|m| m.info().is_ok_and(|i| i.stream_sequence == last.seq))
+        {
+            return Err(format!(
+                "event {} is no longer held (the events lease was lost): not acknowledged, \
+                 the holder of the lease sends it again",
+                last.seq
+            ));
+        }
         let (done, kept): (Vec<_>, Vec<_>) = self
             .held
             .drain(..)
