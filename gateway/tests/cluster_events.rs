@@ -25,7 +25,7 @@ use common::{
 };
 use imgate_codec::{
     Frame,
-    frame::{GroupOp, GroupR, MsgR},
+    frame::{GroupOp, GroupR, MsgA, MsgR},
 };
 use serde_json::Value;
 
@@ -100,12 +100,12 @@ fn msg(to: u64, group: u64, msg_id: u64, no_push: bool) -> MsgR {
 }
 
 /// Sends and waits for the msg:A.
-fn send(c: &mut Client, m: MsgR) {
+fn send(c: &mut Client, m: MsgR) -> MsgA {
     c.send(m);
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         match c.next(Duration::from_millis(200)) {
-            Got::Frame(Frame::MsgA(_)) => return,
+            Got::Frame(Frame::MsgA(a)) => return a,
             Got::Frame(Frame::Error(e)) => panic!("refused: {e:?}"),
             Got::Closed => panic!("closed while waiting for a msg:A"),
             _ => {}
@@ -170,7 +170,7 @@ fn events_from_two_nodes_reach_the_webhook_once_each() {
 
     // Alice (1) on a, bob (2) on b; carol (3) never connects.
     let mut alice = Client::login(a.addr(), 1, 1);
-    let bob = Client::login(b.addr(), 2, 7);
+    let mut bob = Client::login(b.addr(), 2, 7);
     hook.wait_for(Duration::from_secs(20), "both online", |ev| {
         presence(ev, "online", 1).len() == 1 && presence(ev, "online", 2).len() == 1
     });
@@ -185,7 +185,8 @@ fn events_from_two_nodes_reach_the_webhook_once_each() {
     // One-to-one: to bob (online on the other node), to carol (offline),
     // and one to carol with no push.
     const N: u64 = 20;
-    for i in 1..=N {
+    let first = send(&mut alice, msg(2, 0, 1, false));
+    for i in 2..=N {
         send(&mut alice, msg(2, 0, i, false));
     }
     for i in 101..=105 {
@@ -227,6 +228,10 @@ fn events_from_two_nodes_reach_the_webhook_once_each() {
         match id {
             1..=N => {
                 assert_eq!((m["to"].as_u64(), m["seq"].as_u64()), (Some(2), Some(id)));
+                if id == 1 {
+                    // The stored time, as in the msg:A.
+                    assert_eq!(m["time"].as_u64(), Some(first.server_time), "{m}");
+                }
                 assert_eq!(ids(&m["offline"]), Vec::<u64>::new(), "bob is on b: {m}");
                 assert_eq!(m["push"], true);
             }
@@ -250,6 +255,41 @@ fn events_from_two_nodes_reach_the_webhook_once_each() {
     assert_eq!(groups[0]["op"], "create");
     assert_eq!(groups[0]["by"], 1);
     assert_eq!(ids(&groups[0]["members"]), vec![1, 2, 3]);
+
+    // A transfer names the old owner and the new one in user order: bob
+    // (2) hands a group of his to alice (1).
+    let group_request = |c: &mut Client, req: u64, op: GroupOp, group: u64, members: &[u64]| {
+        c.send(
+            GroupR {
+                req,
+                op: op as u8,
+                group,
+                members: Bytes::new(),
+            }
+            .with_members(members),
+        );
+        loop {
+            match c.next(Duration::from_secs(10)) {
+                Got::Frame(Frame::GroupA(g)) => break g.group,
+                Got::Frame(Frame::Error(e)) => panic!("{op:?} refused: {e:?}"),
+                Got::Frame(_) => {}
+                other => panic!("no group:A: {other:?}"),
+            }
+        }
+    };
+    let bobs = group_request(&mut bob, 1, GroupOp::Create, 0, &[1]);
+    group_request(&mut bob, 2, GroupOp::Transfer, bobs, &[1]);
+    let transfer = |ev: &[Value]| {
+        distinct(ev)
+            .into_iter()
+            .find(|e| e["type"] == "group" && e["op"] == "transfer")
+    };
+    hook.wait_for(Duration::from_secs(20), "the transfer event", |ev| {
+        transfer(ev).is_some()
+    });
+    let transfer = transfer(&hook.events()).expect("transfer event");
+    assert_eq!(transfer["group"].as_u64(), Some(bobs), "{transfer}");
+    assert_eq!(ids(&transfer["members"]), vec![1, 2], "{transfer}");
 
     // A retransmit through the other node: the same event id, stored once.
     let before = hook.distinct();

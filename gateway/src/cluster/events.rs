@@ -195,17 +195,22 @@ pub(super) async fn announce(out: &Out, node: &str) -> Result<(), JsError> {
     Ok(())
 }
 
-/// Publishes `ev` under `id`, retried (same id, so stored once) for up
-/// to `retry`.
+/// Unix ms now: the `time` of an event other than a message's.
+fn now_ms() -> u64 {
+    u64::try_from(crate::unix_time().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Publishes `ev` under `id` with `time` (Unix ms), retried (same id, so
+/// stored once) for up to `retry`.
 async fn publish(
     js: &Js,
     ev: &Event,
-    id: &str,
+    (id, time): (&str, u64),
     node: &str,
     retry: Duration,
 ) -> Result<(), JsError> {
     let subject = js.names().event_subject(ev.kind());
-    let payload = Bytes::from(ev.to_json(id, crate::unix_time().as_millis() as u64, node));
+    let payload = Bytes::from(ev.to_json(id, time, node));
     let deadline = tokio::time::Instant::now() + retry;
     let mut backoff = Duration::from_millis(20);
     loop {
@@ -246,7 +251,7 @@ pub(super) async fn went_offline_in_a_restart(
                 device,
                 reason: "restart",
             };
-            publish(js, &ev, &out.next_id(node), node, retry).await?;
+            publish(js, &ev, (&out.next_id(node), now_ms()), node, retry).await?;
         }
         out.presence
             .delete(&key)
@@ -316,19 +321,35 @@ impl Node {
             rec.from, rec.to, group, rec.msg_id, seq, own_seq, &rec.body, !no_push, offline,
         );
         let id = format!("m-{}-{}", rec.from, rec.msg_id);
-        publish(&self.js, &ev, &id, &self.name, self.limits.retry).await
+        // The message's stored time, as in its msg:A.
+        publish(
+            &self.js,
+            &ev,
+            (&id, rec.time),
+            &self.name,
+            self.limits.retry,
+        )
+        .await
     }
 
     /// Publishes a group event (if wanted) before the group:A; a failure
     /// is logged (the change is stored, and a retry of the request would
     /// not repeat it).
-    pub(super) async fn group_event(&self, group: u64, op: GroupOp, by: u64, members: Vec<u64>) {
+    pub(super) async fn group_event(
+        &self,
+        group: u64,
+        op: GroupOp,
+        by: u64,
+        mut members: Vec<u64>,
+    ) {
         let Some(out) = &self.events else {
             return;
         };
         if !out.cfg.wants("group") {
             return;
         }
+        // In user order, as on the embedded backend.
+        members.sort_unstable();
         let ev = Event::Group {
             group,
             op: crate::events::event::op_name(op),
@@ -336,7 +357,15 @@ impl Node {
             members,
         };
         let id = out.next_id(&self.name);
-        if let Err(e) = publish(&self.js, &ev, &id, &self.name, self.limits.retry).await {
+        let r = publish(
+            &self.js,
+            &ev,
+            (&id, now_ms()),
+            &self.name,
+            self.limits.retry,
+        )
+        .await;
+        if let Err(e) = r {
             tracing::error!(group, error = %e, "group event lost: JetStream did not take it");
         }
     }
@@ -423,7 +452,15 @@ impl Node {
             return;
         }
         let id = out.next_id(&self.name);
-        if let Err(e) = publish(&self.js, &ev, &id, &self.name, self.limits.retry).await {
+        let r = publish(
+            &self.js,
+            &ev,
+            (&id, now_ms()),
+            &self.name,
+            self.limits.retry,
+        )
+        .await;
+        if let Err(e) = r {
             tracing::error!(user, error = %e, "presence event lost: JetStream did not take it");
         }
     }
@@ -678,7 +715,7 @@ impl Node {
                     reason: "node_lost",
                 };
                 let id = format!("lost-{lost}-{user}-{rev}");
-                publish(&self.js, &ev, &id, lost, self.limits.retry).await?;
+                publish(&self.js, &ev, (&id, now_ms()), lost, self.limits.retry).await?;
             }
             // Refused if the key changed since: another node cleared it,
             // or the node came back and wrote it again.
