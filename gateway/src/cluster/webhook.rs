@@ -411,3 +411,30 @@ impl Source for Webhook {
         self.lag
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_holders_batch_is_due_before_its_lease_runs_out() {
+        for timeout_ms in [1, 2_000, 5_000, 60_000, 600_000] {
+            let wait = ack_wait(timeout_ms);
+            let post = Duration::from_millis(timeout_ms);
+            // Events are fetched less than a renewal period after the last
+            // renewal, and due an ack_wait after; a POST may delay the next
+            // renewal past the period. The lease outlasts both.
+            let due = renew_every(wait) + post + wait;
+            assert!(
+                lease_for(wait) >= due + SLACK,
+                "timeout_ms {timeout_ms}: lease {:?}, last redelivery due {due:?}",
+                lease_for(wait)
+            );
+            // Progress acks come before the events held run out.
+            assert!(
+                renew_every(wait) + post + SLACK <= wait,
+                "timeout_ms {timeout_ms}"
+            );
+        }
+    }
+}
