@@ -263,6 +263,16 @@ pub(super) async fn went_offline_in_a_restart(
 }
 
 impl Node {
+    /// Publishes a group or presence event under a fresh id; a failure
+    /// is logged (the change it reports is already stored).
+    async fn publish_or_log(&self, out: &Out, ev: &Event) {
+        let id = out.next_id(&self.name);
+        let r = publish(&self.js, ev, (&id, now_ms()), &self.name, self.limits.retry).await;
+        if let Err(e) = r {
+            tracing::error!(event = ev.kind(), error = %e, "event lost: JetStream did not take it");
+        }
+    }
+
     /// Whether `user` has no device connected to any node, as far as this
     /// node knows.
     fn is_offline(&self, out: &Out, user: u64) -> bool {
@@ -356,18 +366,7 @@ impl Node {
             by,
             members,
         };
-        let id = out.next_id(&self.name);
-        let r = publish(
-            &self.js,
-            &ev,
-            (&id, now_ms()),
-            &self.name,
-            self.limits.retry,
-        )
-        .await;
-        if let Err(e) = r {
-            tracing::error!(group, error = %e, "group event lost: JetStream did not take it");
-        }
+        self.publish_or_log(out, &ev).await;
     }
 
     /// A user's first device connected here (`online`) or its last left.
@@ -451,18 +450,7 @@ impl Node {
         if !out.cfg.wants(ev.kind()) {
             return;
         }
-        let id = out.next_id(&self.name);
-        let r = publish(
-            &self.js,
-            &ev,
-            (&id, now_ms()),
-            &self.name,
-            self.limits.retry,
-        )
-        .await;
-        if let Err(e) = r {
-            tracing::error!(user, error = %e, "presence event lost: JetStream did not take it");
-        }
+        self.publish_or_log(out, &ev).await;
     }
 
     /// Waits (up to `grace`) until the presence changes queued are

@@ -214,15 +214,7 @@ impl Webhook {
             if !may_take(held, me, now_ms) {
                 return Ok(None);
             }
-            match meta
-                .update(Names::EVENTS_LEASE_KEY, lease_value(me, until), rev)
-                .await
-            {
-                Ok(rev) => Ok(Some(rev)),
-                // Another node took or renewed it meanwhile.
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
-                Err(e) => Err(e.to_string()),
-            }
+            write_lease(&meta, me, until, rev).await
         });
         match took {
             Ok(Some(rev)) => {
@@ -250,17 +242,10 @@ impl Webhook {
         let (meta, me, rev) = (self.meta.clone(), self.token, self.lease_rev);
         let at = Instant::now();
         let until = now_ms().saturating_add(ms(lease_for(self.ack_wait)));
-        let renewed = self.run(SLACK, async move {
-            match meta
-                .update(Names::EVENTS_LEASE_KEY, lease_value(me, until), rev)
-                .await
-            {
-                Ok(rev) => Ok(Some(rev)),
-                // Written by another node since ours.
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
-                Err(e) => Err(e.to_string()),
-            }
-        });
+        let renewed = self.run(
+            SLACK,
+            async move { write_lease(&meta, me, until, rev).await },
+        );
         match renewed {
             Ok(Some(rev)) => {
                 self.lease_until = until;
@@ -308,6 +293,24 @@ impl Webhook {
         self.held.clear();
         // A progress ack still on its way (past SLACK) restarts them later.
         self.quiet_until = Some(self.touched_at + self.ack_wait + SLACK);
+    }
+}
+
+/// Writes the lease as `me`'s until `until` over revision `rev`: its new
+/// revision, or None if another node wrote it since.
+async fn write_lease(
+    meta: &kv::Store,
+    me: u64,
+    until: u64,
+    rev: u64,
+) -> Result<Option<u64>, String> {
+    match meta
+        .update(Names::EVENTS_LEASE_KEY, lease_value(me, until), rev)
+        .await
+    {
+        Ok(rev) => Ok(Some(rev)),
+        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+        Err(e) => Err(e.to_string()),
     }
 }
 
