@@ -528,3 +528,48 @@ fn a_node_that_stalled_past_the_bound_reports_its_users_online_again() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_clean_stop_of_the_sending_node_hands_the_webhook_to_another_at_once() {
+    let Some(nats) = common::nats::shared() else {
+        eprintln!("skipped: nats-server not installed");
+        return;
+    };
+    let prefix = format!("H{}", std::process::id());
+    let hook = Hook::start(HOOK_SECRET);
+    let config = events_config("cluster-handover", &hook);
+    // Node a alone: it takes the lease with its first event.
+    let mut a = node(nats, &prefix, "a", &config);
+    let mut alice = Client::login(a.addr(), 1, 1);
+    send(&mut alice, msg(2, 0, 1, false));
+    message_event(&hook, 1);
+    let b = node(nats, &prefix, "b", &config);
+    let mut carol = Client::login(b.addr(), 3, 1);
+    drop(alice);
+    // A clean stop of a: without the lease handed back, b would wait for
+    // it to run out (twice ack_wait, 60 s here).
+    a.0.signal(libc::SIGTERM);
+    assert!(
+        a.0.wait_exit(Duration::from_secs(20)),
+        "node a did not stop"
+    );
+    let stopped = Instant::now();
+    send(&mut carol, msg(2, 0, 2, false));
+    hook.wait_for(Duration::from_secs(15), "the event sent by node b", |ev| {
+        messages(ev).iter().any(|m| m["msg_id"] == 2)
+    });
+    eprintln!(
+        "event through node b {:?} after node a stopped",
+        stopped.elapsed()
+    );
+    // What node a held when it stopped (alice's offline, at least) was
+    // given back, not lost.
+    hook.wait_for(
+        Duration::from_secs(15),
+        "alice's offline from node a",
+        |ev| {
+            ev.iter()
+                .any(|e| e["type"] == "offline" && e["user"] == 1 && e["node"] == "a")
+        },
+    );
+}

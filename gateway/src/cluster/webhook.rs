@@ -296,6 +296,44 @@ impl Webhook {
     }
 }
 
+impl Drop for Webhook {
+    /// A clean stop hands the lease back, so that another node sends at
+    /// once instead of after the lease runs out (a rolling restart would
+    /// otherwise stop the events for up to twice `ack_wait` at each
+    /// holder). The batch it holds is given back first (a nak: due for
+    /// redelivery at once, and JetStream redelivers before it delivers
+    /// later events), so the next holder sends it before anything newer.
+    fn drop(&mut self) {
+        if self.lease_until == 0 {
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        let (meta, client, me, rev) = (
+            self.meta.clone(),
+            self.client.clone(),
+            self.token,
+            self.lease_rev,
+        );
+        let handed = self.run(RELEASE_WAIT, async move {
+            for m in &held {
+                m.ack_with(jetstream::AckKind::Nak(None))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            client.flush().await.map_err(|e| e.to_string())?;
+            write_lease(&meta, me, 0, rev).await
+        });
+        match handed {
+            Ok(Some(_)) => tracing::info!("events lease handed back at stop"),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot hand the events lease back"),
+        }
+    }
+}
+
+/// How long a stop tries to hand the lease back.
+const RELEASE_WAIT: Duration = Duration::from_millis(500);
+
 /// Writes the lease as `me`'s until `until` over revision `rev`: its new
 /// revision, or None if another node wrote it since.
 async fn write_lease(

@@ -148,6 +148,23 @@ impl Gateway {
         }
     }
 
+    /// Waits up to `timeout` for the process to end by itself (after a
+    /// SIGTERM); true if it did, and it is reaped.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while let Some(c) = &mut self.child {
+            if let Ok(Some(_)) = c.try_wait() {
+                self.child = None;
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
     /// SIGKILL and reap; false if it was already gone.
     fn kill(&mut self) -> bool {
         let Some(mut c) = self.child.take() else {
