@@ -15,13 +15,19 @@ pub trait Clock: Send + Sync + 'static {
     fn unix_ms(&self) -> u64;
 }
 
+/// The system's wall clock now, ms since the Unix epoch: for what is not
+/// a delivery rule (leases, log and metric times, event timestamps).
+pub fn unix_ms() -> u64 {
+    u64::try_from(crate::unix_time().as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The system's wall clock.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn unix_ms(&self) -> u64 {
-        u64::try_from(crate::unix_time().as_millis()).unwrap_or(u64::MAX)
+        unix_ms()
     }
 }
 

@@ -60,10 +60,6 @@ async fn persist(e: &Arc<Endpoint>, r: Revocation) -> Result<(), ApiError> {
     }
 }
 
-fn now_ms() -> u64 {
-    crate::unix_time().as_millis() as u64
-}
-
 /// `POST /api/v1/revocations`.
 pub(crate) async fn revoke(
     State(e): State<Arc<Endpoint>>,
@@ -75,7 +71,7 @@ pub(crate) async fn revoke(
     if req.user == 0 {
         return Err(bad("bad_user", "user must be a user id (not 0)"));
     }
-    if req.until <= now_ms() {
+    if req.until <= crate::clock::unix_ms() {
         return Err(bad(
             "bad_until",
             "until must be a Unix time in ms in the future",
@@ -126,7 +122,7 @@ pub(crate) async fn list(
     let list: Vec<serde_json::Value> = admin
         .registry
         .revocations
-        .of(w.user, now_ms())
+        .of(w.user, crate::clock::unix_ms())
         .iter()
         .filter(|r| w.device.is_none_or(|d| d == r.device))
         .map(|r| serde_json::json!({"device": device_json(r.device), "until": r.until}))

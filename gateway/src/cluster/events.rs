@@ -195,11 +195,6 @@ pub(super) async fn announce(out: &Out, node: &str) -> Result<(), JsError> {
     Ok(())
 }
 
-/// Unix ms now: the `time` of an event other than a message's.
-fn now_ms() -> u64 {
-    u64::try_from(crate::unix_time().as_millis()).unwrap_or(u64::MAX)
-}
-
 /// Publishes `ev` under `id` with `time` (Unix ms), retried (same id, so
 /// stored once) for up to `retry`.
 async fn publish(
@@ -251,7 +246,14 @@ pub(super) async fn went_offline_in_a_restart(
                 device,
                 reason: "restart",
             };
-            publish(js, &ev, (&out.next_id(node), now_ms()), node, retry).await?;
+            publish(
+                js,
+                &ev,
+                (&out.next_id(node), crate::clock::unix_ms()),
+                node,
+                retry,
+            )
+            .await?;
         }
         out.presence
             .delete(&key)
@@ -267,7 +269,14 @@ impl Node {
     /// is logged (the change it reports is already stored).
     async fn publish_or_log(&self, out: &Out, ev: &Event) {
         let id = out.next_id(&self.name);
-        let r = publish(&self.js, ev, (&id, now_ms()), &self.name, self.limits.retry).await;
+        let r = publish(
+            &self.js,
+            ev,
+            (&id, crate::clock::unix_ms()),
+            &self.name,
+            self.limits.retry,
+        )
+        .await;
         if let Err(e) = r {
             tracing::error!(event = ev.kind(), error = %e, "event lost: JetStream did not take it");
         }
@@ -703,7 +712,14 @@ impl Node {
                     reason: "node_lost",
                 };
                 let id = format!("lost-{lost}-{user}-{rev}");
-                publish(&self.js, &ev, (&id, now_ms()), lost, self.limits.retry).await?;
+                publish(
+                    &self.js,
+                    &ev,
+                    (&id, crate::clock::unix_ms()),
+                    lost,
+                    self.limits.retry,
+                )
+                .await?;
             }
             // Refused if the key changed since: another node cleared it,
             // or the node came back and wrote it again.

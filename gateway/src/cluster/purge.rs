@@ -326,10 +326,6 @@ impl Failures {
     }
 }
 
-fn now_ms() -> u64 {
-    u64::try_from(crate::unix_time().as_millis()).unwrap_or(u64::MAX)
-}
-
 impl Node {
     /// Makes a device a reader of its user's inbox: writes its cursor key
     /// at 0 unless it exists (a compare-and-set on "never written"; a
@@ -367,7 +363,7 @@ impl Node {
                 if self.stopping.get() {
                     return;
                 }
-                let now = now_ms();
+                let now = crate::clock::unix_ms();
                 let r = async {
                     if !self.hold_lease(p, now).await? {
                         return Ok(None);

@@ -90,11 +90,6 @@ pub(super) fn lease_for(ack_wait: Duration) -> Duration {
     ack_wait * 2
 }
 
-/// Unix ms now.
-fn now_ms() -> u64 {
-    u64::try_from(crate::unix_time().as_millis()).unwrap_or(u64::MAX)
-}
-
 /// Milliseconds of `d`, saturated.
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -199,7 +194,7 @@ impl Webhook {
         self.quiet_until = None;
         self.next_try = now + TRY_LEASE;
         let (meta, me) = (self.meta.clone(), self.token);
-        let (at, now_ms) = (Instant::now(), now_ms());
+        let (at, now_ms) = (Instant::now(), crate::clock::unix_ms());
         let until = now_ms.saturating_add(ms(lease_for(self.ack_wait)));
         let took = self.run(SLACK, async move {
             let e = meta
@@ -241,7 +236,7 @@ impl Webhook {
         }
         let (meta, me, rev) = (self.meta.clone(), self.token, self.lease_rev);
         let at = Instant::now();
-        let until = now_ms().saturating_add(ms(lease_for(self.ack_wait)));
+        let until = crate::clock::unix_ms().saturating_add(ms(lease_for(self.ack_wait)));
         let renewed = self.run(
             SLACK,
             async move { write_lease(&meta, me, until, rev).await },

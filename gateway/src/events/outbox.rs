@@ -37,7 +37,8 @@ fn event_key(seq: u64) -> [u8; 8] {
 fn get_u64(store: &dyn Store, k: &[u8]) -> Result<Option<u64>, StoreError> {
     Ok(store
         .get(Table::Meta, k)?
-        .and_then(|v| Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?))))
+        .as_deref()
+        .and_then(crate::delivery::keys::u64_value))
 }
 
 /// The committed head, shared by the writer and the sender.
@@ -77,8 +78,9 @@ pub struct Outbox {
     cfg: EventsConfig,
     epoch: u64,
     head: u64,
+    /// The head of the last committed batch: below `head` while the
+    /// current batch has events.
     committed: u64,
-    dirty: bool,
     notify: Arc<Notify>,
 }
 
@@ -103,7 +105,6 @@ impl Outbox {
             epoch,
             head,
             committed: head,
-            dirty: false,
             notify,
         })
     }
@@ -124,14 +125,12 @@ impl Outbox {
             _ => format!("{}-{}", self.epoch, self.head),
         };
         batch.put(Table::Event, event_key(self.head), ev.to_json(&id, now, ""));
-        self.dirty = true;
     }
 
     /// Writes the head into a batch about to be committed.
-    pub fn write_head(&mut self, batch: &mut WriteBatch) {
-        if self.dirty {
+    pub fn write_head(&self, batch: &mut WriteBatch) {
+        if self.head != self.committed {
             batch.put(Table::Meta, HEAD_KEY, self.head.to_be_bytes());
-            self.dirty = false;
         }
     }
 
@@ -146,7 +145,6 @@ impl Outbox {
     /// The batch failed: its events were not stored.
     pub fn forget_pending(&mut self) {
         self.head = self.committed;
-        self.dirty = false;
     }
 
     /// The sender's side of this outbox.

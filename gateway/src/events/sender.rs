@@ -236,7 +236,7 @@ impl Run {
                     self.stats.sent.fetch_add(n as u64, Relaxed);
                     self.stats
                         .last_sent_ms
-                        .store(crate::unix_time().as_millis() as u64, Relaxed);
+                        .store(crate::clock::unix_ms(), Relaxed);
                     if let Some(last) = n.checked_sub(1).and_then(|i| batch.get(i))
                         && let Err(e) = self.source.commit(last)
                     {
@@ -307,7 +307,7 @@ impl Run {
     /// One signed POST of `batch`; Ok on a 2xx.
     fn post(&mut self, batch: &[Stored]) -> Result<(), String> {
         let body = batch_body(batch.iter().map(|s| s.json.as_slice()));
-        let ts = crate::unix_time().as_millis() as u64;
+        let ts = crate::clock::unix_ms();
         let signature = sign::sign(self.cfg.secret.as_bytes(), ts, &body);
         self.stats.posts.fetch_add(1, Relaxed);
         let started = Instant::now();
